@@ -1,0 +1,168 @@
+"""`baton`: parse, call, print. Errors Baton raises on purpose become one line and an exit code."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from baton.errors import BatonError, ConfigError, UsageError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Kafka failover runbooks.")
+lab_app = typer.Typer(no_args_is_help=True, help="The embedded two-region lab (no Docker).")
+fault_app = typer.Typer(no_args_is_help=True, help="Inject faults into the lab.")
+config_app = typer.Typer(no_args_is_help=True, help="Topology files.")
+app.add_typer(lab_app, name="lab")
+lab_app.add_typer(fault_app, name="fault")
+app.add_typer(config_app, name="config")
+
+out = Console()
+err = Console(stderr=True)
+
+ConfigOption = Annotated[str | None, typer.Option("--config", "-c", help="topology file")]
+JsonOption = Annotated[bool, typer.Option("--json", help="print one JSON object")]
+
+
+def handles_errors(command):
+    """Turn BatonError into a clear message: exit 2 for usage/config, 1 for the rest."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except (ConfigError, UsageError) as e:
+            err.print(f"[red]error:[/red] {e}", highlight=False)
+            raise typer.Exit(2) from None
+        except BatonError as e:
+            err.print(f"[red]error:[/red] {e}", highlight=False)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _progress(message: str) -> None:
+    err.print(message, highlight=False)
+
+
+# -- config --------------------------------------------------------------------------------
+
+
+@config_app.command("check")
+@handles_errors
+def config_check(config: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """Validate a topology file (names the file and field on error, exit 2)."""
+    from baton.settings import load_topology, resolve_config_path
+
+    topology = load_topology(config)
+    if as_json:
+        print(topology.model_dump_json())
+    else:
+        out.print(f"{resolve_config_path(config)}: valid; domain {topology.domain.name}, "
+                  f"regions {', '.join(topology.regions)}, owner {topology.domain.initial_owner}")
+
+
+# -- lab -----------------------------------------------------------------------------------
+
+
+@lab_app.command("up")
+@handles_errors
+def lab_up(
+    policy: Annotated[str, typer.Option(help="MM2 replication policy: default|identity")] = "default",
+    as_json: JsonOption = False,
+) -> None:
+    """Start (or reuse) two KRaft regions and MirrorMaker 2 east -> west."""
+    from baton.lab.lab import Lab
+
+    if policy not in ("default", "identity"):
+        raise UsageError(f"--policy must be default or identity, not {policy!r}")
+    status = Lab(progress=_progress, policy=policy).up()
+    _print_status(status, as_json)
+
+
+@lab_app.command("down")
+@handles_errors
+def lab_down(purge: Annotated[bool, typer.Option(help="delete the lab's data too")] = False) -> None:
+    """Stop the lab's own processes (by pid)."""
+    from baton.lab.lab import Lab
+
+    stopped = Lab(progress=_progress).down(purge=purge)
+    out.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+
+
+@lab_app.command("status")
+@handles_errors
+def lab_status(as_json: JsonOption = False) -> None:
+    """Regions, replication state and the topology file of the lab."""
+    from baton.lab.lab import Lab
+
+    _print_status(Lab().status(), as_json)
+
+
+def _print_status(status: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(status, indent=2))
+        return
+    for name, region in status["regions"].items():
+        mark = "[green]up[/green]" if region["up"] else f"[red]{region['process']}[/red]"
+        out.print(f"region {name:5} {region['bootstrap']:22} {mark}")
+    replication = status["replication"]
+    colour = "green" if replication["state"] == "RUNNING" else "red"
+    out.print(f"replication {replication['engine']} {replication['flow']} "
+              f"[{colour}]{replication['state']}[/{colour}] (policy {replication['policy']}, "
+              f"Connect {replication['connect']['url']})")
+    out.print(f"config {status['config']}")
+
+
+@fault_app.command("kill")
+@handles_errors
+def fault_kill(region: str) -> None:
+    """SIGKILL a region's broker."""
+    _fault("kill", region)
+
+
+@fault_app.command("hang")
+@handles_errors
+def fault_hang(region: str) -> None:
+    """SIGSTOP a region's broker."""
+    _fault("hang", region)
+
+
+@fault_app.command("resume")
+@handles_errors
+def fault_resume(region: str) -> None:
+    """SIGCONT a hung broker."""
+    _fault("resume", region)
+
+
+@fault_app.command("restart")
+@handles_errors
+def fault_restart(region: str) -> None:
+    """Start a region's broker again with its data."""
+    _fault("restart", region)
+
+
+@fault_app.command("replication")
+@handles_errors
+def fault_replication(action: Annotated[str, typer.Argument(help="stop|start")]) -> None:
+    """Stop or start MirrorMaker 2 east -> west."""
+    _fault(action, "replication")
+
+
+def _fault(action: str, target: str) -> None:
+    from baton.errors import LabError
+    from baton.lab.lab import Lab
+
+    try:
+        out.print(Lab(progress=_progress).fault(action, target))
+    except LabError as e:
+        if "unknown" in str(e) or "faults are" in str(e):
+            raise UsageError(str(e)) from e
+        raise
+
+
+def main() -> None:  # pragma: no cover - console script entry
+    sys.exit(app())

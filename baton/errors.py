@@ -1,0 +1,37 @@
+"""The one exception tree. Every error an operator can see names what is wrong and what to do."""
+
+
+class BatonError(Exception):
+    """Base of every error Baton raises on purpose."""
+
+
+class ConfigError(BatonError):
+    """The configuration (file, environment or command line) is invalid. CLI exit code 2."""
+
+
+class UsageError(BatonError):
+    """A command was called wrongly (unknown topic, group, region...). CLI exit code 2."""
+
+
+class RegionUnreachable(BatonError):
+    """A region's brokers did not answer within the bounded timeout."""
+
+
+class LabError(BatonError):
+    """The embedded lab could not be started, stopped or inspected."""
+
+
+class ReplicationError(BatonError):
+    """The replication engine (e.g. Kafka Connect running MirrorMaker 2) failed or is down."""
+
+
+class StepFailed(BatonError):
+    """A runbook step did not reach its postcondition."""
+
+
+class ApprovalRejected(BatonError):
+    """An approver rejected a gate, or it timed out."""
+
+
+class FencingError(BatonError):
+    """A region could not be fenced or unfenced, or the read-back did not match."""

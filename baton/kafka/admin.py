@@ -1,0 +1,89 @@
+"""Admin access to a region: bounded timeouts, per-resource error checks, clear messages."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka.admin import AclBinding, AdminClient, NewTopic
+
+from baton.errors import RegionUnreachable
+from baton.settings import RegionSettings
+
+
+def client_config(region: RegionSettings, who: str = "admin") -> dict:
+    return region.client_config(who) | {"socket.connection.setup.timeout.ms": 5000}
+
+
+def admin_client(region: RegionSettings) -> AdminClient:
+    return AdminClient(client_config(region) | {"logger": _quiet_logger()})
+
+
+def _quiet_logger():
+    # librdkafka logs every refused connection; Baton reports reachability itself.
+    import logging
+
+    logger = logging.getLogger("baton.librdkafka")
+    logger.setLevel(logging.CRITICAL)
+    return logger
+
+
+def check_reachable(name: str, region: RegionSettings, timeout: float | None = None) -> AdminClient:
+    """An admin client for a region that answered a metadata request, or RegionUnreachable."""
+    admin = admin_client(region)
+    wait = timeout if timeout is not None else region.request_timeout_seconds
+    try:
+        admin.list_topics(timeout=wait)
+    except KafkaException as e:
+        raise RegionUnreachable(
+            f"region {name!r} ({region.bootstrap_servers}) did not answer a metadata request "
+            f"within {wait:g}s: {e.args[0]}. Check that its brokers are up and reachable."
+        ) from e
+    return admin
+
+
+def ensure_topics(admin: AdminClient, topics: dict[str, int], config: dict | None = None) -> list[str]:
+    """Create the missing topics (name -> partitions); return the names created."""
+    existing = set(admin.list_topics(timeout=10).topics)
+    wanted = [
+        NewTopic(name, partitions, 1, config=config or {})
+        for name, partitions in topics.items()
+        if name not in existing
+    ]
+    if not wanted:
+        return []
+    created = []
+    for name, future in admin.create_topics(wanted, operation_timeout=10).items():
+        try:
+            future.result()
+            created.append(name)
+        except KafkaException as e:
+            if e.args[0].code() != e.args[0].TOPIC_ALREADY_EXISTS:
+                raise
+    return created
+
+
+def ensure_acls(admin: AdminClient, bindings: Iterable[AclBinding]) -> None:
+    """Create ACL bindings (creating an existing one is a no-op in Kafka); check each result."""
+    bindings = list(bindings)
+    if not bindings:
+        return
+    for binding, future in admin.create_acls(bindings, request_timeout=10).items():
+        try:
+            future.result()
+        except KafkaException as e:
+            raise KafkaException(f"creating ACL {binding} failed: {e}") from e
+
+
+def end_offsets(admin_config: dict, topic: str, partitions: int, timeout: float = 10) -> list[int]:
+    """High watermarks of every partition of a topic."""
+    from confluent_kafka import Consumer
+
+    consumer = Consumer(admin_config | {"group.id": "baton-probe", "enable.auto.commit": False})
+    try:
+        return [
+            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1]
+            for p in range(partitions)
+        ]
+    finally:
+        consumer.close()

@@ -1,0 +1,223 @@
+"""The lab's topology and the Kafka / Connect settings it runs with.
+
+This module is the one source of the lab's broker and Connect worker settings:
+`baton lab up` renders them into properties files, and a test checks that
+docker-compose.yml uses the same values.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DOMAIN = "orders"
+TOPIC = "orders.events"
+TOPIC_PARTITIONS = 6
+GROUPS = ("orders-billing", "orders-shipping")
+REGIONS = ("east", "west")
+INITIAL_OWNER = "east"
+
+# Lab-only credentials. SASL/PLAIN on loopback; never reuse these anywhere else.
+USERS = {
+    "admin": "admin-secret",  # Baton's admin client and inter-broker traffic: the only super user
+    "orders-app": "orders-app-secret",  # the domain's producer principal (what fencing denies)
+    "orders-consumer": "orders-consumer-secret",  # the domain's consumers
+    "mm2": "mm2-secret",  # MirrorMaker 2 on Kafka Connect
+}
+ADMIN_USER = "admin"
+PRODUCER_USER = "orders-app"
+CONSUMER_USER = "orders-consumer"
+MM2_USER = "mm2"
+
+CLUSTER_IDS = {"east": "YmF0b24tZWFzdC1sYWIwMA", "west": "YmF0b24td2VzdC1sYWIwMA"}
+NODE_ID = 1
+
+
+def jaas(user: str) -> str:
+    return (
+        "org.apache.kafka.common.security.plain.PlainLoginModule required "
+        f'username="{user}" password="{USERS[user]}";'
+    )
+
+
+def broker_jaas() -> str:
+    users = " ".join(f'user_{name}="{password}"' for name, password in USERS.items())
+    return (
+        "org.apache.kafka.common.security.plain.PlainLoginModule required "
+        f'username="{ADMIN_USER}" password="{USERS[ADMIN_USER]}" {users};'
+    )
+
+
+# Settings shared by every lab broker and by docker-compose's brokers.
+BROKER_SETTINGS: dict[str, str] = {
+    "process.roles": "broker,controller",
+    "node.id": str(NODE_ID),
+    "listener.security.protocol.map": "SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:SASL_PLAINTEXT",
+    "inter.broker.listener.name": "SASL_PLAINTEXT",
+    "controller.listener.names": "CONTROLLER",
+    "sasl.enabled.mechanisms": "PLAIN",
+    "sasl.mechanism.inter.broker.protocol": "PLAIN",
+    "sasl.mechanism.controller.protocol": "PLAIN",
+    "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+    "super.users": f"User:{ADMIN_USER}",
+    "allow.everyone.if.no.acl.found": "false",
+    "auto.create.topics.enable": "false",
+    "offsets.topic.replication.factor": "1",
+    "offsets.topic.num.partitions": "6",
+    "transaction.state.log.replication.factor": "1",
+    "transaction.state.log.min.isr": "1",
+    "share.coordinator.state.topic.replication.factor": "1",
+    "share.coordinator.state.topic.min.isr": "1",
+    "group.initial.rebalance.delay.ms": "0",
+    "num.partitions": "1",
+    # Small segments so retention tests can delete a partition's head quickly.
+    "log.segment.bytes": str(1024 * 1024),
+    "log.retention.check.interval.ms": "5000",
+}
+
+# Kafka Connect worker (distributed mode) that runs MirrorMaker 2's connectors.
+CONNECT_SETTINGS: dict[str, str] = {
+    "group.id": "baton-lab-connect",
+    "config.storage.topic": "baton-connect-configs",
+    "offset.storage.topic": "baton-connect-offsets",
+    "status.storage.topic": "baton-connect-status",
+    "config.storage.replication.factor": "1",
+    "offset.storage.replication.factor": "1",
+    "status.storage.replication.factor": "1",
+    "key.converter": "org.apache.kafka.connect.converters.ByteArrayConverter",
+    "value.converter": "org.apache.kafka.connect.converters.ByteArrayConverter",
+    "offset.flush.interval.ms": "2000",
+    # The heartbeat connector writes into the source region (see replication/mm2/connectors.py).
+    "connector.client.config.override.policy": "All",
+    "security.protocol": "SASL_PLAINTEXT",
+    "sasl.mechanism": "PLAIN",
+    "sasl.jaas.config": jaas(MM2_USER),
+    "producer.security.protocol": "SASL_PLAINTEXT",
+    "producer.sasl.mechanism": "PLAIN",
+    "producer.sasl.jaas.config": jaas(MM2_USER),
+    "consumer.security.protocol": "SASL_PLAINTEXT",
+    "consumer.sasl.mechanism": "PLAIN",
+    "consumer.sasl.jaas.config": jaas(MM2_USER),
+    "admin.security.protocol": "SASL_PLAINTEXT",
+    "admin.sasl.mechanism": "PLAIN",
+    "admin.sasl.jaas.config": jaas(MM2_USER),
+}
+
+# MirrorMaker 2 timing in the lab (documented in the README): fast enough for tests.
+MIRROR_LAB_SETTINGS: dict[str, str] = {
+    "refresh.topics.interval.seconds": "5",
+    "refresh.groups.interval.seconds": "5",
+    "emit.checkpoints.interval.seconds": "5",
+    "emit.heartbeats.interval.seconds": "2",
+    "sync.topic.configs.interval.seconds": "30",
+    "offset.lag.max": "100",
+    "replication.factor": "1",
+    "checkpoints.topic.replication.factor": "1",
+    "heartbeats.topic.replication.factor": "1",
+    "offset-syncs.topic.replication.factor": "1",
+}
+
+BROKER_HEAP = "-Xms128m -Xmx384m"
+CONNECT_HEAP = "-Xms128m -Xmx512m"
+
+
+@dataclass(frozen=True)
+class LabPorts:
+    """Loopback ports, all derived from one base so several labs can coexist."""
+
+    base: int
+
+    def broker(self, region: str) -> int:
+        return self.base + 92 + 100 * REGIONS.index(region)
+
+    def controller(self, region: str) -> int:
+        return self.broker(region) + 1
+
+    @property
+    def connect(self) -> int:
+        return self.base + 83
+
+    def all(self) -> dict[str, int]:
+        ports = {f"{r} broker": self.broker(r) for r in REGIONS}
+        ports |= {f"{r} controller": self.controller(r) for r in REGIONS}
+        ports["connect REST"] = self.connect
+        return ports
+
+
+def lab_ports() -> LabPorts:
+    return LabPorts(int(os.environ.get("BATON_LAB_PORT_BASE", "19000")))
+
+
+def lab_home() -> Path:
+    """Where the lab keeps data, pids and logs: $BATON_HOME/lab (default ./.baton/lab)."""
+    return Path(os.environ.get("BATON_HOME", ".baton")).resolve() / "lab"
+
+
+def broker_properties(region: str, ports: LabPorts, data_dir: Path) -> dict[str, str]:
+    broker, controller = ports.broker(region), ports.controller(region)
+    return BROKER_SETTINGS | {
+        "listeners": f"SASL_PLAINTEXT://127.0.0.1:{broker},CONTROLLER://127.0.0.1:{controller}",
+        "advertised.listeners": f"SASL_PLAINTEXT://127.0.0.1:{broker}",
+        "controller.quorum.voters": f"{NODE_ID}@127.0.0.1:{controller}",
+        "listener.name.sasl_plaintext.plain.sasl.jaas.config": broker_jaas(),
+        "listener.name.controller.plain.sasl.jaas.config": broker_jaas(),
+        "log.dirs": str(data_dir),
+    }
+
+
+def connect_properties(ports: LabPorts, worker_bootstrap: str) -> dict[str, str]:
+    return CONNECT_SETTINGS | {
+        "bootstrap.servers": worker_bootstrap,
+        "listeners": f"http://127.0.0.1:{ports.connect}",
+        "rest.advertised.host.name": "127.0.0.1",
+        "rest.advertised.port": str(ports.connect),
+    }
+
+
+def render_properties(settings: dict[str, str]) -> str:
+    return "".join(f"{key}={value}\n" for key, value in settings.items())
+
+
+def topology_document(ports: LabPorts, policy: str = "default") -> dict:
+    """The topology file `baton lab up` writes: the lab as Baton's other commands see it."""
+
+    def region(name: str) -> dict:
+        return {
+            "bootstrap_servers": f"127.0.0.1:{ports.broker(name)}",
+            "security_protocol": "SASL_PLAINTEXT",
+            "sasl_mechanism": "PLAIN",
+            "admin": {"username": ADMIN_USER, "password": USERS[ADMIN_USER]},
+            "producer": {"username": PRODUCER_USER, "password": USERS[PRODUCER_USER]},
+            "consumer": {"username": CONSUMER_USER, "password": USERS[CONSUMER_USER]},
+            "producer_principals": [f"User:{PRODUCER_USER}"],
+            "request_timeout_seconds": 10,
+        }
+
+    return {
+        "domain": {
+            "name": DOMAIN,
+            "topics": [TOPIC],
+            "consumer_groups": list(GROUPS),
+            "initial_owner": INITIAL_OWNER,
+        },
+        "regions": {name: region(name) for name in REGIONS},
+        "replication": {
+            "engine": "mm2",
+            "connect_url": f"http://127.0.0.1:{ports.connect}",
+            "policy": policy,
+            "offset_lag_max": int(MIRROR_LAB_SETTINGS["offset.lag.max"]),
+            "emit_checkpoints_interval_seconds": int(
+                MIRROR_LAB_SETTINGS["emit.checkpoints.interval.seconds"]
+            ),
+        },
+        "thresholds": {
+            "max_lag_records": 10000,
+            "max_lag_seconds": 60,
+            "quiesce_seconds": 3,
+            "lease_ttl_seconds": 10,
+            "step_timeout_seconds": 120,
+            "gate_timeout_seconds": 600,
+        },
+        "audit": {"database_url": "sqlite:///.baton/audit.db"},
+    }

@@ -1,0 +1,300 @@
+"""`baton lab`: two single-node KRaft regions and MirrorMaker 2 on Kafka Connect, no Docker.
+
+Layout under $BATON_HOME/lab (default ./.baton/lab):
+  east/ west/      server.properties, data/, pid, process.log
+  connect/         worker.properties, pid, process.log
+  topology.yaml    the lab as a topology file for every other command (--config)
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+from confluent_kafka import TopicPartition
+from confluent_kafka.admin import (
+    AclBinding,
+    AclOperation,
+    AclPermissionType,
+    ResourcePatternType,
+    ResourceType,
+)
+
+from baton.errors import LabError, RegionUnreachable, ReplicationError
+from baton.kafka.admin import check_reachable, ensure_acls, ensure_topics
+from baton.lab import config as lab
+from baton.lab.jars import classpath, kafka_version
+from baton.lab.processes import LabProcess, java, port_free
+from baton.replication.mm2.engine import MirrorMakerEngine
+from baton.settings import Topology
+
+Progress = Callable[[str], None]
+
+
+def lab_acls() -> list[AclBinding]:
+    """What each lab principal may do. Only `admin` is a super user; the rest need ACLs."""
+    allow = AclPermissionType.ALLOW
+    topic, group, cluster = ResourceType.TOPIC, ResourceType.GROUP, ResourceType.BROKER
+    literal, prefixed = ResourcePatternType.LITERAL, ResourcePatternType.PREFIXED
+    app, consumer, mm2 = (f"User:{u}" for u in (lab.PRODUCER_USER, lab.CONSUMER_USER, lab.MM2_USER))
+    bindings = [
+        AclBinding(cluster, "kafka-cluster", literal, app, "*", AclOperation.IDEMPOTENT_WRITE, allow),
+        AclBinding(topic, "baton.", prefixed, app, "*", AclOperation.READ, allow),
+        AclBinding(topic, "baton.", prefixed, consumer, "*", AclOperation.READ, allow),
+        AclBinding(group, "orders-", prefixed, consumer, "*", AclOperation.READ, allow),
+        AclBinding(group, "baton-", prefixed, app, "*", AclOperation.READ, allow),
+        AclBinding(group, "baton-", prefixed, consumer, "*", AclOperation.READ, allow),
+    ]
+    for operation in (AclOperation.WRITE, AclOperation.DESCRIBE):
+        bindings.append(AclBinding(topic, "orders.", prefixed, app, "*", operation, allow))
+    for prefix in ("orders.", *(f"{r}.orders." for r in lab.REGIONS)):
+        for operation in (AclOperation.READ, AclOperation.DESCRIBE):
+            bindings.append(AclBinding(topic, prefix, prefixed, consumer, "*", operation, allow))
+    # MirrorMaker 2 reads and writes everything it mirrors, its internal topics and groups.
+    for resource, name in ((topic, "*"), (group, "*"), (cluster, "kafka-cluster"),
+                           (ResourceType.TRANSACTIONAL_ID, "*")):
+        bindings.append(AclBinding(resource, name, literal, mm2, "*", AclOperation.ALL, allow))
+    return bindings
+
+
+class Lab:
+    def __init__(self, home: Path | None = None, progress: Progress | None = None,
+                 policy: str = "default"):
+        self.home = home or lab.lab_home()
+        self.ports = lab.lab_ports()
+        self.policy = policy
+        self._progress = progress or (lambda message: None)
+        self._started_at = time.monotonic()
+        self.processes = {
+            name: LabProcess(name, self.home / name) for name in (*lab.REGIONS, "connect")
+        }
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def say(self, message: str) -> None:
+        self._progress(f"[{time.monotonic() - self._started_at:5.1f}s] {message}")
+
+    @property
+    def topology_file(self) -> Path:
+        return self.home / "topology.yaml"
+
+    def topology(self) -> tuple[Topology, dict]:
+        document = lab.topology_document(self.ports, self._policy_in_use())
+        document["audit"]["database_url"] = f"sqlite:///{self.home.parent / 'audit.db'}"
+        document["replication"]["topics_pattern"] = r"orders\..*"
+        document["replication"]["groups_pattern"] = r"orders-.*"
+        document["replication"]["extra_connector_config"] = {
+            k: v for k, v in lab.MIRROR_LAB_SETTINGS.items() if k != "offset.lag.max"
+        }
+        return Topology(**document), document
+
+    def _policy_in_use(self) -> str:
+        # The policy the lab was first brought up with stays until `down --purge`.
+        if self.topology_file.exists():
+            existing = yaml.safe_load(self.topology_file.read_text()) or {}
+            return existing.get("replication", {}).get("policy", self.policy)
+        return self.policy
+
+    def _wait(self, what: str, ready: Callable[[], bool], timeout: float,
+              process: LabProcess | None = None) -> None:
+        start = time.monotonic()
+        last_note = start
+        while not ready():
+            now = time.monotonic()
+            if process is not None and process.pid() is None:
+                raise LabError(
+                    f"{what} exited while starting; last lines of {process.log_file}:\n"
+                    f"{process.tail()}"
+                )
+            if now - start > timeout:
+                raise LabError(f"{what} was not ready after {timeout:.0f}s; see "
+                               f"{process.log_file if process else 'the logs'}")
+            if now - last_note >= 5:
+                self.say(f"still waiting for {what} ({now - start:.0f}s)")
+                last_note = now
+            time.sleep(0.5)
+        self.say(f"{what} ready ({time.monotonic() - start:.1f}s)")
+
+    def _region_up(self, name: str, topology: Topology, timeout: float = 2) -> bool:
+        try:
+            check_reachable(name, topology.regions[name], timeout=timeout)
+            return True
+        except RegionUnreachable:
+            return False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def up(self) -> dict:
+        """Start whatever is not running, bootstrap, and wait for replication. Idempotent."""
+        topology, document = self.topology()
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.topology_file.write_text(yaml.safe_dump(document, sort_keys=False))
+        cp = classpath(self.home.parent, progress=self.say)
+        self._check_ports()
+
+        for region in lab.REGIONS:
+            if self.processes[region].pid() is None:
+                self._start_broker(region, cp)
+            else:
+                self.say(f"{region} broker already running (pid {self.processes[region].pid()})")
+        for region in lab.REGIONS:
+            self._wait(f"{region} broker", lambda r=region: self._region_up(r, topology), 90,
+                       self.processes[region])
+        self._bootstrap(topology)
+
+        connect = self.processes["connect"]
+        if connect.pid() is None:
+            self._start_connect(cp)
+        else:
+            self.say(f"Connect worker already running (pid {connect.pid()})")
+        engine = MirrorMakerEngine(topology)
+        self._wait("Connect REST API", engine.connect.alive, 90, connect)
+        self.say("configuring MirrorMaker 2 connectors east -> west")
+        engine.start(lab.INITIAL_OWNER, "west", wait_seconds=90)
+        self.say("replication RUNNING")
+        return self.status()
+
+    def _check_ports(self) -> None:
+        owners = {
+            "east broker": "east", "east controller": "east",
+            "west broker": "west", "west controller": "west", "connect REST": "connect",
+        }
+        for what, port in self.ports.all().items():
+            if self.processes[owners[what]].pid() is None and not port_free(port):
+                raise LabError(
+                    f"port {port} ({what}) is already in use by another process; stop it or "
+                    f"choose other lab ports with BATON_LAB_PORT_BASE (now {self.ports.base})"
+                )
+
+    def _start_broker(self, region: str, cp: str) -> None:
+        process = self.processes[region]
+        data = process.directory / "data"
+        properties = lab.broker_properties(region, self.ports, data)
+        process.directory.mkdir(parents=True, exist_ok=True)
+        server = process.directory / "server.properties"
+        server.write_text(lab.render_properties(properties))
+        if not (data / "meta.properties").exists():
+            self.say(f"formatting {region} storage (KRaft cluster {lab.CLUSTER_IDS[region]})")
+            result = subprocess.run(
+                [java(), "-Xmx256m", "-cp", cp, "kafka.tools.StorageTool", "format",
+                 "-t", lab.CLUSTER_IDS[region], "-c", str(server)],
+                capture_output=True, text=True,
+            )
+            if result.returncode != 0:
+                raise LabError(f"formatting {region} storage failed:\n{result.stdout}{result.stderr}")
+        pid = process.start(cp, "kafka.Kafka", [str(server)], lab.BROKER_HEAP)
+        self.say(f"starting {region} broker: Kafka {kafka_version()} on "
+                 f"127.0.0.1:{self.ports.broker(region)} (pid {pid})")
+
+    def _start_connect(self, cp: str) -> None:
+        process = self.processes["connect"]
+        process.directory.mkdir(parents=True, exist_ok=True)
+        worker = process.directory / "worker.properties"
+        west = f"127.0.0.1:{self.ports.broker('west')}"
+        worker.write_text(lab.render_properties(lab.connect_properties(self.ports, west)))
+        pid = process.start(cp, "org.apache.kafka.connect.cli.ConnectDistributed",
+                            [str(worker)], lab.CONNECT_HEAP)
+        self.say(f"starting Kafka Connect worker for MirrorMaker 2 on "
+                 f"127.0.0.1:{self.ports.connect} (pid {pid})")
+
+    def _bootstrap(self, topology: Topology) -> None:
+        """ACLs, the demo topic in both regions, and the demo consumer groups on the owner."""
+        for region in lab.REGIONS:
+            admin = check_reachable(region, topology.regions[region])
+            ensure_acls(admin, lab_acls())
+            created = ensure_topics(admin, {lab.TOPIC: lab.TOPIC_PARTITIONS})
+            if created:
+                self.say(f"created {lab.TOPIC} ({lab.TOPIC_PARTITIONS} partitions) on {region}")
+        owner = check_reachable(lab.INITIAL_OWNER, topology.regions[lab.INITIAL_OWNER])
+        from confluent_kafka import ConsumerGroupTopicPartitions
+
+        existing = {g.group_id for g in owner.list_consumer_groups().result().valid}
+        for group in lab.GROUPS:
+            if group in existing:
+                continue
+            start = [TopicPartition(lab.TOPIC, p, 0) for p in range(lab.TOPIC_PARTITIONS)]
+            futures = owner.alter_consumer_group_offsets([ConsumerGroupTopicPartitions(group, start)])
+            for future in futures.values():
+                future.result()
+            self.say(f"created consumer group {group} on {lab.INITIAL_OWNER} at offset 0")
+
+    def down(self, purge: bool = False) -> list[str]:
+        """Stop the lab's own processes (by pid), Connect first. --purge deletes its data."""
+        stopped = []
+        for name in ("connect", *lab.REGIONS):
+            if self.processes[name].stop():
+                stopped.append(name)
+                self.say(f"stopped {name}")
+        if purge and self.home.exists():
+            shutil.rmtree(self.home)
+            self.say(f"deleted {self.home}")
+        return stopped
+
+    # -- status and faults -------------------------------------------------------------------
+
+    def status(self) -> dict:
+        topology, _ = self.topology()
+        regions = {}
+        for region in lab.REGIONS:
+            process = self.processes[region]
+            state = process.state()
+            regions[region] = {
+                "bootstrap": topology.regions[region].bootstrap_servers,
+                "up": state == "running" and self._region_up(region, topology),
+                "process": state,
+                "pid": process.pid(),
+            }
+        connect = self.processes["connect"]
+        replication = {"engine": "mm2", "state": "DOWN", "flow": f"{lab.INITIAL_OWNER}->west",
+                       "policy": topology.replication.policy,
+                       "connect": {"url": topology.replication.connect_url,
+                                   "process": connect.state(), "pid": connect.pid()}}
+        if connect.state() == "running":
+            try:
+                flow = MirrorMakerEngine(topology, timeout=3).status(lab.INITIAL_OWNER, "west")
+                replication["state"] = flow.state
+                replication["components"] = flow.as_dict()["components"]
+            except ReplicationError as e:
+                replication["error"] = str(e)
+        return {
+            "home": str(self.home),
+            "kafka_version": kafka_version(),
+            "regions": regions,
+            "replication": replication,
+            "config": str(self.topology_file),
+        }
+
+    def fault(self, action: str, target: str) -> str:
+        """kill|hang|resume|restart a region, or stop|start replication."""
+        if target == "replication":
+            topology, _ = self.topology()
+            engine = MirrorMakerEngine(topology)
+            if action == "stop":
+                engine.stop(lab.INITIAL_OWNER, "west")
+                return "replication east -> west stopped (connectors STOPPED, progress kept)"
+            if action == "start":
+                engine.start(lab.INITIAL_OWNER, "west")
+                return "replication east -> west RUNNING"
+            raise LabError(f"replication faults are stop|start, not {action!r}")
+        if target not in lab.REGIONS:
+            raise LabError(f"unknown region {target!r}; the lab has {', '.join(lab.REGIONS)}")
+        process = self.processes[target]
+        if action == "kill":
+            return f"{target} broker killed (SIGKILL, pid {process.signal(signal.SIGKILL)})"
+        if action == "hang":
+            return f"{target} broker hung (SIGSTOP, pid {process.signal(signal.SIGSTOP)})"
+        if action == "resume":
+            return f"{target} broker resumed (SIGCONT, pid {process.signal(signal.SIGCONT)})"
+        if action == "restart":
+            if process.pid() is not None:
+                process.stop()
+            topology, _ = self.topology()
+            self._start_broker(target, classpath(self.home.parent, progress=self.say))
+            self._wait(f"{target} broker", lambda: self._region_up(target, topology), 90, process)
+            return f"{target} broker restarted with its data (pid {process.pid()})"
+        raise LabError(f"unknown fault {action!r}; use kill|hang|resume|restart")

@@ -1,0 +1,1 @@
+"""MirrorMaker 2 on Kafka Connect: REST client, connector configs, internal-topic decoders."""

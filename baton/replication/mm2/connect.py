@@ -1,0 +1,60 @@
+"""A small Kafka Connect REST client with bounded timeouts and clear errors."""
+
+from __future__ import annotations
+
+import httpx
+
+from baton.errors import ReplicationError
+
+
+class ConnectClient:
+    def __init__(self, url: str, timeout: float = 10.0):
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(base_url=self.url, timeout=timeout)
+
+    def _call(self, method: str, path: str, **kwargs) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as e:
+            raise ReplicationError(
+                f"Kafka Connect at {self.url} did not answer {method} {path}: {e}. "
+                "Is the Connect worker running (`baton lab status`)?"
+            ) from e
+        if response.status_code >= 400 and response.status_code != 404:
+            raise ReplicationError(
+                f"Kafka Connect {method} {path} failed with {response.status_code}: "
+                f"{response.text[:500]}"
+            )
+        return response
+
+    def alive(self) -> bool:
+        try:
+            return self._http.get("/").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def connectors(self) -> list[str]:
+        return self._call("GET", "/connectors").json()
+
+    def put_config(self, name: str, config: dict[str, str]) -> None:
+        self._call("PUT", f"/connectors/{name}/config", json=config)
+
+    def config(self, name: str) -> dict[str, str] | None:
+        response = self._call("GET", f"/connectors/{name}/config")
+        return None if response.status_code == 404 else response.json()
+
+    def status(self, name: str) -> dict | None:
+        response = self._call("GET", f"/connectors/{name}/status")
+        return None if response.status_code == 404 else response.json()
+
+    def stop(self, name: str) -> None:
+        self._call("PUT", f"/connectors/{name}/stop")
+
+    def resume(self, name: str) -> None:
+        self._call("PUT", f"/connectors/{name}/resume")
+
+    def restart(self, name: str) -> None:
+        self._call("POST", f"/connectors/{name}/restart?includeTasks=true&onlyFailed=true")
+
+    def delete(self, name: str) -> None:
+        self._call("DELETE", f"/connectors/{name}")

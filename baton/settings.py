@@ -1,0 +1,230 @@
+"""Typed topology and settings, validated before anything runs.
+
+A topology file (YAML) describes one domain, its two regions, the replication
+engine, thresholds, approvals and the audit database. Environment variables
+`BATON_<SECTION>__<FIELD>` override the file (e.g. `BATON_THRESHOLDS__QUIESCE_SECONDS=5`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from baton.errors import ConfigError
+
+CONFIG_ENV = "BATON_CONFIG"
+LAB_TOPOLOGY = Path(".baton/lab/topology.yaml")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Credentials(Strict):
+    username: str = Field(min_length=1)
+    password: SecretStr
+
+
+class RegionSettings(Strict):
+    """One Kafka cluster, and how Baton and the domain's apps reach it."""
+
+    bootstrap_servers: str = Field(min_length=1, description="host:port[,host:port]")
+    security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL"] = "SASL_PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    admin: Credentials | None = Field(None, description="Baton's admin principal (ACLs, offsets)")
+    producer: Credentials | None = Field(None, description="the domain's producer app credentials")
+    consumer: Credentials | None = Field(None, description="the domain's consumer app credentials")
+    replicator: Credentials | None = Field(
+        None, description="the principal MirrorMaker 2 uses in this region (default: admin)"
+    )
+    producer_principals: list[str] = Field(
+        default_factory=list, description="principals fenced by ACL, e.g. User:orders-app"
+    )
+    request_timeout_seconds: float = Field(10.0, gt=0, le=300)
+
+    @model_validator(mode="after")
+    def _sasl_needs_credentials(self) -> RegionSettings:
+        if self.security_protocol.startswith("SASL") and self.admin is None:
+            raise ValueError("admin credentials are required when security_protocol is SASL_*")
+        for principal in self.producer_principals:
+            if ":" not in principal:
+                raise ValueError(f"producer principal {principal!r} must look like 'User:name'")
+        return self
+
+    def client_config(
+        self, who: Literal["admin", "producer", "consumer", "replicator"] = "admin"
+    ) -> dict:
+        """librdkafka settings for one of the configured identities."""
+        config: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol,
+        }
+        creds = getattr(self, who)
+        if self.security_protocol.startswith("SASL"):
+            if creds is None:
+                raise ConfigError(f"no '{who}' credentials configured for this region")
+            config |= {
+                "sasl.mechanism": self.sasl_mechanism,
+                "sasl.username": creds.username,
+                "sasl.password": creds.password.get_secret_value(),
+            }
+        return config
+
+
+class DomainSettings(Strict):
+    """The unit of write authority."""
+
+    name: str = Field(min_length=1, pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    topics: list[str] = Field(min_length=1)
+    consumer_groups: list[str] = Field(default_factory=list)
+    initial_owner: str
+
+
+class ConnectorNames(Strict):
+    source: str = "mm2-{source}-{target}-source"
+    checkpoint: str = "mm2-{source}-{target}-checkpoint"
+    heartbeat: str = "mm2-{source}-{target}-heartbeat"
+
+
+class ReplicationSettings(Strict):
+    engine: Literal["mm2"] = "mm2"
+    connect_url: str = Field("http://127.0.0.1:18083", pattern=r"^https?://")
+    policy: Literal["default", "identity"] = Field(
+        "default", description="default: east.orders.events on west; identity: same name"
+    )
+    separator: str = Field(".", min_length=1)
+    connectors: ConnectorNames = ConnectorNames()
+    offset_lag_max: int = Field(100, ge=0, description="MM2 offset.lag.max")
+    emit_checkpoints_interval_seconds: int = Field(5, ge=1)
+    sync_group_offsets: bool = Field(False, description="MM2 writes offsets itself; off by default")
+    topics_pattern: str | None = Field(
+        None, description="regex of topics to mirror; default: exactly the domain's topics"
+    )
+    groups_pattern: str | None = Field(
+        None, description="regex of groups to checkpoint; default: exactly the domain's groups"
+    )
+    tasks_max: int = Field(1, ge=1, le=64)
+    extra_connector_config: dict[str, str] = Field(
+        default_factory=dict, description="passed to every MM2 connector as is"
+    )
+
+    def remote_topic(self, topic: str, source_region: str) -> str:
+        """The mirror's name on the other region under the configured policy."""
+        if self.policy == "identity":
+            return topic
+        return f"{source_region}{self.separator}{topic}"
+
+
+class Thresholds(Strict):
+    max_lag_records: int = Field(10_000, ge=0)
+    max_lag_seconds: float = Field(60.0, ge=0)
+    quiesce_seconds: float = Field(3.0, ge=0, le=600)
+    lease_ttl_seconds: float = Field(15.0, gt=0, le=3600)
+    step_timeout_seconds: float = Field(120.0, gt=0)
+    gate_timeout_seconds: float = Field(3600.0, gt=0)
+
+
+class ApprovalSettings(Strict):
+    slack_channel: str | None = None
+    slack_bot_token: SecretStr | None = None
+    slack_app_token: SecretStr | None = None
+    slack_signing_secret: SecretStr | None = None
+    slack_api_url: str = "https://slack.com/api/"
+    approvers: list[str] = Field(default_factory=list, description="Slack user ids")
+    approver_groups: list[str] = Field(default_factory=list, description="Slack user group ids")
+    two_person_rule: bool = True
+    require_slack_for: list[str] = Field(default_factory=list, description="gate names")
+
+
+class AuditSettings(Strict):
+    database_url: str = Field("sqlite:///.baton/audit.db", pattern=r"^(sqlite|postgresql)")
+
+
+class Topology(BaseSettings):
+    """Everything Baton needs to know about one domain. Env (BATON_*) beats the file."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BATON_", env_nested_delimiter="__", extra="forbid", case_sensitive=False
+    )
+
+    domain: DomainSettings
+    regions: dict[str, RegionSettings]
+    replication: ReplicationSettings = ReplicationSettings()
+    thresholds: Thresholds = Thresholds()
+    approvals: ApprovalSettings = ApprovalSettings()
+    audit: AuditSettings = AuditSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file arrives as init kwargs; putting env first lets BATON_* override it.
+        return env_settings, init_settings
+
+    @model_validator(mode="after")
+    def _two_regions_and_a_known_owner(self) -> Topology:
+        if len(self.regions) != 2:
+            raise ValueError(
+                f"exactly two regions are supported (active-passive), got {sorted(self.regions)}"
+            )
+        if self.domain.initial_owner not in self.regions:
+            raise ValueError(
+                f"domain.initial_owner {self.domain.initial_owner!r} is not one of the regions "
+                f"{sorted(self.regions)}"
+            )
+        return self
+
+    def other_region(self, region: str) -> str:
+        if region not in self.regions:
+            raise ConfigError(f"unknown region {region!r}; configured: {sorted(self.regions)}")
+        return next(name for name in self.regions if name != region)
+
+
+def _format_validation_error(source: str, error: ValidationError) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        lines.append(f"  {field}: {item['msg']}")
+    lines.append("Fix the field(s) above (file or BATON_* environment) and run again.")
+    return "\n".join(lines)
+
+
+def resolve_config_path(path: str | Path | None = None) -> Path:
+    """--config, else $BATON_CONFIG, else ./baton.yaml, else the running lab's topology."""
+    explicit = path or os.environ.get(CONFIG_ENV)
+    if explicit:
+        return Path(explicit)
+    for candidate in (Path("baton.yaml"), LAB_TOPOLOGY):
+        if candidate.exists():
+            return candidate
+    raise ConfigError(
+        "no topology file: pass --config FILE, set BATON_CONFIG, or start the lab with "
+        "`baton lab up` (it writes .baton/lab/topology.yaml)"
+    )
+
+
+def load_topology(path: str | Path | None = None) -> Topology:
+    """Read and validate a topology file; ConfigError names the file and the field."""
+    file = resolve_config_path(path)
+    if not file.is_file():
+        raise ConfigError(f"configuration file {file} does not exist")
+    try:
+        data = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{file} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{file} must contain a mapping at the top level")
+    try:
+        return Topology(**data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(str(file), e)) from e
