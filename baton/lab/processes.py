@@ -7,6 +7,7 @@ recycled pids are detected, and nothing else is ever signalled).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -67,10 +68,8 @@ class LabProcess:
             return None
         state = stat.rsplit(")", 1)[1].split()[0]
         if state == "Z":
-            try:  # our own child that died: reap it
+            with contextlib.suppress(ChildProcessError):  # our own child that died: reap it
                 os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
             return None
         return state
 

@@ -1,71 +1,17 @@
-"""`baton`: parse, call, print. Errors Baton raises on purpose become one line and an exit code."""
+"""`baton lab`: the embedded two-region lab, and faults to inject into it."""
 
 from __future__ import annotations
 
-import functools
 import json
-import sys
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-from baton.errors import BatonError, ConfigError, UsageError
+from baton.cli.common import JsonOption, UsageError, _progress, handles_errors, out
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="Kafka failover runbooks.")
 lab_app = typer.Typer(no_args_is_help=True, help="The embedded two-region lab (no Docker).")
 fault_app = typer.Typer(no_args_is_help=True, help="Inject faults into the lab.")
-config_app = typer.Typer(no_args_is_help=True, help="Topology files.")
-app.add_typer(lab_app, name="lab")
 lab_app.add_typer(fault_app, name="fault")
-app.add_typer(config_app, name="config")
-
-out = Console()
-err = Console(stderr=True)
-
-ConfigOption = Annotated[str | None, typer.Option("--config", "-c", help="topology file")]
-JsonOption = Annotated[bool, typer.Option("--json", help="print one JSON object")]
-
-
-def handles_errors(command):
-    """Turn BatonError into a clear message: exit 2 for usage/config, 1 for the rest."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except (ConfigError, UsageError) as e:
-            err.print(f"[red]error:[/red] {e}", highlight=False)
-            raise typer.Exit(2) from None
-        except BatonError as e:
-            err.print(f"[red]error:[/red] {e}", highlight=False)
-            raise typer.Exit(1) from None
-
-    return wrapper
-
-
-def _progress(message: str) -> None:
-    err.print(message, highlight=False)
-
-
-# -- config --------------------------------------------------------------------------------
-
-
-@config_app.command("check")
-@handles_errors
-def config_check(config: ConfigOption = None, as_json: JsonOption = False) -> None:
-    """Validate a topology file (names the file and field on error, exit 2)."""
-    from baton.settings import load_topology, resolve_config_path
-
-    topology = load_topology(config)
-    if as_json:
-        print(topology.model_dump_json())
-    else:
-        out.print(f"{resolve_config_path(config)}: valid; domain {topology.domain.name}, "
-                  f"regions {', '.join(topology.regions)}, owner {topology.domain.initial_owner}")
-
-
-# -- lab -----------------------------------------------------------------------------------
 
 
 @lab_app.command("up")
@@ -164,5 +110,3 @@ def _fault(action: str, target: str) -> None:
         raise
 
 
-def main() -> None:  # pragma: no cover - console script entry
-    sys.exit(app())

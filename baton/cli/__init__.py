@@ -1,0 +1,13 @@
+"""`baton`: parse, call, print. One sub-app per command family, one module each."""
+
+from __future__ import annotations
+
+import typer
+
+from baton.cli.config import config_app
+from baton.cli.lab import lab_app
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Kafka failover runbooks.")
+app.add_typer(lab_app, name="lab")
+app.add_typer(config_app, name="config")
+# Further command families register here, one line each.
