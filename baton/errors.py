@@ -35,3 +35,19 @@ class ApprovalRejected(BatonError):
 
 class FencingError(BatonError):
     """A region could not be fenced or unfenced, or the read-back did not match."""
+
+
+class StaleEpoch(BatonError):
+    """An authority change or lease renewal was based on an epoch that is no longer current."""
+
+
+class RunLocked(BatonError):
+    """Another runbook run holds the domain's lock (one run at a time per domain)."""
+
+
+class WriteRefused(BatonError):
+    """A guarded client refused a record: no region holds write authority with a valid lease."""
+
+
+class AuditError(BatonError):
+    """The audit database could not be opened or migrated, or its evidence chain is broken."""
