@@ -1,0 +1,90 @@
+"""Lab pieces that need no running service: ports, pid files, MM2 connector configs."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from baton.errors import LabError
+from baton.lab.config import LabPorts, topology_document
+from baton.lab.lab import Lab
+from baton.lab.processes import LabProcess
+from baton.replication.mm2.connectors import connector_config, connector_name
+from baton.settings import Topology
+from tests.conftest import wait_until
+
+
+def test_ports_derive_from_one_base_and_do_not_collide():
+    ports = LabPorts(23000)
+    values = list(ports.all().values())
+    assert len(set(values)) == len(values) == 5
+    assert ports.broker("east") == 23092 and ports.broker("west") == 23192 and ports.connect == 23083
+
+
+def test_stale_pid_file_is_detected_and_removed(tmp_path):
+    process = LabProcess("east", tmp_path / "east")
+    process.directory.mkdir()
+    # A live pid that is not a lab process (this test runner) must never be trusted.
+    process.pid_file.write_text(str(os.getpid()))
+    assert process.pid() is None
+    assert not process.pid_file.exists()
+    process.pid_file.write_text("999999999")
+    assert process.state() == "down"
+
+
+def test_pid_file_is_trusted_only_for_the_marked_process(tmp_path):
+    process = LabProcess("west", tmp_path / "west")
+    process.directory.mkdir()
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", process.marker])
+    try:
+        process.pid_file.write_text(str(child.pid))
+        wait_until(lambda: process.marker.encode() in Path(f"/proc/{child.pid}/cmdline").read_bytes(),
+                   5, "the child to exec")
+        assert process.pid() == child.pid
+        assert process.state() == "running"
+        assert process.stop(timeout=5) is True
+        assert process.pid() is None
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_up_names_a_port_taken_by_something_else(tmp_path, monkeypatch):
+    monkeypatch.setenv("BATON_LAB_PORT_BASE", "24000")
+    monkeypatch.setenv("KAFKA_HOME", "")
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 24092))
+        squatter.listen()
+        lab = Lab(home=tmp_path / "lab")
+        with pytest.raises(LabError, match="port 24092 \\(east broker\\)"):
+            lab._check_ports()
+    assert not any(p.pid_file.exists() for p in lab.processes.values())
+
+
+def topology(policy: str = "default") -> Topology:
+    return Topology(**topology_document(LabPorts(19000), policy))
+
+
+def test_connectors_write_where_they_must():
+    t = topology()
+    source = connector_config(t, "source", "east", "west")
+    assert source["connector.class"].endswith("MirrorSourceConnector")
+    assert source["producer.override.bootstrap.servers"] == "127.0.0.1:19192"  # into west
+    assert source["sync.topic.acls.enabled"] == "false"  # fencing ACLs never travel
+    heartbeat = connector_config(t, "heartbeat", "east", "west")
+    assert heartbeat["producer.override.bootstrap.servers"] == "127.0.0.1:19092"  # into east
+    reverse = connector_config(t, "source", "west", "east")
+    assert reverse["source.cluster.alias"] == "west"
+    assert reverse["producer.override.bootstrap.servers"] == "127.0.0.1:19092"
+    assert connector_name(t, "checkpoint", "west", "east") == "mm2-west-east-checkpoint"
+
+
+def test_identity_policy_is_selectable():
+    source = connector_config(topology("identity"), "source", "east", "west")
+    assert source["replication.policy.class"].endswith("IdentityReplicationPolicy")
+    assert source["topics"] == r"orders\.events"
