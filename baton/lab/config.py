@@ -206,6 +206,10 @@ def topology_document(ports: LabPorts, policy: str = "default") -> dict:
             "engine": "mm2",
             "connect_url": f"http://127.0.0.1:{ports.connect}",
             "policy": policy,
+            # Tests create `orders.t-*` topics and `orders-t-*` groups; mirror them all.
+            "topics_pattern": r"orders\..*",
+            "groups_pattern": r"orders-.*",
+            "extra_connector_config": dict(MIRROR_LAB_SETTINGS),
             "offset_lag_max": int(MIRROR_LAB_SETTINGS["offset.lag.max"]),
             "emit_checkpoints_interval_seconds": int(
                 MIRROR_LAB_SETTINGS["emit.checkpoints.interval.seconds"]

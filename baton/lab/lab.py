@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import yaml
-from confluent_kafka import TopicPartition
+from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import (
     AclBinding,
     AclOperation,
@@ -62,6 +62,26 @@ def lab_acls() -> list[AclBinding]:
     return bindings
 
 
+def bootstrap(topology: Topology, say: Progress) -> None:
+    """ACLs, the demo topic in both regions, and the demo consumer groups on the owner. Idempotent."""
+    for region in lab.REGIONS:
+        admin = check_reachable(region, topology.regions[region])
+        ensure_acls(admin, lab_acls())
+        if ensure_topics(admin, {lab.TOPIC: lab.TOPIC_PARTITIONS}):
+            say(f"created {lab.TOPIC} ({lab.TOPIC_PARTITIONS} partitions) on {region}")
+    owner = check_reachable(lab.INITIAL_OWNER, topology.regions[lab.INITIAL_OWNER])
+    existing = {g.group_id for g in owner.list_consumer_groups().result().valid}
+    for group in lab.GROUPS:
+        if group in existing:
+            continue
+        start = [TopicPartition(lab.TOPIC, p, 0) for p in range(lab.TOPIC_PARTITIONS)]
+        for future in owner.alter_consumer_group_offsets(
+            [ConsumerGroupTopicPartitions(group, start)]
+        ).values():
+            future.result()
+        say(f"created consumer group {group} on {lab.INITIAL_OWNER} at offset 0")
+
+
 class Lab:
     def __init__(self, home: Path | None = None, progress: Progress | None = None,
                  policy: str = "default"):
@@ -86,11 +106,6 @@ class Lab:
     def topology(self) -> tuple[Topology, dict]:
         document = lab.topology_document(self.ports, self._policy_in_use())
         document["audit"]["database_url"] = f"sqlite:///{self.home.parent / 'audit.db'}"
-        document["replication"]["topics_pattern"] = r"orders\..*"
-        document["replication"]["groups_pattern"] = r"orders-.*"
-        document["replication"]["extra_connector_config"] = {
-            k: v for k, v in lab.MIRROR_LAB_SETTINGS.items() if k != "offset.lag.max"
-        }
         return Topology(**document), document
 
     def _policy_in_use(self) -> str:
@@ -145,7 +160,7 @@ class Lab:
         for region in lab.REGIONS:
             self._wait(f"{region} broker", lambda r=region: self._region_up(r, topology), 90,
                        self.processes[region])
-        self._bootstrap(topology)
+        bootstrap(topology, self.say)
 
         connect = self.processes["connect"]
         if connect.pid() is None:
@@ -201,27 +216,6 @@ class Lab:
                             [str(worker)], lab.CONNECT_HEAP)
         self.say(f"starting Kafka Connect worker for MirrorMaker 2 on "
                  f"127.0.0.1:{self.ports.connect} (pid {pid})")
-
-    def _bootstrap(self, topology: Topology) -> None:
-        """ACLs, the demo topic in both regions, and the demo consumer groups on the owner."""
-        for region in lab.REGIONS:
-            admin = check_reachable(region, topology.regions[region])
-            ensure_acls(admin, lab_acls())
-            created = ensure_topics(admin, {lab.TOPIC: lab.TOPIC_PARTITIONS})
-            if created:
-                self.say(f"created {lab.TOPIC} ({lab.TOPIC_PARTITIONS} partitions) on {region}")
-        owner = check_reachable(lab.INITIAL_OWNER, topology.regions[lab.INITIAL_OWNER])
-        from confluent_kafka import ConsumerGroupTopicPartitions
-
-        existing = {g.group_id for g in owner.list_consumer_groups().result().valid}
-        for group in lab.GROUPS:
-            if group in existing:
-                continue
-            start = [TopicPartition(lab.TOPIC, p, 0) for p in range(lab.TOPIC_PARTITIONS)]
-            futures = owner.alter_consumer_group_offsets([ConsumerGroupTopicPartitions(group, start)])
-            for future in futures.values():
-                future.result()
-            self.say(f"created consumer group {group} on {lab.INITIAL_OWNER} at offset 0")
 
     def down(self, purge: bool = False) -> list[str]:
         """Stop the lab's own processes (by pid), Connect first. --purge deletes its data."""

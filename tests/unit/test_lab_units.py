@@ -87,4 +87,12 @@ def test_connectors_write_where_they_must():
 def test_identity_policy_is_selectable():
     source = connector_config(topology("identity"), "source", "east", "west")
     assert source["replication.policy.class"].endswith("IdentityReplicationPolicy")
-    assert source["topics"] == r"orders\.events"
+    assert source["topics"] == r"orders\..*"  # the lab mirrors every orders.* topic
+
+
+def test_default_topics_are_exactly_the_domain_topics_escaped():
+    document = topology_document(LabPorts(19000))
+    document["replication"].pop("topics_pattern")
+    document["domain"]["topics"] = ["orders.events", "orders.audit+v2"]
+    source = connector_config(Topology(**document), "source", "east", "west")
+    assert source["topics"] == r"orders\.events|orders\.audit\+v2"

@@ -1,0 +1,2 @@
+-- Prefect keeps its own database beside Baton's audit DB.
+CREATE DATABASE prefect;
