@@ -1,8 +1,18 @@
 """Replication engines behind one protocol; MirrorMaker 2 is the first."""
 
-from baton.replication.engine import ConnectorState, ReplicationEngine, ReplicationStatus
+from baton.replication.engine import (
+    ConnectorState,
+    EngineReading,
+    GroupCheckpoint,
+    OffsetHint,
+    ReplicationEngine,
+    ReplicationStatus,
+)
 
-__all__ = ["ConnectorState", "ReplicationEngine", "ReplicationStatus", "engine_for"]
+__all__ = [
+    "ConnectorState", "EngineReading", "GroupCheckpoint", "OffsetHint", "ReplicationEngine",
+    "ReplicationStatus", "engine_for",
+]
 
 
 def engine_for(topology) -> ReplicationEngine:

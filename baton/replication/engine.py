@@ -51,8 +51,40 @@ class ReplicationStatus:
         }
 
 
+@dataclass(frozen=True)
+class OffsetHint:
+    """The engine's word that upstream record `upstream_offset` was copied to `downstream_offset`."""
+
+    topic: str  # upstream topic
+    partition: int
+    upstream_offset: int
+    downstream_offset: int
+
+
+@dataclass(frozen=True)
+class GroupCheckpoint:
+    """The engine's own translation of a group's committed offset (MM2: a checkpoint)."""
+
+    group: str
+    topic: str  # downstream (mirror) topic
+    partition: int
+    upstream_offset: int
+    downstream_offset: int
+    timestamp_ms: int
+
+
+@dataclass
+class EngineReading:
+    """What an engine read from its bookkeeping, plus records it could not decode."""
+
+    items: dict
+    problems: list[str] = field(default_factory=list)
+
+
 class ReplicationEngine(Protocol):
     name: str
+    # Headers the engine adds to copied records; fingerprints ignore them.
+    replication_headers: frozenset[str]
 
     def remote_topic(self, topic: str, source_region: str) -> str:
         """The mirror's name on the other region."""
@@ -65,3 +97,15 @@ class ReplicationEngine(Protocol):
 
     def stop(self, source: str, target: str, *, wait_seconds: float = 60) -> ReplicationStatus:
         """Stop the flow source -> target, keeping its progress; idempotent."""
+
+    def internal_topics(self, source: str, target: str) -> dict[str, tuple[str, str]]:
+        """The engine's bookkeeping topics: purpose -> (region, topic)."""
+
+    def offset_hints(self, source: str, target: str) -> EngineReading:
+        """(topic, partition) -> [OffsetHint] in the order the engine wrote them."""
+
+    def checkpoints(self, source: str, target: str) -> EngineReading:
+        """(group, mirror topic, partition) -> newest GroupCheckpoint."""
+
+    def heartbeat_age(self, source: str, target: str, now_ms: int) -> float | None:
+        """Seconds since the newest heartbeat that travelled source -> target (None: none seen)."""

@@ -5,7 +5,15 @@ from __future__ import annotations
 import time
 
 from baton.errors import ReplicationError
-from baton.replication.engine import ConnectorState, ReplicationStatus
+from baton.kafka.admin import client_config
+from baton.replication.engine import (
+    ConnectorState,
+    EngineReading,
+    GroupCheckpoint,
+    OffsetHint,
+    ReplicationStatus,
+)
+from baton.replication.mm2 import internal
 from baton.replication.mm2.connect import ConnectClient
 from baton.replication.mm2.connectors import KINDS, connector_config, connector_name
 from baton.settings import Topology
@@ -13,6 +21,8 @@ from baton.settings import Topology
 
 class MirrorMakerEngine:
     name = "mm2"
+    # MM2 copies headers as they are and adds none.
+    replication_headers: frozenset[str] = frozenset()
 
     def __init__(self, topology: Topology, timeout: float = 10.0):
         self.topology = topology
@@ -20,6 +30,51 @@ class MirrorMakerEngine:
 
     def remote_topic(self, topic: str, source_region: str) -> str:
         return self.topology.replication.remote_topic(topic, source_region)
+
+    # -- internal topics ---------------------------------------------------------------------
+
+    def _setting(self, key: str, default: str) -> str:
+        return self.topology.replication.extra_connector_config.get(key, default)
+
+    def internal_topics(self, source: str, target: str) -> dict[str, tuple[str, str]]:
+        """Where MM2 keeps its bookkeeping for the flow source -> target: purpose -> (region, topic)."""
+        separator = self.topology.replication.separator
+        at_source = self._setting("offset-syncs.topic.location", "source") == "source"
+        syncs_region = source if at_source else target
+        return {
+            "offset-syncs": (syncs_region, f"mm2-offset-syncs{separator}{target}{separator}internal"),
+            "checkpoints": (target, f"{source}{separator}checkpoints{separator}internal"),
+            "heartbeats": (target, self.remote_topic("heartbeats", source)),
+        }
+
+    def _config(self, region: str) -> dict:
+        return client_config(self.topology.regions[region])
+
+    def offset_hints(self, source: str, target: str) -> EngineReading:
+        region, topic = self.internal_topics(source, target)["offset-syncs"]
+        syncs, problems = internal.offset_syncs(self._config(region), topic, region)
+        return EngineReading(
+            {tp: [OffsetHint(s.topic, s.partition, s.upstream_offset, s.downstream_offset) for s in found]
+             for tp, found in syncs.items()},
+            problems,
+        )
+
+    def checkpoints(self, source: str, target: str) -> EngineReading:
+        region, topic = self.internal_topics(source, target)["checkpoints"]
+        latest, problems = internal.checkpoints(self._config(region), topic, region)
+        return EngineReading(
+            {key: GroupCheckpoint(c.group, c.topic, c.partition, c.upstream_offset, c.downstream_offset,
+                                  timestamp)
+             for key, (c, timestamp) in latest.items()},
+            problems,
+        )
+
+    def heartbeat_age(self, source: str, target: str, now_ms: int) -> float | None:
+        region, topic = self.internal_topics(source, target)["heartbeats"]
+        beat, _ = internal.newest_heartbeat(self._config(region), topic, region, source)
+        return None if beat is None else max(0.0, (now_ms - beat.timestamp_ms) / 1000)
+
+    # -- connectors --------------------------------------------------------------------------
 
     def connector_names(self, source: str, target: str) -> list[str]:
         return [connector_name(self.topology, kind, source, target) for kind in KINDS]

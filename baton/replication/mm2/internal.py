@@ -1,0 +1,122 @@
+"""Readers of MM2's internal topics: offset syncs, checkpoints and heartbeats.
+
+A malformed record is skipped and reported in `problems` (topic, partition, offset and
+what is wrong): one bad record must never hide every good one from a caller.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+from baton.errors import RegionUnreachable, ReplicationError
+from baton.replication.mm2.records import (
+    Checkpoint,
+    Heartbeat,
+    MalformedRecord,
+    OffsetSync,
+    Where,
+    decode_checkpoint,
+    decode_heartbeat,
+    decode_offset_sync,
+)
+
+T = TypeVar("T")
+
+
+@dataclass
+class Decoded:
+    """Decoded records in log order, each with its record timestamp (ms), plus what was skipped."""
+
+    topic: str
+    records: list = field(default_factory=list)  # (value, timestamp_ms)
+    problems: list[str] = field(default_factory=list)
+
+
+def read_internal(config: dict, topic: str, region: str, decode: Callable[..., T], *,
+                  tail: int | None = None, timeout: float = 30) -> Decoded:
+    """Decode a whole internal topic (or the last `tail` records of each partition)."""
+    consumer = Consumer(config | {
+        "group.id": "baton-reader", "enable.auto.commit": False, "enable.partition.eof": True,
+        "socket.connection.setup.timeout.ms": 5000,
+    })
+    result = Decoded(topic)
+    try:
+        try:
+            metadata = consumer.list_topics(topic, timeout=min(timeout, 10))
+        except KafkaException as e:
+            raise RegionUnreachable(f"region {region!r}: looking up {topic} failed: {e.args[0]}") from e
+        found = metadata.topics.get(topic)
+        if found is None or found.error is not None:
+            raise ReplicationError(
+                f"MM2 internal topic {topic!r} is missing on region {region!r}; MirrorMaker 2 creates "
+                "it when its connectors run: check `baton lab status` / the Connect worker"
+            )
+        assignment = []
+        for partition in found.partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+            start = low if tail is None else max(low, high - tail)
+            if high > start:
+                assignment.append((TopicPartition(topic, partition, start), high))
+        stops = {tp.partition: high for tp, high in assignment}
+        consumer.assign([tp for tp, _ in assignment])
+        per_partition: dict[int, list] = {p: [] for p in stops}
+        deadline = time.monotonic() + timeout
+        while stops:
+            if time.monotonic() > deadline:
+                raise RegionUnreachable(f"region {region!r}: reading {topic} did not finish "
+                                        f"within {timeout:g}s")
+            for message in consumer.consume(num_messages=10000, timeout=0.5):
+                partition = message.partition()
+                if message.error() is not None:
+                    if message.error().code() == KafkaError._PARTITION_EOF:
+                        stops.pop(partition, None)
+                        continue
+                    raise RegionUnreachable(f"region {region!r}: reading {topic} failed: "
+                                            f"{message.error()}")
+                where = Where(topic, partition, message.offset())
+                try:
+                    per_partition[partition].append(
+                        (decode(message.key(), message.value(), where), message.timestamp()[1])
+                    )
+                except MalformedRecord as e:
+                    result.problems.append(str(e))
+                if partition in stops and message.offset() >= stops[partition] - 1:
+                    stops.pop(partition)
+    finally:
+        consumer.close()
+    for records in per_partition.values():
+        result.records.extend(records)
+    return result
+
+
+def offset_syncs(config: dict, topic: str, region: str) -> tuple[dict[tuple[str, int], list[OffsetSync]],
+                                                                list[str]]:
+    """Offset syncs per upstream (topic, partition), in the order MM2 wrote them."""
+    decoded = read_internal(config, topic, region, decode_offset_sync)
+    syncs: dict[tuple[str, int], list[OffsetSync]] = {}
+    for sync, _ in decoded.records:
+        syncs.setdefault((sync.topic, sync.partition), []).append(sync)
+    return syncs, decoded.problems
+
+
+def checkpoints(config: dict, topic: str, region: str
+                ) -> tuple[dict[tuple[str, str, int], tuple[Checkpoint, int]], list[str]]:
+    """The newest checkpoint (and its record time, ms) per (group, mirror topic, partition)."""
+    decoded = read_internal(config, topic, region, decode_checkpoint)
+    latest = {}
+    for checkpoint, timestamp in decoded.records:
+        latest[(checkpoint.group, checkpoint.topic, checkpoint.partition)] = (checkpoint, timestamp)
+    return latest, decoded.problems
+
+
+def newest_heartbeat(config: dict, topic: str, region: str, source: str
+                     ) -> tuple[Heartbeat | None, list[str]]:
+    """The newest heartbeat emitted by `source` found in a heartbeats topic."""
+    decoded = read_internal(config, topic, region, decode_heartbeat, tail=20)
+    beats = [beat for beat, _ in decoded.records if beat.source == source]
+    return max(beats, key=lambda beat: beat.timestamp_ms, default=None), decoded.problems
