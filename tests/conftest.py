@@ -7,9 +7,14 @@ running; a lab this session started is stopped at the end (BATON_TEST_KEEP_LAB=1
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -64,3 +69,72 @@ def new_topic(topology):
 def new_group():
     """Factory: a unique consumer group name the lab's consumer principal may use."""
     return lambda: f"orders-t-{uuid.uuid4().hex[:8]}"
+
+
+# -- PostgreSQL for the audit database ----------------------------------------------------------
+
+
+def _postgres_bin() -> Path | None:
+    """The newest Debian PostgreSQL server binaries (apt-get install postgresql)."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+                   key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0)
+    return found[-1].parent if found else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A real PostgreSQL server: $BATON_TEST_POSTGRES_URL, or a throwaway cluster started here."""
+    given = os.environ.get("BATON_TEST_POSTGRES_URL")
+    if given:
+        yield given
+        return
+    bindir = _postgres_bin()
+    if bindir is None:
+        pytest.fail("PostgreSQL is not installed: apt-get install postgresql (or set "
+                    "BATON_TEST_POSTGRES_URL to a server the tests may create databases on)")
+    # PostgreSQL refuses to run as root: run it as the `postgres` user in a directory it owns.
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    home = Path(tempfile.mkdtemp(prefix="baton-pg-"))
+    data = home / "data"
+    if as_user:
+        shutil.chown(home, "postgres", "postgres")
+    port = _free_port()
+    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "postgres",
+                    "--auth=trust", "--no-sync", "-E", "UTF8"], check=True, capture_output=True)
+    options = f"-p {port} -k {home} -c listen_addresses=127.0.0.1 -c fsync=off"
+    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(home / "log"),
+                    "-o", options, "-w", "-t", "60", "start"], check=True, capture_output=True)
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def audit_url(request, tmp_path):
+    """A fresh, empty audit database URL: a SQLite file, or a new database on the PostgreSQL server."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'audit.db'}"
+        return
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    server = make_url(request.getfixturevalue("postgres_url"))
+    name = f"baton_test_{uuid.uuid4().hex[:10]}"
+    dsn = server.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    yield server.set(database=name).render_as_string(hide_password=False)
+    from baton.audit.db import dispose_engines
+
+    dispose_engines()
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import typer
 
+from baton.cli.audit import audit_app
 from baton.cli.config import config_app
 from baton.cli.lab import lab_app
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Kafka failover runbooks.")
 app.add_typer(lab_app, name="lab")
 app.add_typer(config_app, name="config")
+app.add_typer(audit_app, name="audit")
 # Further command families register here, one line each.

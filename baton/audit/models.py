@@ -1,0 +1,160 @@
+"""The audit database's tables (SQLModel). Schema changes go through Alembic (baton/audit/migrations).
+
+Two kinds of table:
+- chained, append-only evidence (runs, run_events, steps, approvals, authority_epochs,
+  drill_reports): every row carries `seq` (one sequence across all of them), the previous row's
+  hash and its own hash, so an edit, a deletion or an out-of-order insert is detectable;
+- small mutable state (authority, run_locks, chain_head) that exists for compare-and-set and
+  locking. Every change to it is also written as chained evidence.
+
+Timestamps are timezone-aware UTC (SQLModel's UTCDateTime): they read back identically from
+SQLite and PostgreSQL, which keeps the row hashes reproducible.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Column, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+class Chained(SQLModel):
+    """Columns every evidence row carries (see baton/audit/chain.py)."""
+
+    seq: int = Field(unique=True, index=True, description="position in the one evidence chain")
+    recorded_at: datetime
+    prev_hash: str = Field(max_length=64)
+    hash: str = Field(max_length=64)
+
+
+class Run(Chained, table=True):
+    """A runbook run as started. Its end (and manual unlocks) are RunEvents."""
+
+    __tablename__ = "runs"
+
+    id: str = Field(primary_key=True, max_length=80)
+    domain: str = Field(index=True, max_length=200)
+    runbook: str = Field(max_length=80)
+    trigger: str = Field(max_length=80, description="cli, schedule, incident, ...")
+    reason: str = Field(default="", sa_column=Column(Text, nullable=False))
+    started_by: str = Field(max_length=200)
+    planned: bool = True
+    started_at: datetime
+
+
+class RunEvent(Chained, table=True):
+    """Something that happened to a run as a whole: finished, lock released by hand."""
+
+    __tablename__ = "run_events"
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(index=True, max_length=80)
+    kind: str = Field(max_length=40)
+    status: str = Field(max_length=40)
+    actor: str = Field(max_length=200)
+    detail: str = Field(default="", sa_column=Column(Text, nullable=False))
+    at: datetime
+
+
+class Step(Chained, table=True):
+    """One executed runbook step: what it measured and decided (evidence) and how it ended."""
+
+    __tablename__ = "steps"
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(index=True, max_length=80)
+    position: int = Field(description="1-based order of the step within its run")
+    name: str = Field(max_length=200)
+    status: str = Field(max_length=40)
+    started_at: datetime
+    ended_at: datetime
+    region: str | None = Field(default=None, max_length=80)
+    epoch: int | None = None
+    evidence: str = Field(default="{}", sa_column=Column(Text, nullable=False))
+    error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+
+class Approval(Chained, table=True):
+    """A decision at a gate."""
+
+    __tablename__ = "approvals"
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(index=True, max_length=80)
+    gate: str = Field(max_length=200)
+    decision: str = Field(max_length=40)
+    approver: str = Field(max_length=200)
+    channel: str = Field(max_length=80)
+    identity_verified: bool = False
+    comment: str = Field(default="", sa_column=Column(Text, nullable=False))
+    decided_at: datetime
+
+
+class AuthorityEpoch(Chained, table=True):
+    """The history of write authority: one row per epoch of a domain."""
+
+    __tablename__ = "authority_epochs"
+    __table_args__ = (UniqueConstraint("domain", "epoch", name="uq_authority_epochs_domain_epoch"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    domain: str = Field(index=True, max_length=200)
+    epoch: int
+    owner: str = Field(max_length=80)
+    state: str = Field(max_length=20)
+    lease_expires_at: datetime | None = None
+    run_id: str | None = Field(default=None, max_length=80)
+    changed_at: datetime
+    changed_by: str = Field(max_length=200)
+    reason: str = Field(default="", sa_column=Column(Text, nullable=False))
+
+
+class DrillReport(Chained, table=True):
+    """The checker's verdict on a drill."""
+
+    __tablename__ = "drill_reports"
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(index=True, max_length=80)
+    outcome: str = Field(max_length=40)
+    report: str = Field(default="{}", sa_column=Column(Text, nullable=False))
+    created_at: datetime
+
+
+class AuthorityRecord(SQLModel, table=True):
+    """The current authority of each domain: the row compare-and-set works on."""
+
+    __tablename__ = "authority"
+
+    domain: str = Field(primary_key=True, max_length=200)
+    epoch: int
+    owner: str = Field(max_length=80)
+    state: str = Field(max_length=20)
+    lease_expires_at: datetime | None = None
+    run_id: str | None = Field(default=None, max_length=80)
+    changed_at: datetime
+    changed_by: str = Field(max_length=200)
+
+
+class RunLock(SQLModel, table=True):
+    """One run at a time per domain: the primary key is the lock."""
+
+    __tablename__ = "run_locks"
+
+    domain: str = Field(primary_key=True, max_length=200)
+    run_id: str = Field(max_length=80)
+    acquired_at: datetime
+    acquired_by: str = Field(max_length=200)
+
+
+class ChainHead(SQLModel, table=True):
+    """The last seq and hash of the evidence chain (one row): catches a deleted tail row."""
+
+    __tablename__ = "chain_head"
+
+    id: int = Field(default=1, primary_key=True)
+    seq: int = 0
+    hash: str = Field(default="", max_length=64)
+
+
+CHAINED: tuple[type[Chained], ...] = (Run, RunEvent, Step, Approval, AuthorityEpoch, DrillReport)

@@ -1,0 +1,259 @@
+"""AuditStore: runs, steps (with the evidence wrapper), approvals, drill reports, run locks.
+
+Every write appends to the evidence chain (baton/audit/chain.py) inside the same transaction
+as the state it records, so the record and the change cannot disagree.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from baton.audit import chain
+from baton.audit.db import get_engine, session_scope
+from baton.audit.models import Approval, DrillReport, Run, RunEvent, RunLock, Step
+from baton.errors import RunLocked, UsageError
+
+RUN_STATUSES = ("succeeded", "failed", "aborted")
+DECISIONS = ("approved", "rejected", "timed_out")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def default_actor() -> str:
+    try:
+        return getpass.getuser()
+    except OSError:  # no login name in some containers
+        return "unknown"
+
+
+def new_run_id(runbook: str) -> str:
+    return f"{runbook}-{utcnow():%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+@dataclass
+class StepRecorder:
+    """What the body of `AuditStore.step` fills in: evidence (JSON-able), region, epoch."""
+
+    evidence: dict[str, Any] = field(default_factory=dict)
+    region: str | None = None
+    epoch: int | None = None
+
+
+@dataclass
+class RunView:
+    """A run with everything recorded about it, for `baton audit show`."""
+
+    run: Run
+    status: str
+    ended_at: datetime | None
+    events: list[RunEvent]
+    steps: list[Step]
+    approvals: list[Approval]
+    drill_reports: list[DrillReport]
+
+    def as_dict(self) -> dict:
+        def plain(row, drop=("prev_hash",)) -> dict:
+            data = row.model_dump(mode="json", exclude=set(drop))
+            for key in ("evidence", "report"):
+                if key in data:
+                    data[key] = json.loads(data[key])
+            return data
+
+        return {
+            "run": plain(self.run) | {"status": self.status,
+                                      "ended_at": self.ended_at.isoformat() if self.ended_at else None},
+            "steps": [plain(s) for s in self.steps],
+            "approvals": [plain(a) for a in self.approvals],
+            "events": [plain(e) for e in self.events],
+            "drill_reports": [plain(d) for d in self.drill_reports],
+        }
+
+
+class AuditStore:
+    """The audit database behind one URL (SQLite or PostgreSQL); migrated on first use."""
+
+    def __init__(self, database_url: str):
+        self.engine = get_engine(database_url)
+
+    @classmethod
+    def for_topology(cls, topology) -> AuditStore:
+        return cls(topology.audit.database_url)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        with session_scope(self.engine) as session:
+            yield session
+
+    # -- runs and the one-run-per-domain lock -------------------------------------------------
+
+    def start_run(self, domain: str, runbook: str, *, trigger: str = "cli", reason: str = "",
+                  started_by: str | None = None, planned: bool = True,
+                  run_id: str | None = None) -> Run:
+        """Record a new run and take the domain's lock; RunLocked names the run holding it."""
+        run_id = run_id or new_run_id(runbook)
+        started_by = started_by or default_actor()
+        now = utcnow()
+        try:
+            with self.transaction() as session:
+                session.add(RunLock(domain=domain, run_id=run_id, acquired_at=now, acquired_by=started_by))
+                session.flush()
+                run = Run(id=run_id, domain=domain, runbook=runbook, trigger=trigger, reason=reason,
+                          started_by=started_by, planned=planned, started_at=now)
+                return chain.append(session, run, now)
+        except IntegrityError:
+            holder = self.lock_holder(domain)
+            if holder is None:  # released between our insert and this read: a true race, retry once
+                return self.start_run(domain, runbook, trigger=trigger, reason=reason,
+                                      started_by=started_by, planned=planned, run_id=run_id)
+            raise RunLocked(
+                f"domain {domain!r} is locked by run {holder.run_id} (started by {holder.acquired_by} "
+                f"at {holder.acquired_at:%Y-%m-%d %H:%M:%S} UTC). Wait for it to finish, or if that "
+                f"run crashed, release it with `baton authority unlock --run {holder.run_id}`."
+            ) from None
+
+    def lock_holder(self, domain: str) -> RunLock | None:
+        with self.transaction() as session:
+            return session.get(RunLock, domain)
+
+    def finish_run(self, run_id: str, status: str, *, actor: str | None = None, detail: str = "") -> RunEvent:
+        """Record how a run ended and release its lock (if it still holds it)."""
+        if status not in RUN_STATUSES:
+            raise UsageError(f"run status must be one of {', '.join(RUN_STATUSES)}, not {status!r}")
+        with self.transaction() as session:
+            run = self._run(session, run_id)
+            lock = session.get(RunLock, run.domain)
+            if lock is not None and lock.run_id == run_id:
+                session.delete(lock)
+            now = utcnow()
+            event = RunEvent(run_id=run_id, kind="finished", status=status,
+                             actor=actor or default_actor(), detail=detail, at=now)
+            return chain.append(session, event, now)
+
+    def unlock(self, run_id: str, *, actor: str | None = None, reason: str = "") -> RunEvent:
+        """Release the lock a crashed run left behind, recorded as such."""
+        with self.transaction() as session:
+            run = self._run(session, run_id)
+            lock = session.get(RunLock, run.domain)
+            if lock is None or lock.run_id != run_id:
+                holder = f"run {lock.run_id} holds it" if lock else "no run holds it"
+                raise UsageError(f"run {run_id} does not hold the lock on domain {run.domain!r} "
+                                 f"({holder}); nothing was changed")
+            session.delete(lock)
+            now = utcnow()
+            event = RunEvent(run_id=run_id, kind="lock_released", status="aborted",
+                             actor=actor or default_actor(),
+                             detail=reason or "lock released by hand (run presumed crashed)", at=now)
+            return chain.append(session, event, now)
+
+    def _run(self, session: Session, run_id: str) -> Run:
+        run = session.get(Run, run_id)
+        if run is None:
+            raise UsageError(f"no run {run_id!r} in the audit database; `baton audit runs` lists them")
+        return run
+
+    # -- steps: the evidence wrapper ----------------------------------------------------------
+
+    @contextmanager
+    def step(self, run_id: str, name: str, *, region: str | None = None,
+             epoch: int | None = None) -> Iterator[StepRecorder]:
+        """Record a step's start, end, status, evidence and error; errors are recorded then re-raised.
+
+            with audit.step(run_id, "fence_old_owner", region="east") as step:
+                step.evidence["acls"] = fence(...)
+        """
+        recorder = StepRecorder(region=region, epoch=epoch)
+        started = utcnow()
+        try:
+            yield recorder
+        except BaseException as e:  # the one broad catch: record, then re-raise unchanged
+            self.record_step(run_id, name, "failed", started, utcnow(), recorder.evidence,
+                             error=f"{type(e).__name__}: {e}", region=recorder.region,
+                             epoch=recorder.epoch)
+            raise
+        self.record_step(run_id, name, "succeeded", started, utcnow(), recorder.evidence,
+                         region=recorder.region, epoch=recorder.epoch)
+
+    def record_step(self, run_id: str, name: str, status: str, started_at: datetime,
+                    ended_at: datetime, evidence: dict, *, error: str | None = None,
+                    region: str | None = None, epoch: int | None = None) -> Step:
+        with self.transaction() as session:
+            self._run(session, run_id)
+            position = session.exec(
+                select(func.count()).select_from(Step).where(Step.run_id == run_id)).one() + 1
+            row = Step(run_id=run_id, position=position, name=name, status=status,
+                       started_at=started_at, ended_at=ended_at, region=region, epoch=epoch,
+                       evidence=_json(evidence), error=error)
+            return chain.append(session, row, utcnow())
+
+    # -- approvals and drill reports ----------------------------------------------------------
+
+    def record_approval(self, run_id: str, gate: str, decision: str, approver: str, *,
+                        channel: str = "cli", identity_verified: bool = False,
+                        comment: str = "") -> Approval:
+        if decision not in DECISIONS:
+            raise UsageError(f"decision must be one of {', '.join(DECISIONS)}, not {decision!r}")
+        with self.transaction() as session:
+            self._run(session, run_id)
+            now = utcnow()
+            row = Approval(run_id=run_id, gate=gate, decision=decision, approver=approver,
+                           channel=channel, identity_verified=identity_verified, comment=comment,
+                           decided_at=now)
+            return chain.append(session, row, now)
+
+    def record_drill_report(self, run_id: str, outcome: str, report: dict) -> DrillReport:
+        with self.transaction() as session:
+            self._run(session, run_id)
+            now = utcnow()
+            row = DrillReport(run_id=run_id, outcome=outcome, report=_json(report), created_at=now)
+            return chain.append(session, row, now)
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def run(self, run_id: str) -> RunView:
+        with self.transaction() as session:
+            run = self._run(session, run_id)
+            events = rows_of(session, RunEvent, run_id)
+            lock = session.get(RunLock, run.domain)
+            steps = rows_of(session, Step, run_id)
+            approvals = rows_of(session, Approval, run_id)
+            reports = rows_of(session, DrillReport, run_id)
+        finished = [e for e in events if e.kind in ("finished", "lock_released")]
+        if finished:
+            status, ended_at = finished[-1].status, finished[-1].at
+        else:
+            holds_lock = lock is not None and lock.run_id == run_id
+            status, ended_at = ("running" if holds_lock else "unknown"), None
+        return RunView(run, status, ended_at, events, steps, approvals, reports)
+
+    def runs(self, domain: str | None = None, limit: int = 50) -> list[Run]:
+        with self.transaction() as session:
+            query = select(Run).order_by(Run.seq.desc()).limit(limit)
+            if domain:
+                query = query.where(Run.domain == domain)
+            return list(session.exec(query))
+
+    def verify(self) -> chain.Verdict:
+        """Check the whole evidence chain (see baton/audit/chain.py)."""
+        with self.transaction() as session:
+            return chain.verify(session)
+
+
+def rows_of(session: Session, table, run_id: str) -> list:
+    return list(session.exec(select(table).where(table.run_id == run_id).order_by(table.seq)))
