@@ -1,0 +1,157 @@
+"""The control topic `baton.authority.internal`: each region's own copy of the authority record.
+
+Compacted, one partition, key = domain, value = the Authority as JSON. MirrorMaker 2 never
+mirrors `*.internal` topics, so what a region's copy says is exactly what was published to
+that region: a region cut off from Baton keeps its last record, whose lease then lapses.
+Readers keep the newest record per domain by epoch (then lease), not the last offset, so a
+late-delivered stale record can never win.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from pydantic import ValidationError
+
+from baton.authority.record import Authority
+from baton.errors import RegionUnreachable
+from baton.kafka.admin import check_reachable, client_config, ensure_topics
+from baton.settings import RegionSettings, Topology
+
+CONTROL_TOPIC = "baton.authority.internal"
+CONTROL_TOPIC_CONFIG = {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"}
+
+
+def ensure_control_topic(topology: Topology, region: str, timeout: float = 5) -> bool:
+    """Create the control topic in a region if missing; True if it was created."""
+    admin = check_reachable(region, topology.regions[region], timeout=timeout)
+    return bool(ensure_topics(admin, {CONTROL_TOPIC: 1}, CONTROL_TOPIC_CONFIG))
+
+
+class ControlPublisher:
+    """Publishes authority records to every region's control topic; keeps one producer per region."""
+
+    def __init__(self, topology: Topology, timeout: float = 5):
+        self.topology = topology
+        self.timeout = timeout
+        self._producers: dict[str, Producer] = {}
+        self._topic_ready: set[str] = set()
+
+    def _producer(self, region: str) -> Producer:
+        if region not in self._producers:
+            # A record that cannot be delivered within the timeout is dropped rather than
+            # delivered late (a late record is harmless to readers, but pointless).
+            config = client_config(self.topology.regions[region]) | {
+                "acks": "all", "enable.idempotence": True,
+                "message.timeout.ms": int(self.timeout * 1000), "linger.ms": 0}
+            self._producers[region] = Producer(config)
+        return self._producers[region]
+
+    def publish(self, authority: Authority, regions: list[str] | None = None) -> dict[str, str | None]:
+        """Publish to each region; region -> None if acknowledged, else the error. Never raises."""
+        results: dict[str, str | None] = {}
+        for region in regions or list(self.topology.regions):
+            try:
+                results[region] = self._publish_one(region, authority)
+            except (RegionUnreachable, KafkaException) as e:
+                results[region] = str(e)
+        return results
+
+    def _publish_one(self, region: str, authority: Authority) -> str | None:
+        if region not in self._topic_ready:
+            ensure_control_topic(self.topology, region, timeout=self.timeout)
+            self._topic_ready.add(region)
+        outcome: dict[str, str | None] = {}
+
+        def delivered(error, _message):
+            outcome["error"] = None if error is None else str(error)
+
+        producer = self._producer(region)
+        producer.produce(CONTROL_TOPIC, key=authority.domain.encode(),
+                         value=authority.model_dump_json().encode(), on_delivery=delivered)
+        producer.flush(self.timeout + 1)
+        if "error" not in outcome:
+            return f"not acknowledged by {region} within {self.timeout:g}s"
+        return outcome["error"]
+
+    def close(self) -> None:
+        for producer in self._producers.values():
+            producer.flush(0)
+        self._producers.clear()
+
+
+def publish(topology: Topology, authority: Authority, timeout: float = 5) -> dict[str, str | None]:
+    """Publish one authority record to every region's control topic (see ControlPublisher)."""
+    publisher = ControlPublisher(topology, timeout)
+    try:
+        return publisher.publish(authority)
+    finally:
+        publisher.close()
+
+
+class ControlReader:
+    """Follows one region's control topic; `latest[domain]` is the newest record seen there."""
+
+    def __init__(self, region: RegionSettings, who: str = "admin"):
+        # assign(), not subscribe(): no group membership, nothing committed; the group id is
+        # only there because the client requires one (lab ACLs allow `baton-` groups).
+        config = client_config(region, who) | {
+            "group.id": f"baton-authority-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
+            "auto.offset.reset": "earliest", "topic.metadata.refresh.interval.ms": 5000}
+        self.consumer = Consumer(config)
+        self.consumer.assign([TopicPartition(CONTROL_TOPIC, 0, OFFSET_BEGINNING)])
+        self.latest: dict[str, Authority] = {}
+        self.last_error: str | None = None
+
+    def poll(self, timeout: float) -> int:
+        """Read what arrived within `timeout`; return how many records were read."""
+        read = 0
+        for message in self.consumer.consume(num_messages=500, timeout=timeout):
+            if message.error():
+                if message.error().code() != KafkaError._PARTITION_EOF:
+                    self.last_error = str(message.error())
+                continue
+            read += 1
+            try:
+                record = Authority.model_validate_json(message.value())
+            except (ValidationError, TypeError):
+                continue  # not ours (or a tombstone): ignore rather than trust it
+            if record.newer_than(self.latest.get(record.domain)):
+                self.latest[record.domain] = record
+        return read
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def read(topology: Topology, region: str, who: str = "admin", timeout: float = 5) -> Authority | None:
+    """The newest authority record of the topology's domain in one region's control topic."""
+    admin = check_reachable(region, topology.regions[region], timeout=timeout)
+    metadata = admin.list_topics(CONTROL_TOPIC, timeout=timeout).topics[CONTROL_TOPIC]
+    if metadata.error is not None:
+        return None  # no control topic there yet
+    end = _end_offset(topology.regions[region], who, timeout)
+    reader = ControlReader(topology.regions[region], who)
+    deadline = time.monotonic() + timeout
+    try:
+        position = 0
+        while position < end:
+            if time.monotonic() > deadline:
+                raise RegionUnreachable(
+                    f"region {region!r} did not deliver its control topic up to offset {end} within "
+                    f"{timeout:g}s (read up to {position}); check that its brokers are healthy")
+            reader.poll(0.2)
+            position = max(0, reader.consumer.position([TopicPartition(CONTROL_TOPIC, 0)])[0].offset)
+        return reader.latest.get(topology.domain.name)
+    finally:
+        reader.close()
+
+
+def _end_offset(region: RegionSettings, who: str, timeout: float) -> int:
+    consumer = Consumer(client_config(region, who) | {"group.id": "baton-authority-probe"})
+    try:
+        return consumer.get_watermark_offsets(TopicPartition(CONTROL_TOPIC, 0), timeout=timeout)[1]
+    finally:
+        consumer.close()
