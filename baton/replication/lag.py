@@ -1,0 +1,338 @@
+"""Lag and RPO: per replicated partition, which owner records the secondary does not have yet.
+
+Lag here is a correctness signal, not throughput: the records at risk if the secondary
+took over now. For each partition Baton finds the owner offset U of the mirror's last
+record (replicated through U), so `missing = end - (U + 1)` exactly, and the age of the
+oldest missing record is read from that very record. U comes from the engine's newest
+offset hint (MM2: offset sync) and is *verified* by fingerprints record by record up to
+the mirror's end; without a usable hint the mirror's tail is searched on the owner.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+from confluent_kafka.admin import AdminClient
+
+from baton.errors import RegionUnreachable, ReplicationError, UsageError
+from baton.kafka.admin import check_reachable, client_config
+from baton.kafka.fingerprint import TimestampMode
+from baton.kafka.reading import (
+    Partition,
+    Rec,
+    Watermarks,
+    offsets_for_times,
+    partition_counts,
+    read_ranges,
+    timestamp_types,
+    watermarks,
+)
+from baton.replication import engine_for
+from baton.replication.engine import OffsetHint, ReplicationEngine
+from baton.replication.matching import common_prefix
+from baton.settings import Topology
+
+# Fallback search: the mirror's last TAIL records are looked for in the owner's last SEARCH records.
+TAIL, SEARCH = 16, 20_000
+# Hinted segments longer than this are not verified record by record (the search is used).
+MAX_VERIFY = 50_000
+
+
+@dataclass
+class Scope:
+    """The topics in scope, their mirrors, and clients for both regions."""
+
+    topology: Topology
+    engine: ReplicationEngine
+    owner: str
+    secondary: str
+    topics: list[str]
+    mirrors: dict[str, str]
+    partitions: dict[str, int]
+    timestamps: dict[str, TimestampMode]  # by owner topic and by mirror name
+    owner_admin: AdminClient | None
+    secondary_admin: AdminClient
+    timeout: float
+
+    def config(self, region: str) -> dict:
+        return client_config(self.topology.regions[region])
+
+    def pairs(self) -> list[tuple[str, int]]:
+        return [(topic, p) for topic in self.topics for p in range(self.partitions[topic])]
+
+    def mirror_of(self, tp: Partition) -> Partition:
+        return self.mirrors[tp[0]], tp[1]
+
+
+def resolve_scope(topology: Topology, *, owner: str | None = None, topics: list[str] | None = None,
+                  engine: ReplicationEngine | None = None, owner_required: bool = True,
+                  timeout: float | None = None) -> Scope:
+    """Check the topics and their mirrors exist with equal partition counts; bounded in time."""
+    owner = owner or topology.domain.initial_owner
+    secondary = topology.other_region(owner)
+    topics = list(topics or topology.domain.topics)
+    engine = engine or engine_for(topology)
+    wait = timeout or topology.regions[owner].request_timeout_seconds
+    secondary_admin = check_reachable(secondary, topology.regions[secondary], timeout=wait)
+    owner_admin = None
+    try:
+        owner_admin = check_reachable(owner, topology.regions[owner], timeout=wait)
+    except RegionUnreachable:
+        if owner_required:
+            raise
+    mirrors = {topic: engine.remote_topic(topic, owner) for topic in topics}
+    mirror_counts = partition_counts(secondary_admin, mirrors.values(), secondary, wait)
+    if owner_admin is not None:
+        counts = partition_counts(owner_admin, topics, owner, wait)
+        unknown = [t for t in topics if counts[t] is None]
+        if unknown:
+            raise UsageError(f"unknown topic(s) on owner region {owner!r}: {', '.join(unknown)}; "
+                             f"pass topics that exist there (domain topics: {topology.domain.topics})")
+    else:
+        counts = {topic: mirror_counts[mirrors[topic]] for topic in topics}
+    missing = [f"{mirrors[t]} (of {t})" for t in topics if mirror_counts[mirrors[t]] is None]
+    if missing:
+        raise ReplicationError(
+            f"mirror topic(s) missing on region {secondary!r}: {', '.join(missing)}. Is replication "
+            f"{owner} -> {secondary} running and does it include these topics?"
+        )
+    mismatched = [f"{t} has {counts[t]} partitions but {mirrors[t]} has {mirror_counts[mirrors[t]]}"
+                  for t in topics if counts[t] != mirror_counts[mirrors[t]]]
+    if mismatched:
+        raise ReplicationError("partition count mismatch between topic and mirror: "
+                               + "; ".join(mismatched) + ". Partition-wise comparison is impossible; "
+                               "let the engine sync partitions (MM2 does) or fix the mirror.")
+    modes: dict[str, TimestampMode] = {}
+    mirror_types = timestamp_types(secondary_admin, mirrors.values(), secondary, wait)
+    owner_types = (timestamp_types(owner_admin, topics, owner, wait) if owner_admin is not None
+                   else dict.fromkeys(topics, "CreateTime"))
+    for topic in topics:
+        # See baton.kafka.fingerprint: what of the timestamp survives the copy.
+        if mirror_types[mirrors[topic]] == "LogAppendTime":
+            mode: TimestampMode = "ignore"
+        elif owner_types[topic] == "LogAppendTime":
+            mode = "value"
+        else:
+            mode = "typed"
+        modes[topic] = modes[mirrors[topic]] = mode
+    return Scope(topology, engine, owner, secondary, topics, mirrors, dict(counts), modes,
+                 owner_admin, secondary_admin, wait)
+
+
+@dataclass
+class PartitionLag:
+    topic: str
+    mirror_topic: str
+    partition: int
+    owner_start: int
+    owner_end: int
+    mirror_start: int
+    mirror_end: int
+    replicated_through: int | None  # owner offset of the mirror's last record; None: unknown
+    missing_records: int | None
+    oldest_missing_age_seconds: float | None
+    method: str  # offset-sync | search | empty
+    note: str = ""
+
+    @property
+    def current(self) -> bool | None:
+        return None if self.missing_records is None else self.missing_records == 0
+
+    def missing_ranges(self) -> list[tuple[int, int]]:
+        """Owner offset ranges [start, end) not on the secondary."""
+        if self.replicated_through is None:
+            return [(self.owner_start, self.owner_end)] if self.owner_end > self.owner_start else []
+        start = max(self.replicated_through + 1, self.owner_start)
+        return [(start, self.owner_end)] if self.owner_end > start else []
+
+
+@dataclass
+class LagReport:
+    owner: str
+    secondary: str
+    measured_at: float
+    partitions: list[PartitionLag]
+    heartbeat_age_seconds: float | None
+    problems: list[str] = field(default_factory=list)
+    hints: dict = field(default_factory=dict, repr=False)  # (topic, p) -> [OffsetHint], reused
+
+    @property
+    def unknown(self) -> list[PartitionLag]:
+        return [p for p in self.partitions if p.missing_records is None]
+
+    @property
+    def records_at_risk(self) -> int:
+        return sum(p.missing_records or 0 for p in self.partitions)
+
+    @property
+    def seconds_at_risk(self) -> float:
+        return max((p.oldest_missing_age_seconds or 0.0 for p in self.partitions), default=0.0)
+
+    def statement(self) -> str:
+        text = f"{self.records_at_risk} records / {self.seconds_at_risk:.1f} seconds at risk"
+        if self.unknown:
+            text += f" (+ {len(self.unknown)} partition(s) whose position could not be verified)"
+        return text
+
+    def by_partition(self) -> dict[Partition, PartitionLag]:
+        return {(p.topic, p.partition): p for p in self.partitions}
+
+    def as_dict(self) -> dict:
+        return {
+            "owner": self.owner, "secondary": self.secondary, "measured_at": self.measured_at,
+            "records_at_risk": self.records_at_risk, "seconds_at_risk": round(self.seconds_at_risk, 3),
+            "statement": self.statement(), "heartbeat_age_seconds": self.heartbeat_age_seconds,
+            "problems": self.problems,
+            "partitions": [asdict(p) | {"current": p.current} for p in self.partitions],
+        }
+
+
+def latest_hint(hints: list[OffsetHint], *, upstream_at_most: int | None = None,
+                downstream_within: tuple[int, int] | None = None) -> OffsetHint | None:
+    """The newest-written hint satisfying the bounds (the newest copy wins after an engine restart)."""
+    for hint in reversed(hints):
+        if upstream_at_most is not None and hint.upstream_offset > upstream_at_most:
+            continue
+        if downstream_within and not downstream_within[0] <= hint.downstream_offset < downstream_within[1]:
+            continue
+        return hint
+    return None
+
+
+def read_hints(scope: Scope, problems: list[str]) -> dict:
+    try:
+        reading = scope.engine.offset_hints(scope.owner, scope.secondary)
+    except ReplicationError as e:
+        problems.append(f"{e} (falling back to fingerprint search)")
+        return {}
+    problems.extend(reading.problems)
+    return reading.items
+
+
+def measure_lag(topology: Topology, *, owner: str | None = None, topics: list[str] | None = None,
+                engine: ReplicationEngine | None = None, scope: Scope | None = None) -> LagReport:
+    """Exact per-partition lag of the secondary behind the owner, and the RPO statement."""
+    scope = scope or resolve_scope(topology, owner=owner, topics=topics, engine=engine)
+    problems: list[str] = []
+    pairs = scope.pairs()
+    owner_marks = watermarks(scope.owner_admin, pairs, scope.owner, scope.timeout)
+    mirror_marks = watermarks(scope.secondary_admin, [scope.mirror_of(tp) for tp in pairs],
+                              scope.secondary, scope.timeout)
+    hints = read_hints(scope, problems)
+    now = time.time()
+
+    results: dict[Partition, PartitionLag] = {}
+    hinted: dict[Partition, OffsetHint] = {}
+    for tp in pairs:
+        own, mir = owner_marks[tp], mirror_marks[scope.mirror_of(tp)]
+        result = results[tp] = PartitionLag(tp[0], scope.mirrors[tp[0]], tp[1], own.start, own.end,
+                                            mir.start, mir.end, None, None, None, "empty")
+        if own.empty:
+            result.replicated_through = own.end - 1
+        elif mir.end == 0:
+            result.replicated_through = own.start - 1  # nothing was ever copied
+        else:
+            hint = latest_hint(hints.get(tp, []), downstream_within=(mir.start, mir.end))
+            if (hint and own.start <= hint.upstream_offset < own.end
+                    and mir.end - hint.downstream_offset <= MAX_VERIFY):
+                hinted[tp] = hint
+
+    # Verify hinted positions: owner [u, u + n] against mirror [d, end), n = records after the hint.
+    owner_ranges, mirror_ranges = {}, {}
+    for tp, hint in hinted.items():
+        n = mirror_marks[scope.mirror_of(tp)].end - hint.downstream_offset
+        owner_ranges[tp] = [(hint.upstream_offset, min(owner_marks[tp].end, hint.upstream_offset + n + 1))]
+        mirror_ranges[scope.mirror_of(tp)] = [(hint.downstream_offset, hint.downstream_offset + n)]
+    owner_recs = read_ranges(scope.config(scope.owner), owner_ranges, scope.owner,
+                             timestamps=scope.timestamps, exclude_headers=scope.engine.replication_headers)
+    mirror_recs = read_ranges(scope.config(scope.secondary), mirror_ranges, scope.secondary,
+                              timestamps=scope.timestamps, exclude_headers=scope.engine.replication_headers)
+    oldest: dict[Partition, Rec] = {}
+    for tp in hinted:
+        owner_seq = _sorted(owner_recs[tp])
+        mirror_seq = _sorted(mirror_recs[scope.mirror_of(tp)])
+        if mirror_seq and common_prefix(owner_seq, mirror_seq) == len(mirror_seq):
+            results[tp].replicated_through = owner_seq[len(mirror_seq) - 1].offset
+            results[tp].method = "offset-sync"
+            if len(owner_seq) > len(mirror_seq):
+                oldest[tp] = owner_seq[len(mirror_seq)]
+        else:
+            results[tp].note = "offset hint did not verify by fingerprints; searched instead"
+    _search(scope, [tp for tp, r in results.items() if r.replicated_through is None],
+            owner_marks, mirror_marks, results, oldest)
+
+    # The oldest missing record, where the verified segment did not already include it.
+    first_missing = {tp: max(r.replicated_through + 1, r.owner_start) for tp, r in results.items()
+                     if r.replicated_through is not None}
+    need = {tp: [(start, min(owner_marks[tp].end, start + TAIL))] for tp, start in first_missing.items()
+            if start < owner_marks[tp].end and tp not in oldest}
+    for tp, records in read_ranges(scope.config(scope.owner), need, scope.owner).items():
+        if records:
+            oldest[tp] = records[min(records)]
+    for tp, result in results.items():
+        if tp not in first_missing:
+            if not result.note:
+                result.note = "the mirror's last records were not found on the owner"
+            continue
+        result.missing_records = max(0, result.owner_end - first_missing[tp])
+        if result.missing_records and tp in oldest:
+            result.oldest_missing_age_seconds = max(0.0, now - oldest[tp].timestamp_ms / 1000)
+        if result.replicated_through + 1 < result.owner_start and result.method != "empty":
+            result.note = (f"owner log start {result.owner_start} moved past the replicated position: "
+                           f"offsets {result.replicated_through + 1}..{result.owner_start - 1} were deleted "
+                           "by retention before they were replicated")
+
+    heartbeat = None
+    try:
+        heartbeat = scope.engine.heartbeat_age(scope.owner, scope.secondary, int(now * 1000))
+    except ReplicationError as e:
+        problems.append(str(e))
+    return LagReport(scope.owner, scope.secondary, now, [results[tp] for tp in pairs], heartbeat, problems,
+                     hints)
+
+
+def _sorted(records: dict[int, Rec]) -> list[Rec]:
+    return [records[offset] for offset in sorted(records)]
+
+
+def _search(scope: Scope, pending: list[Partition], owner_marks: dict[Partition, Watermarks],
+            mirror_marks: dict[Partition, Watermarks], results: dict[Partition, PartitionLag],
+            oldest: dict[Partition, Rec]) -> None:
+    """No verified hint: look for the mirror's last TAIL records among the owner's last SEARCH records."""
+    if not pending:
+        return
+    mirror_ranges = {}
+    for tp in pending:
+        marks = mirror_marks[scope.mirror_of(tp)]
+        mirror_ranges[scope.mirror_of(tp)] = [(max(marks.start, marks.end - TAIL), marks.end)]
+    tails = read_ranges(scope.config(scope.secondary), mirror_ranges, scope.secondary,
+                        timestamps=scope.timestamps, exclude_headers=scope.engine.replication_headers)
+    owner_ranges = {}
+    for tp in pending:
+        marks = owner_marks[tp]
+        owner_ranges[tp] = [(max(marks.start, marks.end - SEARCH), marks.end)]
+    owners = read_ranges(scope.config(scope.owner), owner_ranges, scope.owner, timestamps=scope.timestamps,
+                         exclude_headers=scope.engine.replication_headers)
+    for tp in pending:
+        tail = _sorted(tails[scope.mirror_of(tp)])
+        owner_seq = _sorted(owners[tp])
+        if not tail:
+            continue
+        needle = [r.fingerprint for r in tail]
+        found = [i for i in range(len(owner_seq) - len(needle) + 1)
+                 if owner_seq[i].fingerprint == needle[0]
+                 and [r.fingerprint for r in owner_seq[i:i + len(needle)]] == needle]
+        if len(found) == 1:
+            end = found[0] + len(needle)
+            results[tp].replicated_through = owner_seq[end - 1].offset
+            results[tp].method = "search"
+            if end < len(owner_seq):
+                oldest[tp] = owner_seq[end]
+        elif found:
+            results[tp].note = (f"the mirror's last {len(needle)} records match {len(found)} places on "
+                                "the owner (identical records): replicated position is ambiguous")
+
+
+__all__ = ["LagReport", "PartitionLag", "Scope", "latest_hint", "measure_lag", "offsets_for_times",
+           "resolve_scope"]

@@ -1,0 +1,374 @@
+"""Exact consumer-offset translation owner -> secondary, and applying it to the secondary's groups.
+
+The record at a group's committed offset C on the owner is the next record it would consume.
+Baton finds that very record in the mirror:
+1. hint: the newest-written offset hint with upstream <= C (after an engine restart that is the
+   restart's own hint, so the *newest* copy of C is found, past any replayed duplicates);
+2. verify: the owner's records from the hint to C (and a few after) equal the mirror's,
+   record by record by fingerprint; C's copy is then the answer (`exact`);
+3. otherwise search: from the hint (or a timestamp seek) match a run of consecutive records,
+   which separates identical payloads and replayed duplicates; several places -> `ambiguous`.
+A group whose next record is not (yet) on the mirror maps to the mirror's end (`end`), with
+the duplicates that would arrive if replication caught up. When the owner is unreachable the
+engine's own checkpoints are used (`checkpoint`): they never skip data, but may re-deliver.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+
+from baton.errors import ReplicationError, StepFailed, UsageError
+from baton.kafka.reading import Partition, Rec, committed_offsets, offsets_for_times, read_ranges, watermarks
+from baton.replication.engine import ReplicationEngine
+from baton.replication.lag import LagReport, Scope, latest_hint, measure_lag, resolve_scope
+from baton.replication.matching import common_prefix, match_run
+from baton.settings import Topology
+
+# Records checked after C (hint path) and the run matched from C (search path).
+RUN_AFTER, RUN = 16, 64
+# Search path: mirror records scanned from its lower bound; timestamp seek goes back this much.
+SEARCH_WINDOW, SKEW_MS = 20_000, 60_000
+MAX_VERIFY = 50_000
+
+
+@dataclass
+class Translation:
+    group: str
+    topic: str
+    mirror_topic: str
+    partition: int
+    owner_offset: int | None  # the group's committed offset on the owner
+    translated_offset: int | None  # where it resumes on the secondary
+    method: str  # exact | checkpoint | end
+    status: str = "ok"  # ok | ambiguous | not-found | no-checkpoint
+    duplicates_bound: int | None = 0  # records the group may see again from there
+    missing: int | None = 0  # records the group has not processed that the secondary lacks
+    note: str = ""
+
+    @property
+    def usable(self) -> bool:
+        return self.status == "ok" and self.translated_offset is not None
+
+
+@dataclass
+class TranslationReport:
+    owner: str
+    secondary: str
+    owner_reachable: bool
+    entries: list[Translation]
+    problems: list[str] = field(default_factory=list)
+    lag: LagReport | None = None
+
+    def as_dict(self) -> dict:
+        return {
+            "owner": self.owner, "secondary": self.secondary, "owner_reachable": self.owner_reachable,
+            "currency": self.lag.statement() if self.lag else None, "problems": self.problems,
+            "entries": [asdict(e) for e in self.entries],
+        }
+
+
+def translate_offsets(topology: Topology, *, groups: list[str] | None = None,
+                      topics: list[str] | None = None, owner: str | None = None, method: str = "exact",
+                      hint: str = "offset-sync", engine: ReplicationEngine | None = None,
+                      scope: Scope | None = None) -> TranslationReport:
+    """Translate each group's committed offsets on the owner to positions on the secondary."""
+    if method not in ("exact", "checkpoint"):
+        raise UsageError(f"--method must be exact or checkpoint, not {method!r}")
+    if hint not in ("offset-sync", "timestamp"):
+        raise UsageError(f"hint must be offset-sync or timestamp, not {hint!r}")
+    groups = list(groups or topology.domain.consumer_groups)
+    if not groups:
+        raise UsageError("no consumer groups: pass --group G or list domain.consumer_groups")
+    scope = scope or resolve_scope(topology, owner=owner, topics=topics, engine=engine,
+                                   owner_required=False)
+    problems: list[str] = []
+    if scope.owner_admin is None:
+        servers = topology.regions[scope.owner].bootstrap_servers
+        problems.append(f"owner region {scope.owner!r} is unreachable ({servers}): fell back to "
+                        f"MM2 checkpoints read from {scope.secondary!r}")
+        entries = _by_checkpoints(scope, groups, None, problems)
+        return TranslationReport(scope.owner, scope.secondary, False, entries, problems)
+    lag = measure_lag(topology, scope=scope)
+    problems.extend(lag.problems)
+    exact = _exact(scope, groups, lag, hint)
+    entries = _by_checkpoints(scope, groups, exact, problems) if method == "checkpoint" else exact
+    return TranslationReport(scope.owner, scope.secondary, True, entries, problems, lag)
+
+
+def _committed(scope: Scope, groups: list[str]) -> dict[str, dict[Partition, int]]:
+    in_scope = set(scope.pairs())
+    found = {}
+    for group in groups:
+        offsets = committed_offsets(scope.owner_admin, group, scope.owner, scope.timeout)
+        found[group] = {tp: o for tp, o in offsets.items() if tp in in_scope}
+        if not found[group]:
+            raise UsageError(f"unknown group {group!r}: it has no committed offsets for "
+                             f"{', '.join(scope.topics)} on owner region {scope.owner!r}; "
+                             "pass a group that consumes these topics (--group)")
+    return found
+
+
+def _sorted(records: dict[int, Rec]) -> list[Rec]:
+    return [records[offset] for offset in sorted(records)]
+
+
+def _exact(scope: Scope, groups: list[str], lag: LagReport, hint_kind: str) -> list[Translation]:
+    committed = _committed(scope, groups)
+    positions = lag.by_partition()
+    entries: list[Translation] = []
+    pending: list[tuple[Translation, Partition]] = []
+    for group in groups:
+        for tp in scope.pairs():
+            if tp not in committed[group]:
+                continue
+            part = positions[tp]
+            offset = committed[group][tp]
+            entry = Translation(group, tp[0], scope.mirrors[tp[0]], tp[1], offset, None, "exact")
+            entries.append(entry)
+            if part.replicated_through is None:
+                entry.status, entry.note = "not-found", "replicated position unknown: " + part.note
+                entry.duplicates_bound = entry.missing = None
+                continue
+            next_offset = max(offset, part.owner_start)
+            if next_offset > offset:
+                entry.note = (f"committed offset {offset} is below the owner's log start {part.owner_start}"
+                              " (deleted by retention): the group resumes at the log start")
+            first_missing = max(part.replicated_through + 1, part.owner_start)
+            entry.missing = max(0, part.owner_end - max(next_offset, first_missing))
+            if next_offset >= first_missing:
+                # Its next record is not on the mirror (yet): resume at the mirror's end.
+                entry.method, entry.translated_offset = "end", part.mirror_end
+                entry.duplicates_bound = max(0, min(next_offset, part.owner_end) - first_missing)
+                if entry.duplicates_bound:
+                    entry.note = (f"mirror is not current: {entry.duplicates_bound} records this group "
+                                  "already processed would arrive after this position")
+                continue
+            pending.append((entry, tp))
+
+    unresolved = _verify_hinted(scope, pending, lag, hint_kind)
+    _search(scope, unresolved, lag)
+    return entries
+
+
+def _verify_hinted(scope: Scope, pending: list[tuple[Translation, Partition]], lag: LagReport,
+                   hint_kind: str) -> list[tuple[Translation, Partition]]:
+    """Resolve entries whose newest hint verifies record by record; return the rest."""
+    positions = lag.by_partition()
+    plan = []
+    for entry, tp in pending:
+        part = positions[tp]
+        next_offset = max(entry.owner_offset, part.owner_start)
+        hint = None
+        if hint_kind == "offset-sync":
+            hint = latest_hint(lag.hints.get(tp, []), upstream_at_most=next_offset,
+                               downstream_within=(part.mirror_start, part.mirror_end))
+        if hint is None or hint.upstream_offset < part.owner_start or \
+                next_offset - hint.upstream_offset > MAX_VERIFY:
+            continue
+        plan.append((entry, tp, hint, next_offset))
+    owner_ranges: dict[Partition, list] = {}
+    mirror_ranges: dict[Partition, list] = {}
+    for _, tp, hint, next_offset in plan:
+        part = positions[tp]
+        owner_ranges.setdefault(tp, []).append(
+            (hint.upstream_offset, min(part.owner_end, next_offset + RUN_AFTER)))
+        mirror_ranges.setdefault(scope.mirror_of(tp), []).append(
+            (hint.downstream_offset,
+             min(part.mirror_end, hint.downstream_offset + next_offset - hint.upstream_offset + RUN_AFTER)))
+    owner_recs = read_ranges(scope.config(scope.owner), owner_ranges, scope.owner,
+                             timestamps=scope.timestamps, exclude_headers=scope.engine.replication_headers)
+    mirror_recs = read_ranges(scope.config(scope.secondary), mirror_ranges, scope.secondary,
+                              timestamps=scope.timestamps, exclude_headers=scope.engine.replication_headers)
+    resolved = set()
+    for entry, tp, hint, next_offset in plan:
+        owner_seq = [r for r in _sorted(owner_recs[tp]) if hint.upstream_offset <= r.offset]
+        mirror_seq = [r for r in _sorted(mirror_recs[scope.mirror_of(tp)])
+                      if hint.downstream_offset <= r.offset]
+        index = next((i for i, r in enumerate(owner_seq) if r.offset >= next_offset), None)
+        if index is None:
+            continue
+        common = common_prefix(owner_seq, mirror_seq)
+        # C's copy must verify, and so must every record read after it on both sides.
+        if common > index and common == min(len(owner_seq), len(mirror_seq)):
+            entry.translated_offset = mirror_seq[index].offset
+            resolved.add(id(entry))
+    return [(entry, tp) for entry, tp in pending if id(entry) not in resolved]
+
+
+def _search(scope: Scope, pending: list[tuple[Translation, Partition]], lag: LagReport) -> None:
+    """Match a run of consecutive records from C in a window of the mirror."""
+    if not pending:
+        return
+    positions = lag.by_partition()
+    owner_ranges: dict[Partition, list] = {}
+    for entry, tp in pending:
+        start = max(entry.owner_offset, positions[tp].owner_start)
+        owner_ranges.setdefault(tp, []).append((start, min(positions[tp].owner_end, start + RUN)))
+    owner_recs = read_ranges(scope.config(scope.owner), owner_ranges, scope.owner,
+                             timestamps=scope.timestamps, exclude_headers=scope.engine.replication_headers)
+    runs = {}
+    seek = {}
+    for entry, tp in pending:
+        start = max(entry.owner_offset, positions[tp].owner_start)
+        run = [r for r in _sorted(owner_recs[tp]) if start <= r.offset < start + RUN]
+        runs[id(entry)] = run
+        if run:
+            seek[(id(entry), tp)] = run[0].timestamp_ms - SKEW_MS
+    lows = offsets_for_times(scope.secondary_admin,
+                             {scope.mirror_of(tp): ms for (_, tp), ms in seek.items()},
+                             scope.secondary, scope.timeout) if seek else {}
+    # offsets_for_times answers per partition; entries sharing a partition share the earliest seek.
+    mirror_ranges: dict[Partition, list] = {}
+    windows = {}
+    for entry, tp in pending:
+        part = positions[tp]
+        if not runs[id(entry)]:
+            continue
+        low = lows.get(scope.mirror_of(tp), -1)
+        low = part.mirror_start if low < 0 else max(part.mirror_start, low)
+        hint = latest_hint(lag.hints.get(tp, []), upstream_at_most=entry.owner_offset,
+                           downstream_within=(part.mirror_start, part.mirror_end))
+        if hint is not None:
+            low = min(low, hint.downstream_offset)
+        high = min(part.mirror_end, low + SEARCH_WINDOW)
+        windows[id(entry)] = (low, high)
+        mirror_ranges.setdefault(scope.mirror_of(tp), []).append((low, high))
+    mirror_recs = read_ranges(scope.config(scope.secondary), mirror_ranges, scope.secondary,
+                              timestamps=scope.timestamps, exclude_headers=scope.engine.replication_headers)
+    for entry, tp in pending:
+        part = positions[tp]
+        run = runs[id(entry)]
+        if not run:
+            entry.status, entry.note = "not-found", "the record at the committed offset could not be read"
+            continue
+        low, high = windows[id(entry)]
+        window = [r for r in _sorted(mirror_recs[scope.mirror_of(tp)]) if low <= r.offset < high]
+        found = match_run(run, run[-1].offset >= part.owner_end - 1, window, high >= part.mirror_end,
+                          bool(part.current))
+        if found.status == "exact":
+            entry.translated_offset = found.offset
+            entry.note = (entry.note + " " if entry.note else "") + "located by fingerprint search"
+        else:
+            entry.status, entry.duplicates_bound = found.status, None
+            entry.note = (f"{found.status}: the run of {len(run)} records from owner offset "
+                          f"{run[0].offset} matches mirror offsets {found.candidates[:10]} "
+                          f"(searched {low}..{high}); not guessing")
+
+
+def _by_checkpoints(scope: Scope, groups: list[str], exact: list[Translation] | None,
+                    problems: list[str]) -> list[Translation]:
+    """The engine's own translation. Beside an exact result, the duplicates it would cause are measured."""
+    reading = scope.engine.checkpoints(scope.owner, scope.secondary)
+    problems.extend(reading.problems)
+    bound = scope.topology.replication.offset_lag_max
+    by_key = {(e.group, e.topic, e.partition): e for e in exact or []}
+    entries = []
+    for group in groups:
+        rows = []
+        for topic, p in scope.pairs():
+            mirror = scope.mirrors[topic]
+            checkpoint = reading.items.get((group, mirror, p))
+            reference = by_key.get((group, topic, p))
+            if exact is not None and reference is None:
+                continue  # no commit on the owner for this partition
+            entry = Translation(group, topic, mirror, p, reference.owner_offset if reference else None,
+                                None, "checkpoint", duplicates_bound=bound, missing=None)
+            if checkpoint is None:
+                if reference is None:
+                    continue
+                entry.status = "no-checkpoint"
+                entry.note = "MM2 emitted no checkpoint for this group and partition (lagging or idle group)"
+            else:
+                entry.translated_offset = checkpoint.downstream_offset
+                if entry.owner_offset is None:
+                    entry.owner_offset = checkpoint.upstream_offset
+                entry.note = (f"checkpoint of upstream offset {checkpoint.upstream_offset} written at "
+                              f"{checkpoint.timestamp_ms} ms; bound: offset.lag.max={bound}, plus anything "
+                              "the group consumed after it")
+                if reference is not None and reference.usable:
+                    entry.missing = reference.missing
+                    gap = reference.translated_offset - checkpoint.downstream_offset
+                    entry.duplicates_bound = max(0, gap)
+                    entry.note = (f"measured against exact offset {reference.translated_offset}: "
+                                  f"{entry.duplicates_bound} duplicates")
+            rows.append(entry)
+        if exact is None and not rows:
+            raise UsageError(f"no MM2 checkpoints for group {group!r} on region {scope.secondary!r} for "
+                             f"{', '.join(scope.mirrors.values())}: unknown group, or MM2 never "
+                             "checkpointed it (groups pattern, or the group never committed)")
+        entries.extend(rows)
+    return entries
+
+
+@dataclass
+class Applied:
+    group: str
+    committed: dict[str, int]  # "topic[partition]" -> offset read back
+    previous: dict[str, int]
+
+
+def apply_translation(topology: Topology, report: TranslationReport, *, force: bool = False,
+                      groups: list[str] | None = None) -> list[Applied]:
+    """Commit translated offsets to the secondary's groups; all checks pass before anything is written."""
+    from baton.kafka.admin import check_reachable
+
+    region = report.secondary
+    admin = check_reachable(region, topology.regions[region])
+    timeout = topology.regions[region].request_timeout_seconds
+    by_group: dict[str, list[Translation]] = {}
+    for entry in report.entries:
+        if groups is None or entry.group in groups:
+            by_group.setdefault(entry.group, []).append(entry)
+    refusals = []
+    plans: dict[str, dict[Partition, int]] = {}
+    previous: dict[str, dict[Partition, int]] = {}
+    described = admin.describe_consumer_groups(list(by_group), request_timeout=timeout)
+    for group, entries in by_group.items():
+        unusable = [f"{e.mirror_topic}[{e.partition}] ({e.status})" for e in entries if not e.usable]
+        if unusable:
+            refusals.append(f"group {group!r}: no trustworthy translation for {', '.join(unusable)}")
+            continue
+        try:
+            description = described[group].result()
+        except KafkaException as e:
+            raise ReplicationError(f"describing group {group!r} on region {region!r} failed: {e}") from e
+        if description.members:
+            members = ", ".join(f"{m.member_id} (client {m.client_id} on {m.host})"
+                                for m in description.members)
+            refusals.append(f"group {group!r} has active members on region {region!r}: {members}; "
+                            "stop these consumers first")
+            continue
+        plans[group] = {(e.mirror_topic, e.partition): e.translated_offset for e in entries}
+        previous[group] = committed_offsets(admin, group, region, timeout)
+        backwards = [f"{t}[{p}] {previous[group][(t, p)]} -> {o}" for (t, p), o in plans[group].items()
+                     if (t, p) in previous[group] and o < previous[group][(t, p)]]
+        if backwards and not force:
+            refusals.append(f"group {group!r} would move backwards on region {region!r}: "
+                            f"{', '.join(backwards)}; pass --force to re-deliver on purpose")
+    if refusals:
+        raise StepFailed("nothing was written: " + "; ".join(refusals))
+    results = []
+    for group, plan in plans.items():
+        offsets = [TopicPartition(t, p, o) for (t, p), o in plan.items()]
+        request = [ConsumerGroupTopicPartitions(group, offsets)]
+        try:
+            answer = admin.alter_consumer_group_offsets(request, request_timeout=timeout)[group].result()
+        except KafkaException as e:
+            raise StepFailed(f"committing offsets of group {group!r} on region {region!r} failed: {e}") from e
+        failed = [f"{tp.topic}[{tp.partition}]: {tp.error}" for tp in answer.topic_partitions if tp.error]
+        if failed:
+            raise StepFailed(f"group {group!r} on region {region!r}: {', '.join(failed)}")
+        read_back = committed_offsets(admin, group, region, timeout)
+        wrong = [f"{t}[{p}] wanted {o} read {read_back.get((t, p))}" for (t, p), o in plan.items()
+                 if read_back.get((t, p)) != o]
+        if wrong:
+            raise StepFailed(f"group {group!r} on region {region!r}: read-back differs: {', '.join(wrong)}")
+        results.append(Applied(group, {f"{t}[{p}]": o for (t, p), o in plan.items()},
+                               {f"{t}[{p}]": o for (t, p), o in previous[group].items()}))
+    return results
+
+
+__all__ = ["Applied", "Translation", "TranslationReport", "apply_translation", "translate_offsets",
+           "watermarks"]
