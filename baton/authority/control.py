@@ -17,11 +17,16 @@ from pydantic import ValidationError
 
 from baton.authority.record import Authority
 from baton.errors import RegionUnreachable
-from baton.kafka.admin import check_reachable, client_config, ensure_topics
+from baton.kafka.admin import _quiet_logger, check_reachable, client_config, ensure_topics
 from baton.settings import RegionSettings, Topology
 
 CONTROL_TOPIC = "baton.authority.internal"
 CONTROL_TOPIC_CONFIG = {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"}
+
+
+def quiet_logger():
+    # librdkafka logs every refused connection and retry; Baton reports outcomes itself.
+    return _quiet_logger()
 
 
 def ensure_control_topic(topology: Topology, region: str, timeout: float = 5) -> bool:
@@ -45,7 +50,8 @@ class ControlPublisher:
             # delivered late (a late record is harmless to readers, but pointless).
             config = client_config(self.topology.regions[region]) | {
                 "acks": "all", "enable.idempotence": True,
-                "message.timeout.ms": int(self.timeout * 1000), "linger.ms": 0}
+                "message.timeout.ms": int(self.timeout * 1000), "linger.ms": 0,
+                "logger": quiet_logger()}
             self._producers[region] = Producer(config)
         return self._producers[region]
 
@@ -99,7 +105,8 @@ class ControlReader:
         # only there because the client requires one (lab ACLs allow `baton-` groups).
         config = client_config(region, who) | {
             "group.id": f"baton-authority-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
-            "auto.offset.reset": "earliest", "topic.metadata.refresh.interval.ms": 5000}
+            "auto.offset.reset": "earliest", "topic.metadata.refresh.interval.ms": 5000,
+            "logger": quiet_logger()}
         self.consumer = Consumer(config)
         self.consumer.assign([TopicPartition(CONTROL_TOPIC, 0, OFFSET_BEGINNING)])
         self.latest: dict[str, Authority] = {}
@@ -150,7 +157,8 @@ def read(topology: Topology, region: str, who: str = "admin", timeout: float = 5
 
 
 def _end_offset(region: RegionSettings, who: str, timeout: float) -> int:
-    consumer = Consumer(client_config(region, who) | {"group.id": "baton-authority-probe"})
+    consumer = Consumer(client_config(region, who) | {"group.id": "baton-authority-probe",
+                                                      "logger": quiet_logger()})
     try:
         return consumer.get_watermark_offsets(TopicPartition(CONTROL_TOPIC, 0), timeout=timeout)[1]
     finally:

@@ -1,0 +1,213 @@
+"""Guarded clients: write only where write authority is, follow it when it moves.
+
+`GuardedProducer` wraps confluent-kafka's Producer. A background thread follows the control
+topic (`baton.authority.internal`) of each region it can reach; a record is accepted only for
+the region whose *own* copy says "owner = me, ACTIVE, lease valid" at the highest epoch seen
+anywhere. So:
+- an owner cut off from Baton stops renewing its copy; when the lease lapses, its clients
+  refuse records (the isolated old owner fences itself);
+- when authority moves, the new owner's copy shows the new epoch and clients write there,
+  without a restart;
+- during a hand-over (FENCED) no region qualifies, and records are refused.
+
+Every record carries headers `baton-epoch` and `baton-region`: the epoch and region under
+which it was accepted, so a checker can prove there was never a second writer in one epoch.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from confluent_kafka import Consumer, Message, Producer
+
+from baton.authority.control import ControlReader
+from baton.authority.record import Authority, State
+from baton.errors import ConfigError, WriteRefused
+from baton.kafka.admin import client_config
+from baton.settings import Topology
+
+EPOCH_HEADER = "baton-epoch"
+REGION_HEADER = "baton-region"
+
+
+class AuthorityView:
+    """What each region's control topic says about one domain, kept fresh by a thread."""
+
+    def __init__(self, topology: Topology, regions: list[str] | None, who: str, poll_interval: float):
+        self.topology = topology
+        self.domain = topology.domain.name
+        self.regions = list(regions or topology.regions)
+        unknown = [r for r in self.regions if r not in topology.regions]
+        if unknown:
+            raise ConfigError(f"unknown region(s) {unknown}; configured: {sorted(topology.regions)}")
+        self.poll_interval = poll_interval
+        self._readers = {r: ControlReader(topology.regions[r], who) for r in self.regions}
+        self._lock = threading.Lock()
+        self._seen: dict[str, Authority] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._follow, name="baton-authority-view", daemon=True)
+        self._thread.start()
+
+    def _follow(self) -> None:
+        while not self._stop.is_set():
+            for region, reader in self._readers.items():
+                reader.poll(self.poll_interval / len(self._readers))
+                record = reader.latest.get(self.domain)
+                if record is not None:
+                    with self._lock:
+                        self._seen[region] = record
+
+    def seen(self) -> dict[str, Authority]:
+        with self._lock:
+            return dict(self._seen)
+
+    def writable(self, now: datetime | None = None) -> tuple[str, Authority]:
+        """(region, authority) where a record may be written now, or WriteRefused saying why."""
+        now = now or datetime.now(UTC)
+        seen = self.seen()
+        if not seen:
+            raise WriteRefused(
+                f"no authority record for domain {self.domain!r} seen yet on the control topic of "
+                f"{', '.join(self.regions)}; is the lease keeper (`baton authority keep`) running?")
+        top = max(a.epoch for a in seen.values())
+        for region, authority in seen.items():
+            if authority.epoch == top and authority.accepts_writes_in(region, now):
+                return region, authority
+        views = "; ".join(f"{region} says {a.describe(now)}" for region, a in sorted(seen.items()))
+        raise WriteRefused(f"no region holds write authority for domain {self.domain!r} with a valid "
+                           f"lease ({views}); records are refused until one does")
+
+    def wait_writable(self, block_seconds: float) -> tuple[str, Authority]:
+        deadline = time.monotonic() + block_seconds
+        while True:
+            try:
+                return self.writable()
+            except WriteRefused:
+                if time.monotonic() >= deadline:
+                    raise
+            time.sleep(min(0.05, self.poll_interval))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        for reader in self._readers.values():
+            reader.close()
+
+
+class GuardedProducer:
+    """A Producer that writes only to the region holding write authority with a valid lease.
+
+    `regions` limits which regions this app can reach (an app deployed in one region);
+    `block_seconds` > 0 makes `produce` wait that long for authority instead of refusing at once.
+    """
+
+    def __init__(self, topology: Topology, *, regions: list[str] | None = None, who: str = "producer",
+                 poll_interval: float = 0.5, block_seconds: float = 0.0, config: dict | None = None):
+        self.topology = topology
+        self.who = who
+        self.block_seconds = block_seconds
+        # A record accepted under a lease must not reach the broker long after the lease:
+        # librdkafka drops what it cannot deliver within one lease.
+        self._config = {"enable.idempotence": True, "linger.ms": 5,
+                        "message.timeout.ms": int(topology.thresholds.lease_ttl_seconds * 1000)
+                        } | (config or {})
+        self.view = AuthorityView(topology, regions, who, poll_interval)
+        self._producers: dict[str, Producer] = {}
+
+    def _producer(self, region: str) -> Producer:
+        if region not in self._producers:
+            self._producers[region] = Producer(
+                client_config(self.topology.regions[region], self.who) | self._config)
+        return self._producers[region]
+
+    def produce(self, topic: str, value: bytes | str | None = None, key: bytes | str | None = None, *,
+                headers: dict[str, bytes] | None = None, on_delivery: Callable | None = None,
+                partition: int | None = None) -> tuple[str, int]:
+        """Queue a record in the authoritative region; returns (region, epoch) it was accepted under.
+
+        Raises WriteRefused (after `block_seconds`) when no region holds a valid lease.
+        """
+        region, authority = self.view.wait_writable(self.block_seconds)
+        record_headers = dict(headers or {}) | {EPOCH_HEADER: str(authority.epoch).encode(),
+                                               REGION_HEADER: region.encode()}
+        arguments = {"key": key, "value": value, "headers": record_headers}
+        if on_delivery is not None:
+            arguments["on_delivery"] = on_delivery
+        if partition is not None:
+            arguments["partition"] = partition
+        producer = self._producer(region)
+        producer.produce(topic, **arguments)
+        producer.poll(0)
+        return region, authority.epoch
+
+    def poll(self, timeout: float = 0) -> int:
+        return sum(p.poll(timeout) for p in self._producers.values())
+
+    def flush(self, timeout: float = 10) -> int:
+        """Wait for delivery in every region used; returns how many records are still queued."""
+        return sum(p.flush(timeout) for p in self._producers.values())
+
+    def close(self, timeout: float = 10) -> None:
+        self.flush(timeout)
+        self.view.close()
+
+
+class GuardedConsumer:
+    """A Consumer that reads from the owner region of the highest epoch seen, and follows it.
+
+    Positions in the new owner come from the group's committed offsets there (the runbook
+    translates them before it hands authority over). Messages come back as usual; `region`
+    says where the last one came from.
+    """
+
+    def __init__(self, topology: Topology, group_id: str, topics: list[str], *,
+                 regions: list[str] | None = None, who: str = "consumer", poll_interval: float = 0.5,
+                 config: dict | None = None):
+        self.topology = topology
+        self.group_id = group_id
+        self.topics = topics
+        self.who = who
+        self._config = {"auto.offset.reset": "earliest"} | (config or {})
+        self.view = AuthorityView(topology, regions, who, poll_interval)
+        self.region: str | None = None
+        self._consumer: Consumer | None = None
+
+    def _owner(self) -> str | None:
+        seen = self.view.seen()
+        if not seen:
+            return None
+        top = max(seen.values(), key=lambda a: a.epoch)
+        # While FENCED the old owner drains: keep reading where we are.
+        return self.region if top.state == State.FENCED and self.region else top.owner
+
+    def poll(self, timeout: float = 1.0) -> Message | None:
+        owner = self._owner()
+        if owner is None:
+            time.sleep(timeout)
+            return None
+        if owner != self.region:
+            self._switch(owner)
+        return self._consumer.poll(timeout)
+
+    def _switch(self, region: str) -> None:
+        if self._consumer is not None:
+            self._consumer.close()  # commits what was consumed (auto commit), leaves the group
+        config = client_config(self.topology.regions[region], self.who) | self._config | {
+            "group.id": self.group_id, "client.id": f"baton-guarded-{uuid.uuid4().hex[:6]}"}
+        self._consumer = Consumer(config)
+        self._consumer.subscribe(self.topics)
+        self.region = region
+
+    def commit(self, message: Message | None = None) -> None:
+        if self._consumer is not None:
+            self._consumer.commit(message=message, asynchronous=False) if message else \
+                self._consumer.commit(asynchronous=False)
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+        self.view.close()
