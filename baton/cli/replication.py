@@ -1,0 +1,101 @@
+"""`baton lag`, `baton currency`, `baton offsets translate`: replication truth for the domain."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from baton.cli.common import ConfigOption, JsonOption, handles_errors, out
+
+replication_app = typer.Typer(help="Replication truth: lag, currency, offset translation.")
+offsets_app = typer.Typer(no_args_is_help=True, help="Consumer-group offsets across regions.")
+replication_app.add_typer(offsets_app, name="offsets")
+
+TopicOption = Annotated[
+    list[str] | None, typer.Option("--topic", "-t", help="topic (repeat); default: domain")
+]
+OwnerOption = Annotated[str | None, typer.Option("--owner", help="owner region; default: domain owner")]
+
+
+@replication_app.command("lag")
+@handles_errors
+def lag(config: ConfigOption = None, topic: TopicOption = None, owner: OwnerOption = None,
+        as_json: JsonOption = False) -> None:
+    """Records on the owner not yet on the secondary, per partition, and the RPO statement."""
+    from baton.replication.lag import measure_lag
+    from baton.settings import load_topology
+
+    report = measure_lag(load_topology(config), owner=owner, topics=topic)
+    if as_json:
+        print(json.dumps(report.as_dict(), indent=2))
+        return
+    for p in report.partitions:
+        missing = "?" if p.missing_records is None else p.missing_records
+        age = "" if p.oldest_missing_age_seconds is None else f" oldest {p.oldest_missing_age_seconds:.1f}s"
+        out.print(f"{p.topic}[{p.partition}] -> {p.mirror_topic}: {missing} missing{age} "
+                  f"(owner end {p.owner_end}, replicated through {p.replicated_through}, {p.method})"
+                  + (f" {p.note}" if p.note else ""), highlight=False)
+    beat = report.heartbeat_age_seconds
+    out.print(f"heartbeat: {'none seen' if beat is None else f'{beat:.1f}s old'}")
+    for problem in report.problems:
+        out.print(f"[yellow]warning:[/yellow] {problem}", highlight=False)
+    out.print(report.statement())
+
+
+@replication_app.command("currency")
+@handles_errors
+def currency(config: ConfigOption = None, topic: TopicOption = None, owner: OwnerOption = None,
+             as_json: JsonOption = False) -> None:
+    """Per partition: is every owner record on the secondary? Exit 1 when not current."""
+    from baton.replication.currency import verify_currency
+    from baton.settings import load_topology
+
+    report = verify_currency(load_topology(config), owner=owner, topics=topic)
+    if as_json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        for p in report.partitions:
+            state = {True: "current", False: "NOT current", None: "UNVERIFIED"}[p.current]
+            ranges = ", ".join(f"{a}..{b - 1}" for a, b in p.missing_ranges)
+            out.print(f"{p.topic}[{p.partition}]: {state}" + (f", missing {ranges}" if ranges else "")
+                      + (f" ({p.note})" if p.note else ""), highlight=False)
+        out.print(("current: " if report.current else "NOT current: ") + report.lag.statement())
+    if not report.current:
+        raise typer.Exit(1)
+
+
+@offsets_app.command("translate")
+@handles_errors
+def translate(
+    config: ConfigOption = None,
+    group: Annotated[list[str] | None, typer.Option("--group", "-g", help="group (repeat)")] = None,
+    topic: TopicOption = None,
+    owner: OwnerOption = None,
+    method: Annotated[str, typer.Option(help="exact | checkpoint")] = "exact",
+    apply: Annotated[bool, typer.Option("--apply", help="commit to the secondary's groups")] = False,
+    force: Annotated[bool, typer.Option(help="with --apply: allow moving a group backwards")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Where each group resumes on the secondary, per partition (exact | checkpoint | end)."""
+    from baton.replication.translation import apply_translation, translate_offsets
+    from baton.settings import load_topology
+
+    topology = load_topology(config)
+    report = translate_offsets(topology, groups=group, topics=topic, owner=owner, method=method)
+    applied = apply_translation(topology, report, force=force) if apply else None
+    if as_json:
+        document = report.as_dict()
+        if applied is not None:
+            document["applied"] = [a.__dict__ for a in applied]
+        print(json.dumps(document, indent=2))
+        return
+    for problem in report.problems:
+        out.print(f"[yellow]warning:[/yellow] {problem}", highlight=False)
+    for e in report.entries:
+        out.print(f"{e.group} {e.topic}[{e.partition}] {e.owner_offset} -> {e.mirror_topic} "
+                  f"{e.translated_offset} {e.method} {e.status} dup<={e.duplicates_bound} "
+                  f"missing={e.missing}" + (f" ({e.note})" if e.note else ""), highlight=False)
+    for a in applied or []:
+        out.print(f"applied {a.group} on {report.secondary}: {a.committed} (read back)", highlight=False)
