@@ -1,0 +1,107 @@
+"""Runbooks as ordered step lists, and the validator that keeps them data-safe.
+
+A runbook is data: flows execute it, `--plan` prints it, and its Markdown is rendered from
+it, so the documentation cannot drift from what runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Kind(StrEnum):
+    MEASURE = "measure"  # reads only
+    GATE = "gate"  # pauses for an approval
+    CHANGE = "change"  # changes state that the runbook can restore (compensation)
+    IRREVERSIBLE = "irreversible"  # cannot be undone without another runbook
+
+
+class Role(StrEnum):
+    """What a step means for the safety invariants."""
+
+    FENCE = "fence"  # the old owner stops accepting writes
+    CURRENCY = "currency"  # the new owner is verified to have every record
+    TRANSLATION = "translation"  # consumer positions are moved to the new owner
+    SWITCH = "switch"  # write authority moves
+    RECONCILE = "reconcile"  # post-checks
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    kind: Kind
+    summary: str
+    changes: str = ""  # what it changes, for --plan and the Markdown
+    unplanned: str = ""  # how it behaves when the owner is unreachable, if differently
+    roles: frozenset[Role] = frozenset()
+    when: str = ""  # a condition on the run's options, e.g. "policy=discard"; empty: always
+
+    @property
+    def irreversible(self) -> bool:
+        return self.kind is Kind.IRREVERSIBLE
+
+
+@dataclass(frozen=True)
+class Runbook:
+    name: str
+    title: str
+    purpose: str
+    steps: tuple[Step, ...] = field(default_factory=tuple)
+
+    def step(self, name: str) -> Step:
+        for step in self.steps:
+            if step.name == name:
+                return step
+        raise KeyError(f"runbook {self.name} has no step {name!r}")
+
+    @property
+    def gates(self) -> list[Step]:
+        return [s for s in self.steps if s.kind is Kind.GATE]
+
+
+class RunbookInvalid(ValueError):
+    """A runbook breaks a safety invariant; the message lists every violation."""
+
+
+def violations(runbook: Runbook) -> list[str]:
+    """Every broken invariant: fence before switch, currency before translation, a gate before
+    every irreversible step, reconcile last, unique step names."""
+    problems: list[str] = []
+    names = [s.name for s in runbook.steps]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        problems.append(f"step names must be unique: {', '.join(duplicates)}")
+    if not runbook.steps:
+        return problems + ["a runbook needs steps"]
+
+    fenced = current = gated = False
+    for position, step in enumerate(runbook.steps, start=1):
+        where = f"step {position} {step.name!r}"
+        if step.kind is Kind.GATE:
+            gated = True
+        if Role.SWITCH in step.roles and not fenced:
+            problems.append(f"{where} switches authority before any step fences the old owner")
+        if Role.TRANSLATION in step.roles and not current:
+            problems.append(f"{where} translates offsets before currency is verified")
+        if step.irreversible:
+            if not gated:
+                problems.append(f"{where} is irreversible and no gate precedes it "
+                                "(since the previous irreversible step)")
+            gated = False
+        if Role.FENCE in step.roles:
+            fenced = True
+        if Role.CURRENCY in step.roles:
+            current = True
+        if Role.SWITCH in step.roles:  # a second hand-over needs its own fence and currency
+            fenced = current = False
+    if Role.RECONCILE not in runbook.steps[-1].roles:
+        problems.append(f"the last step must reconcile, not {runbook.steps[-1].name!r}")
+    return problems
+
+
+def validate(runbook: Runbook) -> Runbook:
+    problems = violations(runbook)
+    if problems:
+        raise RunbookInvalid(f"runbook {runbook.name!r} is unsafe:\n  " + "\n  ".join(problems))
+    return runbook

@@ -1,0 +1,66 @@
+"""The runbook validator rejects every unsafe ordering; the shipped runbooks pass it."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from runbooks import FAILBACK, FAILOVER, RUNBOOKS
+from runbooks.model import Kind, RunbookInvalid, validate, violations
+from runbooks.render import markdown
+
+
+def without(runbook, name):
+    return replace(runbook, steps=tuple(s for s in runbook.steps if s.name != name))
+
+
+def swapped(runbook, first, second):
+    steps = list(runbook.steps)
+    i, j = (steps.index(runbook.step(n)) for n in (first, second))
+    steps[i], steps[j] = steps[j], steps[i]
+    return replace(runbook, steps=tuple(steps))
+
+
+def test_shipped_runbooks_are_valid_and_ordered_as_the_issue_says():
+    assert [s.name for s in FAILOVER.steps] == [
+        "check_lag", "approve-failover", "stop_primary_producers", "verify_secondary_currency",
+        "translate_consumer_offsets", "approve-switch", "switch_authority", "reconcile"]
+    assert FAILBACK.steps[0].name == "find_divergent_tail"
+    assert FAILBACK.steps[-1].name == "reconcile"
+    for runbook in RUNBOOKS.values():
+        assert violations(runbook) == []
+
+
+@pytest.mark.parametrize(("mutated", "message"), [
+    (swapped(FAILOVER, "stop_primary_producers", "switch_authority"), "before any step fences"),
+    (without(FAILOVER, "stop_primary_producers"), "before any step fences"),
+    (swapped(FAILOVER, "verify_secondary_currency", "translate_consumer_offsets"),
+     "before currency is verified"),
+    (without(FAILOVER, "approve-switch"), "'switch_authority' is irreversible and no gate"),
+    (without(FAILOVER, "approve-failover"), "'stop_primary_producers' is irreversible and no gate"),
+    (swapped(FAILOVER, "switch_authority", "reconcile"), "last step must reconcile"),
+    (without(FAILBACK, "approve-failback"), "'stop_primary_producers' is irreversible and no gate"),
+    (replace(FAILOVER, steps=FAILOVER.steps + (FAILOVER.steps[0],)), "unique"),
+])
+def test_validator_rejects_unsafe_orderings(mutated, message):
+    with pytest.raises(RunbookInvalid, match=message):
+        validate(mutated)
+
+
+def test_a_gate_only_counts_once_per_irreversible_step():
+    # One gate, then two irreversible steps in a row: the second is unguarded.
+    steps = list(FAILOVER.steps)
+    steps.remove(FAILOVER.step("approve-switch"))
+    problems = violations(replace(FAILOVER, steps=tuple(steps)))
+    assert len(problems) == 1 and "switch_authority" in problems[0]
+
+
+def test_rendered_markdown_is_committed_and_current():
+    for runbook in RUNBOOKS.values():
+        path = Path(__file__).parents[2] / "runbooks" / f"{runbook.name}.md"
+        assert path.read_text() == markdown(runbook), f"run `python -m runbooks.render` ({path.name})"
+        for step in runbook.steps:
+            assert f"`{step.name}`" in path.read_text()
+    assert all(s.kind is Kind.GATE for s in FAILOVER.gates)
