@@ -78,7 +78,7 @@ def violations(runbook: Runbook) -> list[str]:
     fenced = current = gated = False
     for position, step in enumerate(runbook.steps, start=1):
         where = f"step {position} {step.name!r}"
-        if step.kind is Kind.GATE:
+        if step.kind is Kind.GATE and not step.when:  # a conditional gate may not run
             gated = True
         if Role.SWITCH in step.roles and not fenced:
             problems.append(f"{where} switches authority before any step fences the old owner")
