@@ -21,6 +21,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from confluent_kafka import Consumer, Message, Producer
 
@@ -32,6 +33,14 @@ from baton.settings import Topology
 
 EPOCH_HEADER = "baton-epoch"
 REGION_HEADER = "baton-region"
+
+
+class Grant(NamedTuple):
+    """Where a record was accepted, under which epoch, and until when that lease ran."""
+
+    region: str
+    epoch: int
+    lease_expires_at: datetime
 
 
 class AuthorityView:
@@ -126,8 +135,8 @@ class GuardedProducer:
 
     def produce(self, topic: str, value: bytes | str | None = None, key: bytes | str | None = None, *,
                 headers: dict[str, bytes] | None = None, on_delivery: Callable | None = None,
-                partition: int | None = None) -> tuple[str, int]:
-        """Queue a record in the authoritative region; returns (region, epoch) it was accepted under.
+                partition: int | None = None) -> Grant:
+        """Queue a record in the authoritative region; returns the Grant it was accepted under.
 
         Raises WriteRefused (after `block_seconds`) when no region holds a valid lease.
         """
@@ -142,7 +151,7 @@ class GuardedProducer:
         producer = self._producer(region)
         producer.produce(topic, **arguments)
         producer.poll(0)
-        return region, authority.epoch
+        return Grant(region, authority.epoch, authority.lease_expires_at)
 
     def poll(self, timeout: float = 0) -> int:
         return sum(p.poll(timeout) for p in self._producers.values())

@@ -138,3 +138,24 @@ def audit_url(request, tmp_path):
     dispose_engines()
     with psycopg.connect(dsn, autocommit=True) as connection:
         connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def domain_topology(topology, tmp_path):
+    """Factory: the lab topology narrowed to a fresh domain with its own topic in both regions,
+    a short lease and a private SQLite audit DB, so authority tests never touch `orders`."""
+    from baton.kafka.admin import admin_client, ensure_topics
+
+    def create(lease_ttl: float = 3.0, partitions: int = 1, database_url: str | None = None) -> Topology:
+        suffix = uuid.uuid4().hex[:8]
+        topic = f"orders.auth-{suffix}"
+        for region in topology.regions.values():
+            ensure_topics(admin_client(region), {topic: partitions})
+        return topology.model_copy(update={
+            "domain": topology.domain.model_copy(update={"name": f"auth-{suffix}", "topics": [topic]}),
+            "thresholds": topology.thresholds.model_copy(update={"lease_ttl_seconds": lease_ttl}),
+            "audit": topology.audit.model_copy(update={
+                "database_url": database_url or f"sqlite:///{tmp_path / f'audit-{suffix}.db'}"}),
+        })
+
+    return create

@@ -120,10 +120,11 @@ def _run(audit, topology, run_id: str | None, runbook: str, reason: str):
 
 def _fence_command(region: str, config, run_id, reason, as_json, fencing: bool) -> None:
     from baton.authority import State, change_authority
-    from baton.kafka.fencing import fence, unfence
+    from baton.kafka.fencing import fence, fence_bindings, unfence
 
     topology, audit, store = _load(config)
     region = _region(topology, region)
+    fence_bindings(topology, region)  # bad configuration fails here, before a run is recorded
     run_id, own_run = _run(audit, topology, run_id, "fence" if fencing else "unfence", reason)
     result: dict = {"run_id": run_id}
     try:
