@@ -43,6 +43,20 @@ class Grant(NamedTuple):
     lease_expires_at: datetime
 
 
+def choose_writable(domain: str, seen: dict[str, Authority],
+                    now: datetime | None = None) -> tuple[str, Authority]:
+    """The region whose own control topic says it owns the highest epoch seen anywhere, ACTIVE,
+    with a valid lease; else WriteRefused naming what each region says."""
+    now = now or datetime.now(UTC)
+    top = max(a.epoch for a in seen.values())
+    for region, authority in seen.items():
+        if authority.epoch == top and authority.accepts_writes_in(region, now):
+            return region, authority
+    views = "; ".join(f"{region} says {a.describe(now)}" for region, a in sorted(seen.items()))
+    raise WriteRefused(f"no region holds write authority for domain {domain!r} with a valid "
+                       f"lease ({views}); records are refused until one does")
+
+
 class AuthorityView:
     """What each region's control topic says about one domain, kept fresh by a thread."""
 
@@ -76,19 +90,12 @@ class AuthorityView:
 
     def writable(self, now: datetime | None = None) -> tuple[str, Authority]:
         """(region, authority) where a record may be written now, or WriteRefused saying why."""
-        now = now or datetime.now(UTC)
         seen = self.seen()
         if not seen:
             raise WriteRefused(
                 f"no authority record for domain {self.domain!r} seen yet on the control topic of "
                 f"{', '.join(self.regions)}; is the lease keeper (`baton authority keep`) running?")
-        top = max(a.epoch for a in seen.values())
-        for region, authority in seen.items():
-            if authority.epoch == top and authority.accepts_writes_in(region, now):
-                return region, authority
-        views = "; ".join(f"{region} says {a.describe(now)}" for region, a in sorted(seen.items()))
-        raise WriteRefused(f"no region holds write authority for domain {self.domain!r} with a valid "
-                           f"lease ({views}); records are refused until one does")
+        return choose_writable(self.domain, seen, now)
 
     def wait_writable(self, block_seconds: float) -> tuple[str, Authority]:
         deadline = time.monotonic() + block_seconds

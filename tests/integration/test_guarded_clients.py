@@ -1,0 +1,223 @@
+"""Guarded clients against the real lab: follow authority, fence themselves when isolated,
+and never let two regions write under one epoch. Leases here are 3 s, renewed every 0.5 s."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, defaultdict
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from baton.authority import State, authority_store, change_authority
+from baton.authority.keeper import LeaseKeeper
+from baton.client import EPOCH_HEADER, REGION_HEADER, GuardedConsumer, GuardedProducer
+from baton.errors import WriteRefused
+from baton.kafka.admin import client_config
+from baton.kafka.fencing import fence, unfence
+from tests.conftest import wait_until
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def keeper():
+    """Factory: a lease keeper running in a thread for a topology; stopped at the end."""
+    running = []
+
+    def start(topology, interval: float = 0.5) -> LeaseKeeper:
+        keeper = LeaseKeeper(topology, authority_store(topology), interval=interval)
+        stop = threading.Event()
+        thread = threading.Thread(target=keeper.run, args=(stop,), daemon=True)
+        thread.start()
+        running.append((keeper, stop, thread))
+        return keeper
+
+    yield start
+    for keeper, stop, thread in running:
+        stop.set()
+        thread.join(timeout=15)
+        keeper.close()
+
+
+def attempt(producer: GuardedProducer, topic: str, value: str):
+    """The Grant if the record was accepted, else the WriteRefused message."""
+    try:
+        return producer.produce(topic, value=value.encode())
+    except WriteRefused as e:
+        return str(e)
+
+
+def accepted(outcome) -> bool:
+    return not isinstance(outcome, str)
+
+
+def records(topology, region: str, topic: str) -> list[dict]:
+    """Every record of a topic in one region, with the guard's headers."""
+    consumer = Consumer(client_config(topology.regions[region]) | {
+        "group.id": "baton-test-reader", "enable.auto.commit": False})
+    try:
+        partitions = topology_partitions(consumer, topic)
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                for p in partitions}
+        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        found, done = [], {p for p, end in ends.items() if end == 0}
+        deadline = time.monotonic() + 60
+        while len(done) < len(partitions) and time.monotonic() < deadline:
+            message = consumer.poll(1)
+            if message is None or message.error():
+                continue
+            headers = dict(message.headers() or [])
+            found.append({"value": message.value().decode(), "cluster": region,
+                          "epoch": int(headers[EPOCH_HEADER]), "region": headers[REGION_HEADER].decode()})
+            if message.offset() + 1 >= ends[message.partition()]:
+                done.add(message.partition())
+        assert len(done) == len(partitions), f"could not read {topic} in {region} to its end"
+        return found
+    finally:
+        consumer.close()
+
+
+def topology_partitions(consumer: Consumer, topic: str) -> list[int]:
+    return sorted(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
+
+
+def test_guarded_producer_and_consumer_follow_authority_without_restart(domain_topology, keeper):
+    topology = domain_topology(lease_ttl=3)
+    topic = topology.domain.topics[0]
+    keeper(topology)
+    producer = GuardedProducer(topology, poll_interval=0.2)
+    consumer = GuardedConsumer(topology, "baton-follow", [topic], poll_interval=0.2)
+    try:
+        first = wait_until(lambda: (o := attempt(producer, topic, "one")) and accepted(o) and o, 30,
+                           "the guarded producer to accept a record in east")
+        assert (first.region, first.epoch) == ("east", 1)
+
+        fenced = change_authority(topology, 1, "east", State.FENCED, reason="test hand-over")
+        assert fenced.published == {"east": None, "west": None}
+        refusal = wait_until(lambda: (o := attempt(producer, topic, "x")) and not accepted(o) and o, 30,
+                             "the guarded producer to refuse records while FENCED")
+        assert "east says epoch 2: east FENCED" in refusal
+
+        moved = change_authority(topology, 2, "west", State.ACTIVE)
+        assert moved.authority.epoch == 3
+        after = wait_until(lambda: (o := attempt(producer, topic, "two")) and accepted(o) and o, 30,
+                           "the same producer to accept a record in west")
+        assert (after.region, after.epoch) == ("west", 3)
+        assert producer.flush(15) == 0
+
+        east = records(topology, "east", topic)
+        west = records(topology, "west", topic)
+        assert {(r["value"], r["epoch"], r["region"]) for r in east} == {("one", 1, "east")}
+        assert ("two", 3, "west") in {(r["value"], r["epoch"], r["region"]) for r in west}
+        assert {r["epoch"] for r in west} == {3}
+
+        # The consumer reads the owner it sees; it ends up in west without a restart.
+        def consumed_from_west():
+            message = consumer.poll(0.5)
+            return message is not None and not message.error() and consumer.region == "west" and message
+        message = wait_until(consumed_from_west, 30, "the guarded consumer to read from west")
+        assert dict(message.headers())[REGION_HEADER] == b"west"
+    finally:
+        consumer.close()
+        producer.close(timeout=5)
+
+
+def test_a_guarded_producer_in_an_isolated_owner_stops_when_its_lease_lapses(domain_topology, keeper, lab):
+    topology = domain_topology(lease_ttl=3)
+    ttl = timedelta(seconds=topology.thresholds.lease_ttl_seconds)
+    topic = topology.domain.topics[0]
+    keeper(topology)
+    producer = GuardedProducer(topology, regions=["east"], poll_interval=0.2)
+    grants: list[tuple[datetime, object]] = []
+    try:
+        wait_until(lambda: accepted(attempt(producer, topic, "before")), 30, "east to accept records")
+        lab.fault("hang", "east")
+        hung_at = datetime.now(UTC)
+        try:
+            def refused():
+                outcome = attempt(producer, topic, "during")
+                if accepted(outcome):
+                    grants.append((datetime.now(UTC), outcome))
+                    return False
+                return outcome
+            refusal = wait_until(refused, 30, "the producer in hung east to refuse records", interval=0.05)
+        finally:
+            lab.fault("resume", "east")
+        assert "east says epoch 1: east ACTIVE, lease lapsed" in refusal
+        # Every record accepted after the hang was accepted inside a lease that the keeper
+        # granted before the hang: nothing is accepted beyond hang + TTL.
+        for accepted_at, grant in grants:
+            assert accepted_at < grant.lease_expires_at <= hung_at + ttl
+        # Once east answers again the keeper renews, and the same producer writes again.
+        back = wait_until(lambda: (o := attempt(producer, topic, "after")) and accepted(o) and o, 60,
+                          "east to accept records again after resume")
+        assert (back.region, back.epoch) == ("east", 1)
+        print(f"isolation: {len(grants)} records accepted after the hang, all within leases granted "
+              f"before it; refused: {refusal}")
+    finally:
+        producer.close(timeout=5)
+
+
+def test_no_second_writer_in_one_epoch_during_a_hand_over(domain_topology, keeper):
+    topology = domain_topology(lease_ttl=3, partitions=2)
+    topic = topology.domain.topics[0]
+    keeper(topology)
+    apps = {region: GuardedProducer(topology, regions=[region], poll_interval=0.2)
+            for region in ("east", "west")}
+    tally = {region: Counter() for region in apps}
+    stop = threading.Event()
+
+    def write(region: str) -> None:
+        app, sequence = apps[region], 0
+        while not stop.is_set():
+            sequence += 1
+
+            def delivered(error, _message, region=region):
+                tally[region]["delivered" if error is None else "failed"] += 1
+            try:
+                app.produce(topic, value=f"{region}-{sequence}".encode(), on_delivery=delivered)
+                tally[region]["accepted"] += 1
+            except WriteRefused:
+                tally[region]["refused"] += 1
+            app.poll(0)
+            time.sleep(0.005)
+
+    writers = [threading.Thread(target=write, args=(region,)) for region in apps]
+    for thread in writers:
+        thread.start()
+    try:
+        wait_until(lambda: tally["east"]["delivered"] >= 50, 30, "east to take writes")
+        assert tally["west"]["accepted"] == 0
+        store = authority_store(topology)
+        audit = store.audit
+        run = audit.start_run(topology.domain.name, "failover")
+        before = store.current(topology.domain.name)
+        fenced = change_authority(topology, before.epoch, "east", State.FENCED, run_id=run.id, store=store)
+        fence(topology, "east", run.id, audit=audit)
+        moved = change_authority(topology, fenced.authority.epoch, "west", State.ACTIVE, run_id=run.id,
+                                 store=store)
+        wait_until(lambda: tally["west"]["delivered"] >= 50, 30, "west to take writes after the hand-over")
+    finally:
+        stop.set()
+        for thread in writers:
+            thread.join(timeout=10)
+        for app in apps.values():
+            app.close(timeout=10)
+    try:
+        by_epoch = defaultdict(set)
+        found = records(topology, "east", topic) + records(topology, "west", topic)
+        for record in found:
+            assert record["region"] == record["cluster"], record  # written where it was accepted
+            by_epoch[record["epoch"]].add(record["region"])
+        assert dict(by_epoch) == {before.epoch: {"east"}, moved.authority.epoch: {"west"}}
+        assert fenced.authority.epoch not in by_epoch  # nothing was written while FENCED
+        assert len({r["value"] for r in found}) == len(found)  # no duplicates either
+        for region in apps:
+            assert tally[region]["delivered"] == sum(r["cluster"] == region for r in found)
+        print(f"hand-over: {dict(tally['east'])} in east, {dict(tally['west'])} in west; epochs "
+              f"{ {e: sorted(r) for e, r in by_epoch.items()} }")
+    finally:
+        unfence(topology, "east")
