@@ -133,6 +133,9 @@ class GuardedProducer:
                         } | (config or {})
         self.view = AuthorityView(topology, regions, who, poll_interval)
         self._producers: dict[str, Producer] = {}
+        for region in self.view.regions:
+            # Connect (and get an idempotent producer id) now, not in the middle of a hand-over.
+            self._producer(region)
 
     def _producer(self, region: str) -> Producer:
         if region not in self._producers:
