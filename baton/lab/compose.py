@@ -134,6 +134,11 @@ def compose_document() -> dict:
         "command": ["baton", "approvals", "serve", "--host", "0.0.0.0", "--port", "3000"],
         "ports": ["3000:3000"],
     }
+    services["baton-lease-keeper"] = baton_service | {
+        "depends_on": ["kafka-east", "kafka-west", "postgres"],
+        "command": ["baton", "authority", "keep"],
+        "restart": "unless-stopped",
+    }
     return {"services": services,
             "volumes": {"kafka-east-data": {}, "kafka-west-data": {}, "postgres-data": {}}}
 
