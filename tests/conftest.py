@@ -20,6 +20,8 @@ import pytest
 
 from baton.settings import Topology
 
+pytest_plugins = ["tests.prefect_server"]
+
 
 def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.5):
     """Poll until predicate() is truthy; fail the test naming what never happened."""

@@ -1,0 +1,1 @@
+"""Runbook step logic, one module per step family; Prefect tasks in tasks/ wrap these."""

@@ -1,0 +1,413 @@
+"""The failover steps. Each takes the RunContext and returns its evidence (a JSON-able dict).
+
+Irreversible steps check their postcondition first, so re-running a crashed run continues
+without repeating them. Waits are bounded by thresholds.step_timeout_seconds and log progress.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+from confluent_kafka import KafkaException
+
+from baton.authority import State, change_authority
+from baton.authority.control import read as read_control
+from baton.errors import RegionUnreachable, ReplicationError, StepFailed
+from baton.kafka.admin import check_reachable
+from baton.kafka.fencing import fence, is_fenced, unfence
+from baton.kafka.reading import committed_offsets, watermarks
+from baton.replication import engine_for
+from baton.replication.currency import verify_currency
+from baton.replication.lag import measure_lag, resolve_scope
+from baton.replication.translation import apply_translation, translate_offsets
+from baton.steps.context import RunContext
+from baton.steps.topics import stream_pairs
+
+PROGRESS_EVERY = 5.0
+
+
+class PairedEngine:
+    """The engine, with explicit topic pairs instead of its naming policy (see steps/topics.py)."""
+
+    def __init__(self, engine, pairs: dict[str, str]):
+        self._engine, self._pairs = engine, pairs
+
+    def remote_topic(self, topic: str, source_region: str) -> str:
+        return self._pairs[topic]
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+
+def _reachable(ctx: RunContext, region: str, timeout: float | None = None):
+    try:
+        return check_reachable(region, ctx.topology.regions[region], timeout=timeout)
+    except RegionUnreachable:
+        return None
+
+
+def _owner_partitions(ctx: RunContext, admin) -> list[tuple[str, int]]:
+    metadata = admin.list_topics(timeout=10).topics
+    return [(topic, p) for topic in ctx.topology.domain.topics if topic in metadata
+            for p in sorted(metadata[topic].partitions)]
+
+
+def _end_offsets(ctx: RunContext, region: str, admin, partitions) -> dict[str, int]:
+    marks = watermarks(admin, partitions, region, ctx.topology.regions[region].request_timeout_seconds)
+    return {f"{t}[{p}]": marks[(t, p)].end for t, p in partitions}
+
+
+def _groups_state(ctx: RunContext, region: str, admin) -> dict[str, dict]:
+    groups = ctx.topology.domain.consumer_groups
+    if not groups:
+        return {}
+    states = {}
+    for group, future in admin.describe_consumer_groups(groups, request_timeout=10).items():
+        try:
+            description = future.result()
+        except KafkaException as e:
+            states[group] = {"error": str(e)}
+            continue
+        states[group] = {"state": str(description.state).split(".")[-1],
+                         "members": [f"{m.client_id}@{m.host}" for m in description.members]}
+    return states
+
+
+# -- check_lag --------------------------------------------------------------------------------
+
+
+def last_known_lag(ctx: RunContext) -> dict | None:
+    """The newest lag measured for this domain by any earlier run (evidence of check_lag)."""
+    import json
+
+    from sqlmodel import select
+
+    from baton.audit.models import Run
+    from baton.audit.models import Step as StepRow
+
+    with ctx.audit.transaction() as session:
+        row = session.exec(
+            select(StepRow).join(Run, Run.id == StepRow.run_id)
+            .where(Run.domain == ctx.domain, StepRow.name == "check_lag", StepRow.status == "succeeded")
+            .order_by(StepRow.seq.desc())
+        ).first()
+        if row is None:
+            return None
+        evidence = json.loads(row.evidence)
+        lag = evidence.get("lag")
+        if not lag:
+            return None
+        return {"measured_at": row.ended_at.isoformat(), "run_id": row.run_id,
+                "records_at_risk": lag["records_at_risk"], "seconds_at_risk": lag["seconds_at_risk"]}
+
+
+def check_lag(ctx: RunContext) -> dict:
+    topology, thresholds = ctx.topology, ctx.topology.thresholds
+    engine = engine_for(topology)
+    evidence: dict = {"owner": ctx.old_owner, "secondary": ctx.new_owner, "unplanned": ctx.unplanned}
+    try:
+        evidence["replication"] = engine.status(ctx.old_owner, ctx.new_owner).as_dict()
+    except ReplicationError as e:
+        evidence["replication"] = {"state": "UNKNOWN", "error": str(e)}
+    heartbeat_age = None
+    try:
+        heartbeat_age = engine.heartbeat_age(ctx.old_owner, ctx.new_owner, int(time.time() * 1000))
+    except ReplicationError as e:
+        evidence["heartbeat_error"] = str(e)
+    evidence["heartbeat_age_seconds"] = heartbeat_age
+
+    if ctx.unplanned:
+        # The owner cannot be asked for its end offsets: the best statement is the last one measured.
+        known = last_known_lag(ctx)
+        evidence["last_known_lag"] = known
+        evidence["data_at_risk"] = {
+            "records": known["records_at_risk"] if known else None,
+            "statement": (f"at least {known['records_at_risk']} records (measured {known['measured_at']}) "
+                          f"plus whatever was written since; newest heartbeat {heartbeat_age} s old"
+                          if known else "unknown: no earlier lag measurement for this domain"),
+        }
+        ctx.state["data_at_risk_records"] = known["records_at_risk"] if known else None
+        return evidence
+
+    lag = measure_lag(topology, owner=ctx.old_owner)
+    evidence["lag"] = lag.as_dict()
+    owner_admin = check_reachable(ctx.old_owner, topology.regions[ctx.old_owner])
+    evidence["groups"] = _groups_state(ctx, ctx.old_owner, owner_admin)
+    refusals = []
+    state = evidence["replication"].get("state")
+    if state != "RUNNING":
+        refusals.append(f"replication {ctx.old_owner} -> {ctx.new_owner} is {state}")
+    if lag.records_at_risk > thresholds.max_lag_records:
+        refusals.append(f"{lag.records_at_risk} records at risk > max_lag_records "
+                        f"{thresholds.max_lag_records}")
+    if lag.seconds_at_risk > thresholds.max_lag_seconds:
+        refusals.append(f"{lag.seconds_at_risk:.1f} s at risk > max_lag_seconds {thresholds.max_lag_seconds}")
+    if lag.unknown:
+        refusals.append(f"{len(lag.unknown)} partition(s) whose replication position is unknown")
+    evidence["refusals"] = refusals
+    if refusals:
+        if not ctx.lag_override_reason:
+            raise StepFailed("refusing to fail over: " + "; ".join(refusals)
+                             + ". Fix replication, or override with --override-lag REASON.")
+        evidence["override"] = ctx.lag_override_reason
+    ctx.log(f"check_lag: {lag.statement()}")
+    return evidence
+
+
+# -- stop_primary_producers -------------------------------------------------------------------
+
+
+def _fence_authority(ctx: RunContext) -> dict:
+    """Authority FENCED at a new epoch, once per run (the postcondition is checked first)."""
+    current = ctx.authority.current(ctx.domain)
+    if current.state == State.FENCED and current.run_id == ctx.run_id:
+        return {"authority": current.model_dump(mode="json"), "already": True}
+    if current.owner != ctx.old_owner or current.state != State.ACTIVE:
+        raise StepFailed(f"authority is {current.describe()}, not ACTIVE on {ctx.old_owner}; "
+                         "refusing to fence (another run or operator changed it)")
+    ctx.state["lease_expired_at"] = (current.lease_expires_at.isoformat()
+                                     if current.lease_expires_at else None)
+    result = change_authority(ctx.topology, current.epoch, current.owner, State.FENCED,
+                              run_id=ctx.run_id, changed_by=ctx.operator,
+                              reason=f"{ctx.runbook}: stop writes on {ctx.old_owner}",
+                              store=ctx.authority)
+    return result.as_dict() | {"previous_lease_expires_at": ctx.state["lease_expired_at"]}
+
+
+def _quiesce(ctx: RunContext, admin) -> dict:
+    """Wait until the owner's end offsets stand still for quiesce_seconds (bounded)."""
+    thresholds = ctx.topology.thresholds
+    partitions = _owner_partitions(ctx, admin)
+    started = time.monotonic()
+    last = _end_offsets(ctx, ctx.old_owner, admin, partitions)
+    still_since, last_note = time.monotonic(), time.monotonic()
+    while time.monotonic() - still_since < thresholds.quiesce_seconds:
+        if time.monotonic() - started > thresholds.step_timeout_seconds:
+            raise StepFailed(f"{ctx.old_owner} end offsets were still moving after "
+                             f"{thresholds.step_timeout_seconds:.0f} s of fencing: something writes "
+                             "with a principal that is not fenced (check producer_principals)")
+        time.sleep(min(0.5, thresholds.quiesce_seconds))
+        now = _end_offsets(ctx, ctx.old_owner, admin, partitions)
+        if now != last:
+            last, still_since = now, time.monotonic()
+        if time.monotonic() - last_note > PROGRESS_EVERY:
+            ctx.log(f"stop_primary_producers: waiting for {ctx.old_owner} to go quiet "
+                    f"({time.monotonic() - started:.0f} s)")
+            last_note = time.monotonic()
+    return {"final_end_offsets": last, "quiesce_seconds": round(time.monotonic() - started, 2)}
+
+
+def stop_primary_producers(ctx: RunContext) -> dict:
+    evidence = {"authority": _fence_authority(ctx)}
+    admin = _reachable(ctx, ctx.old_owner, timeout=5)
+    if admin is None:
+        if not ctx.unplanned:
+            raise StepFailed(f"owner {ctx.old_owner} became unreachable while fencing; authority is "
+                             "FENCED; re-run as an unplanned failover (--unplanned --reason)")
+        evidence["acl_fence"] = {"applied": False,
+                                 "why": f"{ctx.old_owner} unreachable; ACLs cannot be written there"}
+    else:
+        evidence["acl_fence"] = fence(ctx.topology, ctx.old_owner)
+    if admin is not None and not ctx.unplanned:
+        evidence |= _quiesce(ctx, admin)
+        ctx.state["final_end_offsets"] = evidence["final_end_offsets"]
+    else:
+        evidence["quiesce"] = "skipped: unplanned failover"
+        evidence["lease_wait"] = _wait_out_lease(ctx)
+    ctx.state["fenced"] = True
+    return evidence
+
+
+def _wait_out_lease(ctx: RunContext) -> dict:
+    """Unplanned: isolated guarded producers stop by themselves once the last lease lapses."""
+    expires = ctx.state.get("lease_expired_at")
+    if not expires:
+        return {"waited_seconds": 0, "why": "no lease was recorded"}
+    deadline = datetime.fromisoformat(expires)
+    waited = 0.0
+    while (left := (deadline - datetime.now(UTC)).total_seconds()) > 0:
+        ctx.log(f"stop_primary_producers: waiting {left:.0f} s for the last lease on "
+                f"{ctx.old_owner} to lapse")
+        time.sleep(min(left, PROGRESS_EVERY))
+        waited += min(left, PROGRESS_EVERY)
+    return {"waited_seconds": round(waited, 1), "lease_expired_at": expires}
+
+
+# -- verify_secondary_currency ----------------------------------------------------------------
+
+
+def verify_secondary_currency(ctx: RunContext) -> dict:
+    if ctx.unplanned:
+        return {"verified": False,
+                "why": f"owner {ctx.old_owner} is unreachable: currency cannot be verified",
+                "data_at_risk_records": ctx.state.get("data_at_risk_records")}
+    timeout = ctx.topology.thresholds.step_timeout_seconds
+    started, last_note = time.monotonic(), time.monotonic()
+    while True:
+        report = verify_currency(ctx.topology, owner=ctx.old_owner)
+        if report.current:
+            break
+        if time.monotonic() - started > timeout:
+            missing = [f"{p.topic}[{p.partition}] {p.missing_ranges or 'unverified'}"
+                       for p in report.partitions if not p.current]
+            raise StepFailed(f"{ctx.new_owner} is not current after {timeout:.0f} s: "
+                             + "; ".join(missing))
+        if time.monotonic() - last_note > PROGRESS_EVERY:
+            ctx.log(f"verify_secondary_currency: {report.lag.statement()} "
+                    f"({time.monotonic() - started:.0f} s)")
+            last_note = time.monotonic()
+        time.sleep(1)
+    evidence = report.as_dict() | {"waited_seconds": round(time.monotonic() - started, 2)}
+    final = ctx.state.get("final_end_offsets")
+    if final:
+        owner_ends = {f"{p.topic}[{p.partition}]": p.owner_end for p in report.lag.partitions}
+        moved = {k: (final[k], owner_ends[k]) for k in final if k in owner_ends and owner_ends[k] != final[k]}
+        if moved:
+            raise StepFailed(f"{ctx.old_owner} was written to after its fence: {moved}")
+    ctx.log(f"verify_secondary_currency: {ctx.new_owner} holds every record ({report.lag.statement()})")
+    return evidence
+
+
+# -- translate_consumer_offsets ---------------------------------------------------------------
+
+
+def translate_consumer_offsets(ctx: RunContext) -> dict:
+    topology = ctx.topology
+    groups = list(topology.domain.consumer_groups)
+    if not groups:
+        return {"groups": [], "why": "the domain lists no consumer groups"}
+    owner_admin = None if ctx.unplanned else check_reachable(ctx.old_owner, topology.regions[ctx.old_owner])
+    evidence: dict = {}
+    if owner_admin is not None:
+        states = _groups_state(ctx, ctx.old_owner, owner_admin)
+        active = {g: s["members"] for g, s in states.items() if s.get("members")}
+        if active:
+            raise StepFailed("stop these consumer groups on " + ctx.old_owner + " first: " + "; ".join(
+                f"{g}: {', '.join(m)}" for g, m in active.items()))
+        evidence["groups_on_owner"] = states
+        pairs = stream_pairs(topology, ctx.old_owner, ctx.new_owner)
+    else:
+        pairs = {t: topology.replication.remote_topic(t, ctx.old_owner) for t in topology.domain.topics}
+    engine = PairedEngine(engine_for(topology), pairs)
+    scope = resolve_scope(topology, owner=ctx.old_owner, topics=list(pairs), engine=engine,
+                          owner_required=not ctx.unplanned)
+    method = "checkpoint" if ctx.unplanned else "exact"
+    report = translate_offsets(topology, groups=groups, method=method, scope=scope)
+    evidence["translation"] = report.as_dict()
+    evidence["method"] = method
+    unusable = [f"{e.group} {e.topic}[{e.partition}]: {e.status} {e.note}".strip()
+                for e in report.entries if not e.usable]
+    if unusable:
+        raise StepFailed("no trustworthy translation for: " + "; ".join(unusable)
+                         + ". Nothing was applied.")
+    applied = apply_translation(topology, report)
+    evidence["applied"] = [{"group": a.group, "committed": a.committed, "previous": a.previous}
+                           for a in applied]
+    ctx.state["applied_offsets"] = {a.group: a.committed for a in applied}
+    evidence["summary"] = {
+        "groups": len(applied), "partitions": len(report.entries),
+        "methods": sorted({e.method for e in report.entries}),
+        "duplicates_bound": sum(e.duplicates_bound or 0 for e in report.entries),
+        "missing": sum(e.missing or 0 for e in report.entries),
+    }
+    return evidence
+
+
+# -- switch_authority -------------------------------------------------------------------------
+
+
+def switch_authority(ctx: RunContext) -> dict:
+    current = ctx.authority.current(ctx.domain)
+    if current.owner == ctx.new_owner and current.state == State.ACTIVE and current.run_id == ctx.run_id:
+        ctx.state["switched"] = True
+        return {"authority": current.model_dump(mode="json"), "already": True}
+    if current.state != State.FENCED or current.run_id != ctx.run_id:
+        raise StepFailed(f"authority is {current.describe()}; this run did not fence it, refusing to switch")
+    engine = engine_for(ctx.topology)
+    evidence = {"replication_stopped": engine.stop(ctx.old_owner, ctx.new_owner).as_dict()}
+    evidence["unfence_new_owner"] = unfence(ctx.topology, ctx.new_owner)
+    result = change_authority(ctx.topology, current.epoch, ctx.new_owner, State.ACTIVE,
+                              run_id=ctx.run_id, changed_by=ctx.operator,
+                              reason=f"{ctx.runbook}: write authority to {ctx.new_owner}",
+                              store=ctx.authority)
+    evidence["authority"] = result.as_dict()
+    ctx.state["switched"] = True
+    ctx.log(f"switch_authority: {ctx.new_owner} owns {ctx.domain} at epoch {result.authority.epoch}")
+    return evidence
+
+
+# -- reconcile --------------------------------------------------------------------------------
+
+
+def reconcile(ctx: RunContext) -> dict:
+    topology = ctx.topology
+    problems: list[str] = []
+    current = ctx.authority.current(ctx.domain)
+    evidence: dict = {"authority": current.model_dump(mode="json")}
+    if current.owner != ctx.new_owner or current.state != State.ACTIVE:
+        problems.append(f"authority is {current.describe()}, expected ACTIVE on {ctx.new_owner}")
+    published = read_control(topology, ctx.new_owner)
+    evidence["control_topic_on_new_owner"] = published.model_dump(mode="json") if published else None
+    if published is None or published.epoch != current.epoch:
+        problems.append(f"the control topic on {ctx.new_owner} does not show epoch {current.epoch}")
+    if is_fenced(topology, ctx.new_owner):
+        problems.append(f"{ctx.new_owner} still has fencing ACLs: its producers cannot write")
+    new_admin = check_reachable(ctx.new_owner, topology.regions[ctx.new_owner])
+    final = ctx.state.get("final_end_offsets")
+    old_admin = _reachable(ctx, ctx.old_owner, timeout=5)
+    if final and old_admin is not None:
+        partitions = [(key.rsplit("[", 1)[0], int(key.rsplit("[", 1)[1][:-1])) for key in final]
+        now = _end_offsets(ctx, ctx.old_owner, old_admin, partitions)
+        written = {k: now[k] - final[k] for k in final if now[k] != final[k]}
+        evidence["old_owner_writes_after_fence"] = written
+        if written:
+            problems.append(f"{ctx.old_owner} received writes after its fence: {written}")
+    else:
+        evidence["old_owner_writes_after_fence"] = "not measurable (owner unreachable or no fence offsets)"
+    behind = {}
+    for group, committed in ctx.state.get("applied_offsets", {}).items():
+        read = committed_offsets(new_admin, group, ctx.new_owner, 10)
+        for key, offset in committed.items():
+            topic, partition = key.rsplit("[", 1)[0], int(key.rsplit("[", 1)[1][:-1])
+            if read.get((topic, partition), -1) < offset:
+                behind[f"{group} {key}"] = (offset, read.get((topic, partition)))
+    evidence["groups_behind_where_put"] = behind
+    if behind:
+        problems.append(f"groups sit behind the positions applied: {behind}")
+    evidence["problems"] = problems
+    if problems:
+        raise StepFailed("reconcile found: " + "; ".join(problems))
+    return evidence
+
+
+# -- compensation -----------------------------------------------------------------------------
+
+
+def return_to_safe_state(ctx: RunContext, why: str) -> dict:
+    """After a rejected or timed-out gate (or a failed step) before the switch: the old owner
+    accepts writes again, at a new epoch, and replication this run stopped runs again."""
+    current = ctx.authority.current(ctx.domain)
+    evidence: dict = {"why": why, "authority_before": current.model_dump(mode="json"), "actions": []}
+    if current.owner == ctx.new_owner and current.state == State.ACTIVE:
+        evidence["actions"].append("none: authority already moved; nothing to return to")
+        return evidence
+    if _reachable(ctx, ctx.old_owner, timeout=5) is not None:
+        evidence["unfence_old_owner"] = unfence(ctx.topology, ctx.old_owner)
+        evidence["actions"].append(f"unfenced {ctx.old_owner}")
+    else:
+        evidence["actions"].append(f"{ctx.old_owner} unreachable: its fence (if any) stays")
+    if current.state == State.FENCED and current.run_id == ctx.run_id:
+        result = change_authority(ctx.topology, current.epoch, ctx.old_owner, State.ACTIVE,
+                                  run_id=ctx.run_id, changed_by=ctx.operator,
+                                  reason=f"compensation: {why}", store=ctx.authority)
+        evidence["authority_after"] = result.as_dict()
+        evidence["actions"].append(f"authority ACTIVE on {ctx.old_owner} at epoch {result.authority.epoch}")
+    engine = engine_for(ctx.topology)
+    for source, target in ctx.state.get("replication_started", []):
+        evidence.setdefault("replication", []).append(engine.stop(source, target).as_dict())
+        evidence["actions"].append(f"stopped replication {source} -> {target} that this run started")
+    for source, target in ctx.state.get("replication_stopped", []):
+        evidence.setdefault("replication", []).append(engine.start(source, target).as_dict())
+        evidence["actions"].append(f"restarted replication {source} -> {target} that this run stopped")
+    return evidence

@@ -1,0 +1,93 @@
+"""Approval gates: pause the flow run until someone decides, and record who did.
+
+A gate pauses with `pause_flow_run(wait_for_input=GateDecision)`, so the Prefect UI shows
+an approval form. The Slack approval service resumes the same pause after verifying the
+click's signature; it records the verified approval first and says so in the input
+(`channel="slack"`, `approval_id`), which the gate checks against the audit database.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prefect.exceptions import FlowPauseTimeout
+from prefect.flow_runs import pause_flow_run
+from prefect.input import RunInput
+from pydantic import Field
+
+from baton.audit.models import Approval
+from baton.errors import ApprovalRejected
+from baton.steps.context import RunContext
+from runbooks.model import Step
+
+
+class GateDecision(RunInput):
+    """The approval form. Reject with a reason in the comment."""
+
+    approved: bool = Field(description="Approve this step?")
+    approver: str = Field(min_length=1, description="Who decides (name or e-mail)")
+    comment: str = Field("", description="Why (required when rejecting)")
+    # Set by the Slack approval service only; checked against the audit database.
+    channel: str = Field("prefect-ui", description="leave as is")
+    approval_id: int | None = Field(None, description="leave empty")
+
+
+def _verified_slack_approval(ctx: RunContext, gate: str, decision: GateDecision) -> Approval | None:
+    if decision.channel != "slack" or decision.approval_id is None:
+        return None
+    with ctx.audit.transaction() as session:
+        row = session.get(Approval, decision.approval_id)
+        if (row is not None and row.run_id == ctx.run_id and row.gate == gate
+                and row.channel == "slack" and row.identity_verified):
+            session.expunge(row)
+            return row
+    return None
+
+
+def request_approval(ctx: RunContext, step: Step, summary: dict, *, auto_approve: bool,
+                     poll_seconds: int = 2, notifier=None) -> dict:
+    """Block until the gate is approved; raise ApprovalRejected on rejection or timeout."""
+    gate = step.name
+    if auto_approve:
+        ctx.audit.record_approval(ctx.run_id, gate, "approved", ctx.operator, channel="cli",
+                                  comment="answered by --yes")
+        return {"gate": gate, "decision": "approved", "approver": ctx.operator, "channel": "cli"}
+
+    timeout = ctx.topology.thresholds.gate_timeout_seconds
+    deadline = time.monotonic() + timeout
+    slack_only = gate in ctx.topology.approvals.require_slack_for
+    message = notifier.post_request(ctx, step, summary) if notifier else None
+    attempt = 0
+    while True:
+        attempt += 1
+        remaining = int(deadline - time.monotonic())
+        ctx.log(f"gate {gate}: waiting for approval ({remaining} s left)")
+        try:
+            if remaining < 1:
+                raise FlowPauseTimeout("no time left")
+            decision = pause_flow_run(wait_for_input=GateDecision, timeout=remaining,
+                                      poll_interval=poll_seconds, key=f"{gate}-{attempt}")
+        except FlowPauseTimeout:
+            ctx.audit.record_approval(ctx.run_id, gate, "timed_out", "-", channel="timeout",
+                                      comment=f"no decision within {timeout:.0f} s")
+            if notifier and message:
+                notifier.mark_timed_out(message, ctx, step)
+            raise ApprovalRejected(f"gate {gate} timed out after {timeout:.0f} s without a decision"
+                                   ) from None
+        verified = _verified_slack_approval(ctx, gate, decision)
+        if verified is None:
+            if slack_only:
+                ctx.audit.record_approval(
+                    ctx.run_id, gate, "refused", decision.approver, channel="prefect-ui",
+                    comment="refused: this gate requires a Slack-verified approval; still waiting")
+                ctx.log(f"gate {gate}: a Prefect UI answer is not accepted here; waiting for Slack")
+                continue
+            ctx.audit.record_approval(ctx.run_id, gate,
+                                      "approved" if decision.approved else "rejected",
+                                      decision.approver, channel="prefect-ui", comment=decision.comment)
+        if decision.approved:
+            ctx.log(f"gate {gate}: approved by {decision.approver}")
+            return {"gate": gate, "decision": "approved", "approver": decision.approver,
+                    "channel": "slack" if verified else "prefect-ui"}
+        raise ApprovalRejected(f"gate {gate} rejected by {decision.approver}: "
+                               f"{decision.comment or 'no reason given'}")

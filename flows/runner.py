@@ -1,0 +1,230 @@
+"""Execute a runbook inside a Prefect flow: steps as tasks, gates as pauses, evidence always.
+
+A run that fails before write authority moved (a rejected or timed-out gate, a failed step)
+is returned to the last safe state by `return_to_safe_state`, recorded as step `compensate`.
+A run can be resumed by its run id: steps that succeeded and gates that were approved are
+not repeated, and irreversible steps check their own postcondition anyway.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from prefect import get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from baton.audit import AuditStore
+from baton.audit.store import default_actor
+from baton.authority import State, authority_store, initialize_authority
+from baton.errors import BatonError, StepFailed, UsageError
+from baton.settings import load_topology
+from baton.steps.context import DIVERGENT_POLICIES, RunContext
+from baton.steps.failover import return_to_safe_state
+from flows.gates import request_approval
+from runbooks import RUNBOOKS
+from runbooks.model import Kind, Runbook, Step
+from tasks.failback import TASKS as FAILBACK_TASKS
+from tasks.failover import TASKS as FAILOVER_TASKS
+
+STEP_TASKS = FAILOVER_TASKS | FAILBACK_TASKS
+PLAN_STEP = "run_plan"
+
+
+def _trigger() -> str:
+    from prefect.runtime import deployment
+
+    return "deployment" if deployment.id else "cli"
+
+
+def open_run(runbook: Runbook, *, config: str | None, unplanned: bool = False, reason: str = "",
+             operator: str | None = None, lag_override_reason: str = "",
+             divergent_policy: str = "quarantine", resume_run_id: str | None = None,
+             trigger: str | None = None, log=None) -> RunContext:
+    """Start a run in the audit DB (taking the domain's lock), or reopen one to resume it."""
+    topology = load_topology(config)
+    if unplanned and not reason:
+        raise UsageError("an unplanned failover needs --reason: say what declared the owner unavailable")
+    if divergent_policy not in DIVERGENT_POLICIES:
+        raise UsageError(f"divergent policy must be one of {', '.join(DIVERGENT_POLICIES)}")
+    audit = AuditStore.for_topology(topology)
+    store = authority_store(topology, audit)
+    log = log or (lambda message: None)
+    if resume_run_id:
+        return _reopen(runbook, topology, audit, store, resume_run_id, log)
+    current = store.current(topology.domain.name)
+    if current is None:
+        current = initialize_authority(topology, store=store).authority
+    if current.state != State.ACTIVE:
+        raise StepFailed(f"authority is {current.describe()}: a hand-over is in progress or crashed. "
+                         f"Resume it with --resume {current.run_id}, or inspect it with "
+                         f"`baton audit show {current.run_id}`.")
+    operator = operator or default_actor()
+    run = audit.start_run(topology.domain.name, runbook.name, trigger=trigger or _trigger(),
+                          reason=reason, started_by=operator, planned=not unplanned)
+    ctx = RunContext(topology=topology, runbook=runbook.name, run_id=run.id, old_owner=current.owner,
+                     new_owner=topology.other_region(current.owner), audit=audit, authority=store,
+                     operator=operator, unplanned=unplanned, reason=reason,
+                     lag_override_reason=lag_override_reason, divergent_policy=divergent_policy, log=log)
+    with audit.step(run.id, PLAN_STEP, region=ctx.new_owner, epoch=current.epoch) as record:
+        record.evidence = {"old_owner": ctx.old_owner, "new_owner": ctx.new_owner,
+                           "unplanned": unplanned, "reason": reason, "operator": operator,
+                           "divergent_policy": divergent_policy, "lag_override_reason": lag_override_reason,
+                           "epoch_at_start": current.epoch, "steps": [s.name for s in runbook.steps]}
+    log(f"run {run.id}: {runbook.name} of {topology.domain.name} from {ctx.old_owner} to {ctx.new_owner}")
+    return ctx
+
+
+def _reopen(runbook, topology, audit, store, run_id: str, log) -> RunContext:
+    view = audit.run(run_id)
+    if view.run.runbook != runbook.name:
+        raise UsageError(f"run {run_id} is a {view.run.runbook} run, not {runbook.name}")
+    if view.status != "running":
+        raise UsageError(f"run {run_id} is {view.status}; only a run that still holds its lock can resume")
+    plan = next(json.loads(s.evidence) for s in view.steps if s.name == PLAN_STEP)
+    ctx = RunContext(topology=topology, runbook=runbook.name, run_id=run_id, old_owner=plan["old_owner"],
+                     new_owner=plan["new_owner"], audit=audit, authority=store,
+                     operator=plan["operator"], unplanned=plan["unplanned"], reason=plan["reason"],
+                     lag_override_reason=plan["lag_override_reason"],
+                     divergent_policy=plan["divergent_policy"], log=log)
+    done = set()
+    for row in view.steps:
+        if row.status == "succeeded" and row.name != PLAN_STEP:
+            done.add(row.name)
+            ctx.state[row.name] = json.loads(row.evidence)
+    done |= {a.gate for a in view.approvals if a.decision == "approved"}
+    stop = ctx.state.get("stop_primary_producers", {})
+    if "final_end_offsets" in stop:
+        ctx.state["final_end_offsets"] = stop["final_end_offsets"]
+    if "stop_primary_producers" in done:
+        ctx.state["fenced"] = True
+    if "switch_authority" in done:
+        ctx.state["switched"] = True
+    if "start_reverse_replication" in done:
+        ctx.state["replication_started"] = [(ctx.old_owner, ctx.new_owner)]
+    applied = ctx.state.get("translate_consumer_offsets", {}).get("applied", [])
+    ctx.state["applied_offsets"] = {a["group"]: a["committed"] for a in applied}
+    ctx.state["_done"] = done
+    log(f"resuming run {run_id}: already done: {', '.join(sorted(done)) or 'nothing'}")
+    return ctx
+
+
+def gate_summary(ctx: RunContext, step: Step) -> dict:
+    """The key evidence an approver sees for this gate."""
+    state = ctx.state
+    authority = ctx.authority.current(ctx.domain)
+    summary: dict = {"runbook": ctx.runbook, "domain": ctx.domain, "gate": step.name,
+                     "started_by": ctx.operator, "unplanned": ctx.unplanned, "reason": ctx.reason,
+                     "authority_now": authority.describe(),
+                     "planned_change": f"{ctx.old_owner} -> {ctx.new_owner} (epoch {authority.epoch} -> "
+                                       f"{authority.epoch + (1 if step.name == 'approve-switch' else 2)})"}
+    lag = state.get("check_lag", {})
+    if lag:
+        measured = (lag.get("lag") or {}).get("statement")
+        summary["lag"] = measured or lag.get("data_at_risk", {}).get("statement")
+    if "verify_secondary_currency" in state:
+        currency = state["verify_secondary_currency"]
+        summary["currency"] = currency.get("statement") or currency.get("why")
+        summary["current"] = currency.get("current", False)
+    if "translate_consumer_offsets" in state:
+        summary["translation"] = state["translate_consumer_offsets"].get("summary")
+    if ctx.unplanned:
+        summary["data_at_risk_records"] = state.get("data_at_risk_records")
+    elif step.name == "approve-switch":
+        summary["data_at_risk_records"] = 0
+    if "find_divergent_tail" in state:
+        summary["divergent_records"] = state["find_divergent_tail"]["count"]
+        summary["divergent_policy"] = ctx.divergent_policy
+    return summary
+
+
+def execute(runbook: Runbook, ctx: RunContext, *, auto_approve: bool = False, notifier=None,
+            poll_seconds: int = 2) -> dict:
+    """Run every step in order; compensate and re-raise on failure before the switch."""
+    done = ctx.state.pop("_done", set())
+    started = time.monotonic()
+    try:
+        for step in runbook.steps:
+            if step.name in done:
+                ctx.log(f"{step.name}: done in an earlier attempt of this run, skipped")
+                continue
+            if not ctx.option(step.when):
+                continue
+            if step.kind is Kind.GATE:
+                summary = gate_summary(ctx, step)
+                with ctx.audit.step(ctx.run_id, step.name, region=ctx.new_owner) as record:
+                    record.evidence = {"shown": summary}
+                    record.evidence |= request_approval(ctx, step, summary, auto_approve=auto_approve,
+                                                        notifier=notifier, poll_seconds=poll_seconds)
+            else:
+                STEP_TASKS[step.name](ctx)
+    except BaseException as error:
+        ctx.state["error"] = f"{type(error).__name__}: {error}"
+        if not ctx.state.get("switched"):
+            _compensate(ctx, str(error))
+        ctx.audit.finish_run(ctx.run_id, "failed", actor=ctx.operator, detail=ctx.state["error"])
+        _publish_artifacts(ctx, "failed", time.monotonic() - started)
+        raise
+    ctx.audit.finish_run(ctx.run_id, "succeeded", actor=ctx.operator)
+    return _publish_artifacts(ctx, "succeeded", time.monotonic() - started)
+
+
+def _compensate(ctx: RunContext, why: str) -> None:
+    try:
+        with ctx.audit.step(ctx.run_id, "compensate", region=ctx.old_owner) as record:
+            record.evidence = return_to_safe_state(ctx, why)
+        ctx.state["compensation"] = record.evidence
+        ctx.log("compensation: " + "; ".join(record.evidence["actions"]))
+    except BatonError as e:  # recorded by the evidence wrapper; the original error stays the headline
+        ctx.state["compensation"] = {"failed": str(e)}
+        ctx.log(f"compensation FAILED: {e}; the system may not be in a safe state, see the evidence")
+
+
+def run_summary(ctx: RunContext, status: str, seconds: float) -> dict:
+    view = ctx.audit.run(ctx.run_id)
+    authority = ctx.authority.current(ctx.domain)
+    return {
+        "run_id": ctx.run_id, "runbook": ctx.runbook, "domain": ctx.domain, "status": status,
+        "unplanned": ctx.unplanned, "owner_before": ctx.old_owner,
+        "owner_after": authority.owner if authority.state == State.ACTIVE else None,
+        "authority": authority.describe(), "epoch": authority.epoch,
+        "wall_seconds": round(seconds, 2), "error": ctx.state.get("error"),
+        "compensation": ctx.state.get("compensation", {}).get("actions"),
+        "steps": [{"name": s.name, "status": s.status,
+                   "seconds": round((s.ended_at - s.started_at).total_seconds(), 3)} for s in view.steps],
+        "approvals": [{"gate": a.gate, "decision": a.decision, "approver": a.approver,
+                       "channel": a.channel} for a in view.approvals],
+    }
+
+
+def _publish_artifacts(ctx: RunContext, status: str, seconds: float) -> dict:
+    summary = run_summary(ctx, status, seconds)
+    try:
+        lines = [f"# {ctx.runbook} of `{ctx.domain}`: {status}", "",
+                 f"- run: `{ctx.run_id}` ({'unplanned' if ctx.unplanned else 'planned'})",
+                 f"- authority: {summary['authority']}", f"- wall time: {seconds:.1f} s", ""]
+        if summary["error"]:
+            lines += [f"- error: {summary['error']}", f"- compensation: {summary['compensation']}", ""]
+        lines += ["| step | status | seconds |", "|---|---|---|"]
+        lines += [f"| {s['name']} | {s['status']} | {s['seconds']} |" for s in summary["steps"]]
+        key = ctx.runbook.replace("_", "-")
+        create_markdown_artifact("\n".join(lines), key=f"{key}-summary", description=ctx.run_id)
+        entries = ctx.state.get("translate_consumer_offsets", {}).get("translation", {}).get("entries", [])
+        if entries:
+            create_table_artifact(
+                [{k: e.get(k) for k in ("group", "topic", "mirror_topic", "partition", "owner_offset",
+                                        "translated_offset", "method", "duplicates_bound", "missing")}
+                 for e in entries], key=f"{key}-offsets", description=ctx.run_id)
+    except Exception as e:  # artifacts are a view; the audit DB holds the record
+        get_run_logger().warning(f"could not publish artifacts: {e}")
+    return summary
+
+
+def run_runbook(name: str, **options) -> dict:
+    """Open (or resume) a run of a runbook and execute it; used by every flow."""
+    logger = get_run_logger()
+    runbook = RUNBOOKS[name]
+    auto_approve = options.pop("auto_approve", False)
+    notifier = options.pop("notifier", None)
+    ctx = open_run(runbook, log=logger.info, **options)
+    return execute(runbook, ctx, auto_approve=auto_approve, notifier=notifier)

@@ -1,0 +1,31 @@
+"""Turn a step function of baton/steps into a Prefect task that records its evidence."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from baton.steps.context import RunContext
+
+
+def evidence_task(step: Callable[[RunContext], dict]):
+    """A task named like the step: evidence row before/after (audit DB), result in ctx.state."""
+    name = step.__name__
+
+    @task(name=name, cache_policy=NO_CACHE, retries=0)
+    def run(ctx: RunContext) -> dict:
+        authority = ctx.authority.current(ctx.domain)
+        with ctx.audit.step(ctx.run_id, name, region=ctx.new_owner,
+                            epoch=authority.epoch if authority else None) as record:
+            try:
+                record.evidence = step(ctx)
+            except Exception as e:
+                record.evidence = {"error": str(e)}
+                raise
+        ctx.state[name] = record.evidence
+        return record.evidence
+
+    run.__doc__ = step.__doc__
+    return run
