@@ -9,6 +9,7 @@ from baton.cli.authority import authority_app
 from baton.cli.config import config_app
 from baton.cli.lab import lab_app
 from baton.cli.replication import replication_app
+from baton.cli.runbook import register as register_runbooks
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Kafka failover runbooks.")
 app.add_typer(lab_app, name="lab")
@@ -16,4 +17,5 @@ app.add_typer(config_app, name="config")
 app.add_typer(audit_app, name="audit")
 app.add_typer(authority_app, name="authority")
 app.add_typer(replication_app)  # top level: lag, currency, offsets
+register_runbooks(app)  # top level: failover, failback, runs, report
 # Further command families register here, one line each.

@@ -1,0 +1,149 @@
+"""`baton failover`, `baton failback`, `baton runs`, `baton report`: run and read runbooks."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from baton.cli.common import ConfigOption, JsonOption, UsageError, err, handles_errors, out
+
+PlanOption = Annotated[bool, typer.Option("--plan", help="print the steps and measurements; change nothing")]
+YesOption = Annotated[bool, typer.Option("--yes", help="answer every gate from the CLI (lab and tests)")]
+ResumeOption = Annotated[str | None, typer.Option("--resume", help="continue a crashed run by its run id")]
+OverrideOption = Annotated[str, typer.Option("--override-lag", help="proceed despite lag, for this reason")]
+
+
+def _print_plan(result: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, indent=2, default=str))
+        return
+    out.print(f"[bold]{result['runbook']}[/bold] plan ({'unplanned' if result['unplanned'] else 'planned'})")
+    for key, value in result["measured"].items():
+        out.print(f"  {key}: {value}")
+    for number, step in enumerate(result["steps"], start=1):
+        out.print(f"  {number:2}. {step['step']:28} {step['kind']:12} would change: {step['would_change']}"
+                  + ("" if step["when"] == "always" else f"  (only when {step['when']})"))
+
+
+def _print_summary(summary: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(summary, indent=2, default=str))
+        return
+    colour = "green" if summary["status"] == "succeeded" else "red"
+    out.print(f"{summary['runbook']} [{colour}]{summary['status']}[/{colour}] run {summary['run_id']}: "
+              f"{summary['owner_before']} -> {summary['owner_after']} ({summary['authority']})")
+    for step in summary["steps"]:
+        out.print(f"  {step['name']:28} {step['status']:10} {step['seconds']:7.2f} s")
+
+
+def _run_flow(flow, as_json: bool, **parameters) -> None:
+    # A failed run raises its BatonError (exit 1); `baton runs` and `baton report` show its evidence.
+    _print_summary(flow(**parameters), as_json)
+
+
+def failover(config: ConfigOption = None, plan: PlanOption = False,
+             unplanned: Annotated[bool, typer.Option(help="the owner is unreachable")] = False,
+             reason: Annotated[str, typer.Option(help="why (required with --unplanned)")] = "",
+             override_lag: OverrideOption = "", yes: YesOption = False,
+             resume: ResumeOption = None, as_json: JsonOption = False) -> None:
+    """Move write authority to the other region (a Prefect flow run)."""
+    from baton.settings import load_topology
+    from runbooks import FAILOVER
+
+    if unplanned and not reason:
+        raise UsageError("--unplanned needs --reason: say what declared the owner unavailable")
+    if plan:
+        from baton.steps.plan import plan as make_plan
+
+        _print_plan(make_plan(load_topology(config), FAILOVER, unplanned=unplanned), as_json)
+        return
+    load_topology(config)  # a bad file fails here, before Prefect starts
+    from flows.failover import failover as flow
+
+    err.print("starting the failover flow (Prefect)...")
+    _run_flow(flow, as_json, config=config, unplanned=unplanned, reason=reason, override_lag=override_lag,
+              auto_approve=yes, resume_run_id=resume)
+
+
+def failback(config: ConfigOption = None, plan: PlanOption = False,
+             policy: Annotated[str, typer.Option(help="divergent tail: republish|quarantine|discard")]
+             = "quarantine",
+             reason: Annotated[str, typer.Option(help="why")] = "",
+             override_lag: OverrideOption = "", yes: YesOption = False,
+             resume: ResumeOption = None, as_json: JsonOption = False) -> None:
+    """Return write authority, handling the divergent tail by policy."""
+    from baton.settings import load_topology
+    from baton.steps.context import DIVERGENT_POLICIES
+    from runbooks import FAILBACK
+
+    if policy not in DIVERGENT_POLICIES:
+        raise UsageError(f"--policy must be one of {', '.join(DIVERGENT_POLICIES)}, not {policy!r}")
+    if plan:
+        from baton.steps.plan import plan as make_plan
+
+        _print_plan(make_plan(load_topology(config), FAILBACK), as_json)
+        return
+    load_topology(config)
+    from flows.failback import failback as flow
+
+    err.print("starting the failback flow (Prefect)...")
+    _run_flow(flow, as_json, config=config, divergent_policy=policy, reason=reason,
+              override_lag=override_lag, auto_approve=yes, resume_run_id=resume)
+
+
+def runs(config: ConfigOption = None, limit: int = 20, as_json: JsonOption = False) -> None:
+    """List recent runs from the audit database."""
+    from baton.audit import AuditStore
+    from baton.settings import load_topology
+
+    topology = load_topology(config)
+    store = AuditStore.for_topology(topology)
+    rows = []
+    for run in store.runs(topology.domain.name, limit=limit):
+        view = store.run(run.id)
+        rows.append({"run_id": run.id, "runbook": run.runbook, "status": view.status,
+                     "started_at": run.started_at.isoformat(), "started_by": run.started_by,
+                     "planned": run.planned, "steps": len(view.steps)})
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        out.print(f"{row['run_id']:45} {row['runbook']:9} {row['status']:10} {row['started_at'][:19]} "
+                  f"{row['started_by']}")
+
+
+def report(run_id: str, config: ConfigOption = None,
+           format: Annotated[str, typer.Option("--format", help="md|json")] = "md") -> None:
+    """Render a run from the audit database."""
+    from baton.audit import AuditStore
+    from baton.settings import load_topology
+
+    if format not in ("md", "json"):
+        raise UsageError(f"--format must be md or json, not {format!r}")
+    view = AuditStore.for_topology(load_topology(config)).run(run_id)
+    data = view.as_dict()
+    if format == "json":
+        print(json.dumps(data, indent=2, default=str))
+        return
+    run = data["run"]
+    lines = [f"# {run['runbook']} run `{run['id']}`: {data['run']['status']}", "",
+             f"- domain: {run['domain']}; {'planned' if run['planned'] else 'unplanned'}; "
+             f"trigger {run['trigger']}; started by {run['started_by']} at {run['started_at']}",
+             f"- reason: {run['reason'] or '-'}", "", "| # | step | status | seconds | error |",
+             "|---|---|---|---|---|"]
+    for step in view.steps:
+        seconds = (step.ended_at - step.started_at).total_seconds()
+        error = step.error or ""
+        lines.append(f"| {step.position} | {step.name} | {step.status} | {seconds:.2f} | {error} |")
+    if view.approvals:
+        lines += ["", "| gate | decision | approver | channel | verified |", "|---|---|---|---|---|"]
+        lines += [f"| {a.gate} | {a.decision} | {a.approver} | {a.channel} | {a.identity_verified} |"
+                  for a in view.approvals]
+    print("\n".join(lines))
+
+
+def register(app: typer.Typer) -> None:
+    for command in (failover, failback, runs, report):
+        app.command(command.__name__)(handles_errors(command))
