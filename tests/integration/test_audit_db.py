@@ -191,6 +191,23 @@ def test_one_run_at_a_time_per_domain_and_explicit_unlock(audit_url):
     assert store.verify().ok
 
 
+def test_cli_unlock_releases_a_crashed_runs_lock(audit_url, tmp_path):
+    store = AuditStore(audit_url)
+    crashed = store.start_run("orders", "failover")
+    config = topology_file(tmp_path, audit_url)
+
+    result = cli("authority", "unlock", "--run", crashed.id, "--config", config, "--reason", "host lost")
+    assert result.exit_code == 0, result.output
+    assert f"released the lock of run {crashed.id}" in result.output
+    assert store.lock_holder("orders") is None
+    shown = json.loads(cli("audit", "show", crashed.id, "--config", config, "--json").output)
+    assert shown["run"]["status"] == "aborted"
+    assert [(e["kind"], e["detail"]) for e in shown["events"]] == [("lock_released", "host lost")]
+
+    again = cli("authority", "unlock", "--run", crashed.id, "--config", config)
+    assert again.exit_code == 2 and "does not hold the lock" in again.output
+
+
 def test_unreachable_postgres_is_a_clear_error(tmp_path):
     config = topology_file(tmp_path, "postgresql+psycopg://nobody@127.0.0.1:1/audit")
     result = cli("audit", "verify", "--config", config)
