@@ -27,7 +27,7 @@ from baton.replication.matching import common_prefix, match_run
 from baton.settings import Topology
 
 # Records checked after C (hint path) and the run matched from C (search path).
-RUN_AFTER, RUN = 16, 64
+RUN_AFTER, RUNS = 16, (64, 512, 4096)
 # Search path: mirror records scanned from its lower bound; timestamp seek goes back this much.
 SEARCH_WINDOW, SKEW_MS = 20_000, 60_000
 MAX_VERIFY = 50_000
@@ -198,21 +198,35 @@ def _verify_hinted(scope: Scope, pending: list[tuple[Translation, Partition]], l
 
 
 def _search(scope: Scope, pending: list[tuple[Translation, Partition]], lag: LagReport) -> None:
-    """Match a run of consecutive records from C in a window of the mirror."""
+    """Match a run of consecutive records from C in a window of the mirror, longer runs while ambiguous.
+
+    A longer run reaches past identical payloads and past a replayed stretch (an earlier copy
+    is followed by the replay's jump back, the newest copy is not).
+    """
+    for run_length in RUNS:
+        pending = _search_once(scope, pending, lag, run_length)
+        if not pending:
+            return
+
+
+def _search_once(scope: Scope, pending: list[tuple[Translation, Partition]], lag: LagReport,
+                 run_length: int) -> list[tuple[Translation, Partition]]:
+    """One search pass; returns the entries that stayed ambiguous only because the run was too short."""
     if not pending:
-        return
+        return []
+    retry = []
     positions = lag.by_partition()
     owner_ranges: dict[Partition, list] = {}
     for entry, tp in pending:
         start = max(entry.owner_offset, positions[tp].owner_start)
-        owner_ranges.setdefault(tp, []).append((start, min(positions[tp].owner_end, start + RUN)))
+        owner_ranges.setdefault(tp, []).append((start, min(positions[tp].owner_end, start + run_length)))
     owner_recs = read_ranges(scope.config(scope.owner), owner_ranges, scope.owner,
                              timestamps=scope.timestamps, exclude_headers=scope.engine.replication_headers)
     runs = {}
     seek = {}
     for entry, tp in pending:
         start = max(entry.owner_offset, positions[tp].owner_start)
-        run = [r for r in _sorted(owner_recs[tp]) if start <= r.offset < start + RUN]
+        run = [r for r in _sorted(owner_recs[tp]) if start <= r.offset < start + run_length]
         runs[id(entry)] = run
         if run:
             seek[(id(entry), tp)] = run[0].timestamp_ms - SKEW_MS
@@ -249,12 +263,16 @@ def _search(scope: Scope, pending: list[tuple[Translation, Partition]], lag: Lag
                           bool(part.current))
         if found.status == "exact":
             entry.translated_offset = found.offset
+            entry.status, entry.duplicates_bound = "ok", 0
             entry.note = (entry.note + " " if entry.note else "") + "located by fingerprint search"
-        else:
+            continue
+        if found.status == "ambiguous" and len(run) == run_length:
+            retry.append((entry, tp))
             entry.status, entry.duplicates_bound = found.status, None
             entry.note = (f"{found.status}: the run of {len(run)} records from owner offset "
                           f"{run[0].offset} matches mirror offsets {found.candidates[:10]} "
                           f"(searched {low}..{high}); not guessing")
+    return retry
 
 
 def _by_checkpoints(scope: Scope, groups: list[str], exact: list[Translation] | None,
