@@ -38,16 +38,21 @@ def row_hash(row: Chained) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def append(session: Session, row: Chained, now: datetime) -> Chained:
-    """Link `row` to the end of the chain and add it, inside the caller's transaction.
-
-    The head row is locked (FOR UPDATE on PostgreSQL; SQLite transactions are BEGIN IMMEDIATE),
-    so concurrent writers append one after the other; the unique `seq` is the backstop.
-    """
+def lock(session: Session) -> ChainHead:
+    """Lock the chain head for the rest of the caller's transaction (FOR UPDATE on PostgreSQL;
+    SQLite transactions are BEGIN IMMEDIATE already), so concurrent writers append one after
+    the other. Take it before reading anything the new row depends on (e.g. a step's position)."""
     head = session.exec(select(ChainHead).where(ChainHead.id == 1).with_for_update()).first()
-    if head is None:
+    if head is None:  # the migration creates it; this covers a database whose row was deleted
         head = ChainHead(id=1, seq=0, hash=GENESIS)
         session.add(head)
+    return head
+
+
+def append(session: Session, row: Chained, now: datetime) -> Chained:
+    """Link `row` to the end of the chain and add it, inside the caller's transaction.
+    The unique `seq` is the backstop should two writers ever get past the lock."""
+    head = lock(session)
     row.seq = head.seq + 1
     row.recorded_at = now
     row.prev_hash = head.hash

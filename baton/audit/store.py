@@ -195,6 +195,7 @@ class AuditStore:
                     region: str | None = None, epoch: int | None = None) -> Step:
         with self.transaction() as session:
             self._run(session, run_id)
+            chain.lock(session)  # before counting: two concurrent steps must not share a position
             position = session.exec(
                 select(func.count()).select_from(Step).where(Step.run_id == run_id)).one() + 1
             row = Step(run_id=run_id, position=position, name=name, status=status,

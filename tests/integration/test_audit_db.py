@@ -6,6 +6,7 @@ No Kafka needed; these run against the `audit_url` fixture (sqlite and postgresq
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 import yaml
@@ -226,3 +227,29 @@ def test_migrations_build_exactly_the_models_schema(audit_url):
     with store.engine.connect() as connection:
         assert compare_metadata(MigrationContext.configure(connection), SQLModel.metadata) == []
         assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0001"
+
+
+def test_concurrent_writers_keep_one_dense_chain(audit_url):
+    store = AuditStore(audit_url)
+    run = store.start_run("orders", "drill")
+    writers, steps_each = 6, 5
+    start = threading.Barrier(writers)
+
+    def write(i: int) -> None:
+        mine = AuditStore(audit_url)
+        start.wait()
+        for n in range(steps_each):
+            with mine.step(run.id, f"step-{i}-{n}") as step:
+                step.evidence["writer"] = i
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    steps = store.run(run.id).steps
+    assert sorted(s.position for s in steps) == list(range(1, writers * steps_each + 1))
+    assert [s.seq for s in steps] == list(range(2, writers * steps_each + 2))
+    verdict = store.verify()
+    assert verdict.ok and verdict.rows == writers * steps_each + 1

@@ -71,12 +71,14 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_authority_epochs_domain'), ['domain'], unique=False)
         batch_op.create_index(batch_op.f('ix_authority_epochs_seq'), ['seq'], unique=True)
 
-    op.create_table('chain_head',
+    chain_head = op.create_table('chain_head',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('seq', sa.Integer(), nullable=False),
     sa.Column('hash', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
     sa.PrimaryKeyConstraint('id')
     )
+    # The one head row exists from the start, so the first two writers cannot both create it.
+    op.bulk_insert(chain_head, [{"id": 1, "seq": 0, "hash": "0" * 64}])
     op.create_table('drill_reports',
     sa.Column('seq', sa.Integer(), nullable=False),
     sa.Column('recorded_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
