@@ -222,9 +222,13 @@ class GuardedConsumer:
         self.region = region
 
     def commit(self, message: Message | None = None) -> None:
-        if self._consumer is not None:
-            self._consumer.commit(message=message, asynchronous=False) if message else \
-                self._consumer.commit(asynchronous=False)
+        """Commit synchronously in the region being read (up to `message` if given)."""
+        if self._consumer is None:
+            return
+        if message is not None:
+            self._consumer.commit(message=message, asynchronous=False)
+        else:
+            self._consumer.commit(asynchronous=False)
 
     def close(self) -> None:
         if self._consumer is not None:
