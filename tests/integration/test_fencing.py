@@ -76,6 +76,11 @@ def test_cli_fence_moves_authority_and_records_a_run(domain_topology, tmp_path):
     config = _config_file(topology, tmp_path)
     runner = CliRunner()
     assert runner.invoke(app, ["authority", "init", "--config", config]).exit_code == 0
+    kept = runner.invoke(app, ["authority", "keep", "--once", "--json", "--config", config])
+    assert kept.exit_code == 0, kept.output
+    tick = json.loads(kept.output)
+    assert (tick["action"], tick["authority"]["epoch"], tick["published"]) == (
+        "renewed", 1, {"east": None, "west": None})
 
     fenced = runner.invoke(app, ["authority", "fence", "east", "--config", config, "--json",
                                  "--reason", "drill"])
