@@ -38,7 +38,8 @@ def lag(config: ConfigOption = None, topic: TopicOption = None, owner: OwnerOpti
                   f"(owner end {p.owner_end}, replicated through {p.replicated_through}, {p.method})"
                   + (f" {p.note}" if p.note else ""), highlight=False)
     beat = report.heartbeat_age_seconds
-    out.print(f"heartbeat: {'none seen' if beat is None else f'{beat:.1f}s old'}")
+    out.print(f"heartbeat: {'none seen' if beat is None else f'{beat:.1f}s old'}; "
+              f"replication {report.replication_state}")
     for problem in report.problems:
         out.print(f"[yellow]warning:[/yellow] {problem}", highlight=False)
     out.print(report.statement())

@@ -158,7 +158,7 @@ def read_ranges(
                         f"region {region!r}: reading records did not finish within {timeout:g}s "
                         f"({len(pending)} partitions unfinished, e.g. {waiting}); check the brokers"
                     )
-                for message in consumer.consume(num_messages=10000, timeout=0.5):
+                for message in consumer.consume(num_messages=10000, timeout=0.05):
                     tp = (message.topic(), message.partition())
                     error = message.error()
                     if error is not None:

@@ -156,6 +156,7 @@ class LagReport:
     heartbeat_age_seconds: float | None
     problems: list[str] = field(default_factory=list)
     hints: dict = field(default_factory=dict, repr=False)  # (topic, p) -> [OffsetHint], reused
+    replication_state: str = "UNKNOWN"  # the engine's own view: RUNNING, STOPPED, DEGRADED, DOWN
 
     @property
     def unknown(self) -> list[PartitionLag]:
@@ -183,7 +184,7 @@ class LagReport:
             "owner": self.owner, "secondary": self.secondary, "measured_at": self.measured_at,
             "records_at_risk": self.records_at_risk, "seconds_at_risk": round(self.seconds_at_risk, 3),
             "statement": self.statement(), "heartbeat_age_seconds": self.heartbeat_age_seconds,
-            "problems": self.problems,
+            "replication_state": self.replication_state, "problems": self.problems,
             "partitions": [asdict(p) | {"current": p.current} for p in self.partitions],
         }
 
@@ -288,8 +289,14 @@ def measure_lag(topology: Topology, *, owner: str | None = None, topics: list[st
         heartbeat = scope.engine.heartbeat_age(scope.owner, scope.secondary, int(now * 1000))
     except ReplicationError as e:
         problems.append(str(e))
+    # The figures above come from the brokers alone; the engine's state says whether lag will shrink.
+    try:
+        state = scope.engine.status(scope.owner, scope.secondary).state
+    except ReplicationError as e:
+        state = "DOWN"
+        problems.append(str(e))
     return LagReport(scope.owner, scope.secondary, now, [results[tp] for tp in pairs], heartbeat, problems,
-                     hints)
+                     hints, state)
 
 
 def _sorted(records: dict[int, Rec]) -> list[Rec]:

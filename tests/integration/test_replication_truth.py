@@ -16,8 +16,8 @@ import time
 import pytest
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
 
-from baton.errors import StepFailed
-from baton.kafka.admin import admin_client
+from baton.errors import ReplicationError, StepFailed
+from baton.kafka.admin import admin_client, ensure_topics
 from baton.replication import engine_for
 from baton.replication.currency import verify_currency
 from baton.replication.lag import measure_lag
@@ -278,6 +278,11 @@ def test_translation_through_mm2_restart_duplicates(topology, lab, new_topic, ne
     stop.set()
     writer.join()
     wait_until(lambda: lab.processes["connect"].pid() is None, 10, "Connect to exit")
+    # With Connect down, lag still comes from the brokers, and the report says replication is down.
+    down = measure_lag(topology, topics=[topic])
+    assert down.replication_state == "DOWN" and any("Kafka Connect" in p for p in down.problems)
+    assert down.partitions[0].missing_records == down.partitions[0].owner_end - \
+        (down.partitions[0].replicated_through + 1) > 0
     lab.up()
     wait_mirrored(topology, topic, timeout=90)
     owner = read(topology, "east", topic, 0, 0)
@@ -332,3 +337,32 @@ def test_owner_unreachable_falls_back_to_checkpoints_and_cli(topology, lab, new_
         assert time.monotonic() - started < 60
     finally:
         lab.fault("resume", "east")
+
+
+def test_partition_count_mismatch_and_missing_offset_syncs(topology, new_topic):
+    name = f"orders.t-{os.urandom(4).hex()}"
+    ensure_topics(admin_client(topology.regions["west"]), {f"east.{name}": 3})
+    ensure_topics(admin_client(topology.regions["east"]), {name: 2})
+    with pytest.raises(ReplicationError, match=f"{name} has 2 partitions but east.{name} has 3"):
+        measure_lag(topology, topics=[name])
+
+    topic = new_topic(1)
+    produce(topology, topic, [(0, f"s{i}".encode()) for i in range(20)])
+    wait_mirrored(topology, topic)
+    # Pretend MM2 keeps offset syncs on the target (where there are none): Baton searches instead.
+    elsewhere = topology.model_copy(deep=True)
+    elsewhere.replication.extra_connector_config["offset-syncs.topic.location"] = "target"
+    report = measure_lag(elsewhere, topics=[topic])
+    assert "mm2-offset-syncs.west.internal" in report.problems[0] and "missing" in report.problems[0]
+    assert (report.partitions[0].method, report.partitions[0].replicated_through) == ("search", 19)
+
+
+def test_reverse_direction_starts_and_stops(topology):
+    engine = engine_for(topology)
+    try:
+        status = engine.start("west", "east", wait_seconds=90)
+        assert status.state == "RUNNING" and status.source == "west"
+        assert {c.name for c in status.components} == set(engine.connector_names("west", "east"))
+    finally:
+        assert engine.stop("west", "east", wait_seconds=90).state == "STOPPED"
+    assert engine.status("east", "west").state == "RUNNING"

@@ -70,7 +70,7 @@ def read_internal(config: dict, topic: str, region: str, decode: Callable[..., T
             if time.monotonic() > deadline:
                 raise RegionUnreachable(f"region {region!r}: reading {topic} did not finish "
                                         f"within {timeout:g}s")
-            for message in consumer.consume(num_messages=10000, timeout=0.5):
+            for message in consumer.consume(num_messages=10000, timeout=0.05):
                 partition = message.partition()
                 if message.error() is not None:
                     if message.error().code() == KafkaError._PARTITION_EOF:
