@@ -55,13 +55,16 @@ def open_run(runbook: Runbook, *, config: str | None, unplanned: bool = False, r
     current = store.current(topology.domain.name)
     if current is None:
         current = initialize_authority(topology, store=store).authority
-    if current.state != State.ACTIVE:
-        raise StepFailed(f"authority is {current.describe()}: a hand-over is in progress or crashed. "
-                         f"Resume it with --resume {current.run_id}, or inspect it with "
-                         f"`baton audit show {current.run_id}`.")
     operator = operator or default_actor()
+    # The lock first: a second concurrent run is refused naming the run that holds it.
     run = audit.start_run(topology.domain.name, runbook.name, trigger=trigger or _trigger(),
                           reason=reason, started_by=operator, planned=not unplanned)
+    if current.state != State.ACTIVE:
+        message = (f"authority is {current.describe()}: an earlier hand-over did not finish. "
+                   f"Resume it with --resume {current.run_id}, or inspect it with "
+                   f"`baton audit show {current.run_id}`.")
+        audit.finish_run(run.id, "aborted", actor=operator, detail=message)
+        raise StepFailed(message)
     ctx = RunContext(topology=topology, runbook=runbook.name, run_id=run.id, old_owner=current.owner,
                      new_owner=topology.other_region(current.owner), audit=audit, authority=store,
                      operator=operator, unplanned=unplanned, reason=reason,

@@ -58,9 +58,12 @@ def prefect_api(tmp_path_factory) -> str:
                 process.kill()
                 pytest.fail(f"Prefect server did not start; see {home / 'server.log'}")
             time.sleep(0.5)
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     previous = os.environ.get("PREFECT_API_URL")
-    os.environ["PREFECT_API_URL"] = url
-    yield url
+    os.environ["PREFECT_API_URL"] = url  # for subprocesses (CLI, flow processes)
+    with temporary_settings(updates={PREFECT_API_URL: url}):  # for this process's client
+        yield url
     if previous is None:
         os.environ.pop("PREFECT_API_URL", None)
     else:

@@ -1,0 +1,194 @@
+"""Helpers for runbook tests: a private domain on the lab, records, offsets, flow-run control."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from pathlib import Path
+
+import yaml
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaError, Producer, TopicPartition
+from pydantic import SecretStr
+
+from baton.kafka.admin import admin_client, ensure_topics
+from baton.kafka.fencing import unfence
+from baton.kafka.reading import committed_offsets
+from baton.replication import engine_for
+from baton.settings import Topology, load_topology
+
+
+def plain(value):
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
+
+
+def make_domain(lab_topology: Topology, tmp_path: Path, partitions: int = 3, **thresholds) -> Path:
+    """A fresh domain (own topic in both regions, two groups, private audit DB); its topology file."""
+    suffix = uuid.uuid4().hex[:8]
+    topic = f"orders.rb-{suffix}"
+    for region in lab_topology.regions.values():
+        ensure_topics(admin_client(region), {topic: partitions})
+    document = plain(lab_topology.model_dump(mode="python"))
+    document["domain"] = {"name": f"rb-{suffix}", "topics": [topic],
+                          "consumer_groups": [f"orders-t-{suffix}-a", f"orders-t-{suffix}-b"],
+                          "initial_owner": "east"}
+    document["thresholds"] |= {"quiesce_seconds": 1, "lease_ttl_seconds": 3, "step_timeout_seconds": 90,
+                               "gate_timeout_seconds": 120} | thresholds
+    document["audit"] = {"database_url": f"sqlite:///{tmp_path / f'audit-{suffix}.db'}"}
+    path = tmp_path / f"topology-{suffix}.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def restore_lab(topology: Topology) -> None:
+    """Leave the shared lab as tests expect it: nothing fenced, replication east -> west only."""
+    for region in topology.regions:
+        unfence(topology, region)
+    engine = engine_for(topology)
+    engine.stop("west", "east")
+    engine.start("east", "west")
+
+
+def produce(topology: Topology, region: str, topic: str, count: int, partitions: int, tag: str,
+            who: str = "producer") -> list[tuple[int, int, bytes]]:
+    """count records round-robin over partitions; returns (partition, offset, value) as acknowledged."""
+    acked: list[tuple[int, int, bytes]] = []
+    errors: list = []
+    producer = Producer(topology.regions[region].client_config(who) | {"message.timeout.ms": 15000})
+
+    def done(error, message):
+        if error:
+            errors.append(error)
+        else:
+            acked.append((message.partition(), message.offset(), message.value()))
+
+    for i in range(count):
+        producer.produce(topic, key=f"{tag}-k{i % 7}".encode(), value=f"{tag}-{i}".encode(),
+                         partition=i % partitions, on_delivery=done)
+    producer.flush(20)
+    if errors:
+        raise AssertionError(f"produce to {region}/{topic} failed: {errors[0]}")
+    return acked
+
+
+def produce_error(topology: Topology, region: str, topic: str) -> KafkaError | None:
+    """The error an unguarded producer gets writing one record as the domain principal."""
+    result: list = []
+    producer = Producer(topology.regions[region].client_config("producer") | {"message.timeout.ms": 10000})
+    producer.produce(topic, value=b"probe", on_delivery=lambda e, m: result.append(e))
+    producer.flush(15)
+    return result[0] if result else KafkaError(KafkaError._MSG_TIMED_OUT)
+
+
+def commit(topology: Topology, region: str, group: str, topic: str, offsets: dict[int, int]) -> None:
+    admin = admin_client(topology.regions[region])
+    request = [ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p, o) for p, o in offsets.items()])]
+    for future in admin.alter_consumer_group_offsets(request).values():
+        future.result()
+
+
+def committed(topology: Topology, region: str, group: str) -> dict[tuple[str, int], int]:
+    return committed_offsets(admin_client(topology.regions[region]), group, region, 10)
+
+
+def read_from(topology: Topology, region: str, topic: str, starts: dict[int, int],
+              timeout: float = 30) -> dict[int, list[bytes]]:
+    """Values from each partition's start offset to its current end, in order."""
+    consumer = Consumer(topology.regions[region].client_config("admin")
+                        | {"group.id": "baton-t-reader", "enable.auto.commit": False,
+                           "enable.partition.eof": True})
+    ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in starts}
+    values: dict[int, list[bytes]] = {p: [] for p in starts}
+    pending = {p for p in starts if starts[p] < ends[p]}
+    consumer.assign([TopicPartition(topic, p, starts[p]) for p in pending])
+    deadline = time.monotonic() + timeout
+    try:
+        while pending and time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is None or message.error():
+                continue
+            p = message.partition()
+            if message.offset() < ends[p]:
+                values[p].append(message.value())
+            if message.offset() >= ends[p] - 1:
+                pending.discard(p)
+    finally:
+        consumer.close()
+    assert not pending, f"could not read {topic} partitions {pending} to their end"
+    return values
+
+
+def wait_mirrored(topology: Topology, topic: str, total: int, timeout: float = 60) -> None:
+    from baton.kafka.admin import end_offsets
+
+    mirror = topology.replication.remote_topic(topic, "east")
+    config = topology.regions["west"].client_config("admin")
+    partitions = len(admin_client(topology.regions["east"]).list_topics(topic).topics[topic].partitions)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if sum(end_offsets(config, mirror, partitions)) >= total:
+                return
+        except Exception:  # the mirror topic may not exist yet
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"{mirror} on west did not reach {total} records in {timeout:.0f}s")
+
+
+# -- Prefect flow-run control (through the real API) -------------------------------------------
+
+
+def paused_run(flow_name: str, timeout: float = 60) -> tuple[str, str]:
+    """(flow run id, pause key) of the newest paused run of a flow."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    async def find():
+        async with get_client() as client:
+            runs = await client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
+                flow_run_filter=FlowRunFilter(), sort=FlowRunSort.START_TIME_DESC, limit=5)
+            for run in runs:
+                if run.state and run.state.is_paused():
+                    return str(run.id), run.state.state_details.pause_key
+            return None
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = asyncio.run(find())
+        if found:
+            return found
+        time.sleep(0.5)
+    raise AssertionError(f"no paused run of flow {flow_name!r} within {timeout:.0f}s")
+
+
+def wait_paused_at(flow_name: str, gate: str, timeout: float = 90) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run_id, key = paused_run(flow_name, timeout=deadline - time.monotonic())
+        if key and key.startswith(gate):
+            return run_id
+        time.sleep(0.5)
+    raise AssertionError(f"flow {flow_name!r} never paused at {gate}")
+
+
+def resume(flow_run_id: str, **run_input) -> str:
+    from prefect.client.orchestration import get_client
+
+    async def go():
+        async with get_client() as client:
+            result = await client.resume_flow_run(flow_run_id, run_input=run_input)
+            return str(result.status)
+
+    return asyncio.run(go())
+
+
+def lab_topology_from(path: Path) -> Topology:
+    return load_topology(path)

@@ -1,0 +1,241 @@
+"""Failover and failback runbooks on the real lab, executed by a real Prefect server.
+
+Each test uses its own domain (topic, groups, audit DB) and leaves the shared lab as it found
+it: nothing fenced, replication east -> west running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from confluent_kafka import KafkaError
+
+from baton.audit import AuditStore
+from baton.authority import authority_store
+from baton.kafka.fencing import present_bindings
+from baton.replication import engine_for
+from baton.settings import load_topology
+from tests.integration.runbook_support import (
+    commit,
+    committed,
+    make_domain,
+    produce,
+    produce_error,
+    read_from,
+    restore_lab,
+    resume,
+    wait_mirrored,
+    wait_paused_at,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def domain(topology, tmp_path, prefect_api):
+    """Factory for a private domain's topology file; the lab is restored afterwards."""
+    created = []
+
+    def create(**thresholds):
+        path = make_domain(topology, tmp_path, **thresholds)
+        created.append(path)
+        return path
+
+    yield create
+    for path in created:
+        restore_lab(load_topology(path))
+
+
+def seed(t, partitions=3):
+    """300 records on east; group a has processed some of them, group b none."""
+    topic = t.domain.topics[0]
+    acked = produce(t, "east", topic, 300, partitions, "east")
+    group_a, group_b = t.domain.consumer_groups
+    commit(t, "east", group_a, topic, {0: 40, 1: 17, 2: 100})
+    commit(t, "east", group_b, topic, {0: 0, 1: 0, 2: 0})
+    wait_mirrored(t, topic, 300)
+    return topic, acked
+
+
+def baton(*args, timeout=300, **kwargs):
+    return subprocess.run([sys.executable, "-m", "baton", *args], capture_output=True, text=True,
+                          timeout=timeout, **kwargs)
+
+
+def authority_of(t):
+    return authority_store(t, AuditStore.for_topology(t)).current(t.domain.name)
+
+
+def test_planned_failover_then_failback_moves_authority_and_consumers_exactly(domain):
+    from flows.failback import failback
+    from flows.failover import failover
+
+    path = domain()
+    t = load_topology(path)
+    topic, _ = seed(t)
+    group_a = t.domain.consumer_groups[0]
+    before = committed(t, "east", group_a)
+
+    summary = failover(config=str(path), auto_approve=True)
+
+    assert summary["status"] == "succeeded"
+    assert (summary["owner_before"], summary["owner_after"]) == ("east", "west")
+    authority = authority_of(t)
+    assert (authority.owner, authority.state.value, authority.epoch) == ("west", "ACTIVE", 3)
+    # The old owner refuses the producer principal; the new owner accepts it.
+    error = produce_error(t, "east", topic)
+    assert error is not None and error.code() in (KafkaError.TOPIC_AUTHORIZATION_FAILED,
+                                                  KafkaError.CLUSTER_AUTHORIZATION_FAILED)
+    assert produce_error(t, "west", topic) is None
+    # Exactness: from the translated positions, west delivers exactly what the group had not
+    # processed on east: no record missing, none twice.
+    mirror = f"east.{topic}"
+    translated = committed(t, "west", group_a)
+    starts_west = {p: translated[(mirror, p)] for p in range(3)}
+    starts_east = {p: before[(topic, p)] for p in range(3)}
+    assert read_from(t, "west", mirror, starts_west) == read_from(t, "east", topic, starts_east)
+    assert engine_for(t).status("east", "west").state == "STOPPED"
+
+    # West era: the app writes on west; then authority goes home.
+    produce(t, "west", topic, 60, 3, "west")
+    summary = failback(config=str(path), auto_approve=True, divergent_policy="quarantine")
+
+    assert summary["status"] == "succeeded"
+    assert summary["owner_after"] == "east"
+    authority = authority_of(t)
+    assert (authority.owner, authority.state.value, authority.epoch) == ("east", "ACTIVE", 5)
+    assert produce_error(t, "east", topic) is None
+    error = produce_error(t, "west", topic)
+    assert error is not None and error.code() != KafkaError.NO_ERROR
+    # The group's position went west and back to the very same offsets.
+    assert {k: v for k, v in committed(t, "east", group_a).items() if k[0] == topic} == before
+    # West's own writes reached east (the reverse mirror) before authority moved back.
+    assert sum(len(v) for v in read_from(t, "east", f"west.{topic}", {0: 0, 1: 0, 2: 0}).values()) >= 60
+    assert engine_for(t).status("east", "west").state == "RUNNING"
+    assert engine_for(t).status("west", "east").state == "STOPPED"
+    store = AuditStore.for_topology(t)
+    assert store.verify().ok
+    steps = [s.name for s in store.run(summary["run_id"]).steps]
+    assert steps[-1] == "reconcile" and "find_divergent_tail" in steps
+
+
+def start_cli_failover(path, *extra):
+    env = os.environ | {"BATON_CONFIG": str(path)}
+    return subprocess.Popen([sys.executable, "-m", "baton", "failover", "--json", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+
+
+def test_rejected_switch_returns_to_the_last_safe_state(domain):
+    path = domain()
+    t = load_topology(path)
+    topic, _ = seed(t)
+    process = start_cli_failover(path)
+    try:
+        run = wait_paused_at("failover", "approve-failover")
+        assert resume(run, approved=True, approver="alice") == "SetStateStatus.ACCEPT"
+        run = wait_paused_at("failover", "approve-switch")
+        # While paused after the fence, east refuses writes and authority is FENCED.
+        assert authority_of(t).state.value == "FENCED"
+        assert produce_error(t, "east", topic) is not None
+        # A second run of the same domain is refused while this one holds the lock.
+        second = baton("failover", "--yes", "--config", str(path))
+        assert second.returncode == 1 and "locked by run" in second.stderr
+        resume(run, approved=False, approver="bob", comment="west looks wrong")
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 1
+    assert "rejected by bob: west looks wrong" in stderr
+    # Compensation: east accepts writes again, authority back on east at a new epoch.
+    authority = authority_of(t)
+    assert (authority.owner, authority.state.value, authority.epoch) == ("east", "ACTIVE", 3)
+    assert produce_error(t, "east", topic) is None
+    assert present_bindings(t, "east") == []
+    assert engine_for(t).status("east", "west").state == "RUNNING"
+    store = AuditStore.for_topology(t)
+    run_id = store.runs(t.domain.name)[0].id
+    view = store.run(run_id)
+    assert view.status == "failed"
+    assert [(a.gate, a.decision, a.approver, a.channel) for a in view.approvals] == [
+        ("approve-failover", "approved", "alice", "prefect-ui"),
+        ("approve-switch", "rejected", "bob", "prefect-ui")]
+    compensation = json.loads(next(s.evidence for s in view.steps if s.name == "compensate"))
+    assert "unfenced east" in compensation["actions"]
+
+
+def test_gate_timeout_compensates_and_fails_the_run(domain):
+    path = domain(gate_timeout_seconds=8)
+    t = load_topology(path)
+    topic, _ = seed(t)
+    process = start_cli_failover(path)
+    try:
+        run = wait_paused_at("failover", "approve-failover")
+        resume(run, approved=True, approver="alice")
+        wait_paused_at("failover", "approve-switch")
+        _, stderr = process.communicate(timeout=120)  # nobody answers the second gate
+    finally:
+        process.kill()
+    assert process.returncode == 1 and "timed out" in stderr
+    authority = authority_of(t)
+    assert (authority.owner, authority.state.value) == ("east", "ACTIVE")
+    assert produce_error(t, "east", topic) is None
+    view = AuditStore.for_topology(t).run(AuditStore.for_topology(t).runs(t.domain.name)[0].id)
+    assert view.approvals[-1].decision == "timed_out"
+    assert any(s.name == "compensate" and s.status == "succeeded" for s in view.steps)
+
+
+def test_crashed_flow_resumes_without_repeating_irreversible_steps(domain):
+    path = domain()
+    t = load_topology(path)
+    seed(t)
+    process = start_cli_failover(path)
+    try:
+        run = wait_paused_at("failover", "approve-failover")
+        resume(run, approved=True, approver="alice")
+        wait_paused_at("failover", "approve-switch")
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # the flow process dies mid-run
+        process.wait()
+    store = AuditStore.for_topology(t)
+    run_id = store.runs(t.domain.name)[0].id
+    assert store.run(run_id).status == "running" and authority_of(t).state.value == "FENCED"
+
+    result = baton("failover", "--yes", "--json", "--resume", run_id, "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["status"] == "succeeded" and summary["owner_after"] == "west"
+    names = [s.name for s in store.run(run_id).steps]
+    assert names.count("stop_primary_producers") == 1  # fenced once, not again
+    assert names.count("switch_authority") == 1
+    states = [e.state for e in authority_store(t, store).history(t.domain.name)]
+    assert states == ["ACTIVE", "FENCED", "ACTIVE"]
+
+
+def snapshot(t):
+    groups = {g: {r: committed(t, r, g) for r in t.regions} for g in t.domain.consumer_groups}
+    authority = authority_of(t)
+    return {"authority": authority.model_dump() if authority else None,
+            "acls": {r: sorted(map(str, present_bindings(t, r))) for r in t.regions},
+            "groups": groups, "replication": engine_for(t).status("east", "west").state}
+
+
+def test_plan_changes_nothing(domain):
+    path = domain()
+    t = load_topology(path)
+    seed(t)
+    before = snapshot(t)
+    result = baton("failover", "--plan", "--json", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert [s["step"] for s in plan["steps"]][:3] == ["check_lag", "approve-failover", "stop_primary_producers"]
+    assert plan["measured"]["lag"].startswith("0 records")
+    assert baton("failback", "--plan", "--config", str(path)).returncode == 0
+    assert snapshot(t) == before
+    assert AuditStore.for_topology(t).runs(t.domain.name) == []
