@@ -23,7 +23,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import NamedTuple
 
-from confluent_kafka import Consumer, Message, Producer
+from confluent_kafka import Consumer, KafkaException, Message, Producer
 
 from baton.authority.control import ControlReader
 from baton.authority.record import Authority, State
@@ -185,14 +185,19 @@ class GuardedConsumer:
 
     def __init__(self, topology: Topology, group_id: str, topics: list[str], *,
                  regions: list[str] | None = None, who: str = "consumer", poll_interval: float = 0.5,
-                 config: dict | None = None):
+                 config: dict | None = None, leave_when_fenced: bool = False):
         self.topology = topology
         self.group_id = group_id
         self.topics = topics
         self.who = who
+        # A runbook translates a group's offsets only once it has no members: with this set, the
+        # consumer commits what it returned and leaves while authority is FENCED, and rejoins in
+        # the new owner from the (translated) committed offsets once authority is ACTIVE there.
+        self.leave_when_fenced = leave_when_fenced
         self._config = {"auto.offset.reset": "earliest"} | (config or {})
         self.view = AuthorityView(topology, regions, who, poll_interval)
         self.region: str | None = None
+        self.last_leave_error: str | None = None
         self._consumer: Consumer | None = None
 
     def _owner(self) -> str | None:
@@ -200,21 +205,43 @@ class GuardedConsumer:
         if not seen:
             return None
         top = max(seen.values(), key=lambda a: a.epoch)
-        # While FENCED the old owner drains: keep reading where we are.
-        return self.region if top.state == State.FENCED and self.region else top.owner
+        if top.state == State.FENCED:
+            if self.leave_when_fenced:
+                return None
+            # While FENCED the old owner drains: keep reading where we are.
+            return self.region or top.owner
+        return top.owner
 
     def poll(self, timeout: float = 1.0) -> Message | None:
         owner = self._owner()
         if owner is None:
+            if self._consumer is not None and self.leave_when_fenced:
+                self.leave()
             time.sleep(timeout)
             return None
         if owner != self.region:
             self._switch(owner)
         return self._consumer.poll(timeout)
 
+    def leave(self) -> None:
+        """Commit the positions of what poll returned (processed by the caller before polling
+        again) and leave the group; the next poll rejoins wherever authority is."""
+        if self._consumer is None:
+            return
+        consumer, self._consumer, self.region = self._consumer, None, None
+        if self.leave_when_fenced:
+            try:
+                consumer.commit(asynchronous=False)
+            except KafkaException as e:  # nothing consumed yet (_NO_OFFSET) or the region is down
+                self.last_leave_error = str(e)
+        consumer.close()
+
     def _switch(self, region: str) -> None:
         if self._consumer is not None:
-            self._consumer.close()  # commits what was consumed (auto commit), leaves the group
+            if self.leave_when_fenced:
+                self.leave()
+            else:
+                self._consumer.close()  # commits what was consumed (auto commit), leaves the group
         config = client_config(self.topology.regions[region], self.who) | self._config | {
             "group.id": self.group_id, "client.id": f"baton-guarded-{uuid.uuid4().hex[:6]}"}
         self._consumer = Consumer(config)
