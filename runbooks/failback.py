@@ -12,9 +12,11 @@ from runbooks.failover import (
 from runbooks.model import Kind, Runbook, Step
 
 FIND_DIVERGENT_TAIL = Step(
-    "find_divergent_tail", Kind.MEASURE,
-    "List every record on the old owner written after the last record that reached the "
-    "current owner (partition, offset, key, timestamp): the divergent tail.",
+    "find_divergent_tail", Kind.CHANGE,
+    "Fence the returning region (it could not be fenced if the failover was unplanned), then "
+    "list every record on it written after the last record that reached the current owner "
+    "(partition, offset, key, timestamp): the divergent tail.",
+    changes="DENY WRITE ACLs on the returning region, if not already there",
 )
 APPROVE_DISCARD = Step(
     "approve-discard", Kind.GATE,

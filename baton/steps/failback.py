@@ -7,6 +7,7 @@ from __future__ import annotations
 from baton.errors import StepFailed, UsageError
 from baton.kafka.admin import check_reachable, client_config, ensure_topics
 from baton.kafka.copying import copy_records, read_records
+from baton.kafka.fencing import fence
 from baton.replication import engine_for
 from baton.replication.lag import measure_lag
 from baton.steps.context import DIVERGENT_POLICIES, RunContext
@@ -18,6 +19,9 @@ def find_divergent_tail(ctx: RunContext) -> dict:
     """Records on the returning region after the last one that reached the current owner."""
     returning, current = ctx.new_owner, ctx.old_owner
     check_reachable(returning, ctx.topology.regions[returning])
+    # After an unplanned failover the returning region could not be fenced; fence it now so
+    # the tail cannot grow while it is measured (idempotent: a no-op after a planned failover).
+    fenced = fence(ctx.topology, returning)
     # Replication returning -> current was stopped at the failover; what it never copied diverged.
     lag = measure_lag(ctx.topology, owner=returning)
     if lag.unknown:
@@ -32,7 +36,7 @@ def find_divergent_tail(ctx: RunContext) -> dict:
         raise StepFailed(f"expected {lag.records_at_risk} divergent records, read {len(records)}")
     ctx.state["divergent_records"] = records
     ctx.log(f"find_divergent_tail: {len(records)} records on {returning} never reached {current}")
-    return {"region": returning, "compared_with": current, "count": len(records),
+    return {"region": returning, "compared_with": current, "count": len(records), "fence": fenced,
             "ranges": {f"{t}[{p}]": [list(r) for r in spans] for (t, p), spans in ranges.items()},
             "records": [r.describe() for r in records]}
 

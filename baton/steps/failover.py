@@ -20,7 +20,8 @@ from baton.kafka.reading import committed_offsets, watermarks
 from baton.replication import engine_for
 from baton.replication.currency import verify_currency
 from baton.replication.lag import measure_lag, resolve_scope
-from baton.replication.translation import apply_translation, translate_offsets
+from baton.replication.translation import TranslationReport, apply_translation, translate_offsets
+from baton.replication.upstream import translate_to_upstream
 from baton.steps.context import RunContext
 from baton.steps.topics import stream_pairs
 
@@ -289,11 +290,24 @@ def translate_consumer_offsets(ctx: RunContext) -> dict:
         pairs = stream_pairs(topology, ctx.old_owner, ctx.new_owner)
     else:
         pairs = {t: topology.replication.remote_topic(t, ctx.old_owner) for t in topology.domain.topics}
-    engine = PairedEngine(engine_for(topology), pairs)
-    scope = resolve_scope(topology, owner=ctx.old_owner, topics=list(pairs), engine=engine,
+    native = {t: m for t, m in pairs.items() if m == topology.replication.remote_topic(t, ctx.old_owner)}
+    upstream = {t: u for t, u in pairs.items() if t not in native}
+    scope = resolve_scope(topology, owner=ctx.old_owner, topics=list(native),
+                          engine=PairedEngine(engine_for(topology), native),
                           owner_required=not ctx.unplanned)
     method = "checkpoint" if ctx.unplanned else "exact"
-    report = translate_offsets(topology, groups=groups, method=method, scope=scope)
+    native_groups = groups
+    if owner_admin is not None:  # a group may sit only on mirrors (e.g. at failback): skip it here
+        timeout = topology.regions[ctx.old_owner].request_timeout_seconds
+        native_groups = [g for g in groups if any(
+            t in native for t, _ in committed_offsets(owner_admin, g, ctx.old_owner, timeout))]
+    if native_groups:
+        report = translate_offsets(topology, groups=native_groups, method=method, scope=scope)
+    else:
+        report = TranslationReport(ctx.old_owner, ctx.new_owner, owner_admin is not None, [])
+    # From the second hand-over on, groups also sit on mirrors whose upstream is the new owner.
+    report.entries += translate_to_upstream(topology, mirror_region=ctx.old_owner,
+                                            upstream_region=ctx.new_owner, groups=groups, pairs=upstream)
     evidence["translation"] = report.as_dict()
     evidence["method"] = method
     unusable = [f"{e.group} {e.topic}[{e.partition}]: {e.status} {e.note}".strip()

@@ -1,0 +1,86 @@
+"""Translate positions on a mirror back to its upstream topic (the second hand-over onwards).
+
+After a failover to west, a group consumes the tail of `east.orders.events` on west. Failing
+back, its position there must become a position in east's own `orders.events`: the record
+at the committed offset C of the mirror is located in the upstream topic by fingerprints,
+starting from the engine's offset hint for the flow upstream -> mirror (MM2 offset syncs
+map upstream u to mirror d, so the newest hint with d <= C bounds the search from below).
+
+A group that has consumed the whole mirror resumes at the upstream topic's end: records
+after the last replicated one are the divergent tail, which the failback runbook handled
+by its policy (republished, quarantined or discarded), so they must not be consumed again.
+"""
+
+from __future__ import annotations
+
+from baton.kafka.admin import check_reachable, client_config
+from baton.kafka.reading import committed_offsets, read_ranges, watermarks
+from baton.replication import engine_for
+from baton.replication.matching import match_run
+from baton.replication.translation import Translation
+from baton.settings import Topology
+
+RUN = 64  # records matched from C
+
+
+def translate_to_upstream(topology: Topology, *, mirror_region: str, upstream_region: str,
+                          groups: list[str], pairs: dict[str, str]) -> list[Translation]:
+    """pairs: {mirror topic on mirror_region: its upstream topic on upstream_region}."""
+    if not pairs:
+        return []
+    mirror_settings, upstream_settings = topology.regions[mirror_region], topology.regions[upstream_region]
+    mirror_admin = check_reachable(mirror_region, mirror_settings)
+    upstream_admin = check_reachable(upstream_region, upstream_settings)
+    timeout = mirror_settings.request_timeout_seconds
+    engine = engine_for(topology)
+    hints = engine.offset_hints(upstream_region, mirror_region).items
+    exclude = frozenset(getattr(engine, "replication_headers", frozenset()))
+
+    wanted: list[tuple[str, str, int, int]] = []  # group, mirror topic, partition, committed
+    for group in groups:
+        for (topic, partition), offset in committed_offsets(mirror_admin, group, mirror_region,
+                                                            timeout).items():
+            if topic in pairs and offset >= 0:
+                wanted.append((group, topic, partition, offset))
+    if not wanted:
+        return []
+    mirror_marks = watermarks(mirror_admin, {(t, p) for _, t, p, _ in wanted}, mirror_region, timeout)
+    upstream_marks = watermarks(upstream_admin, {(pairs[t], p) for _, t, p, _ in wanted},
+                                upstream_region, timeout)
+    entries: list[Translation] = []
+    pending = []
+    for group, topic, partition, offset in wanted:
+        upstream = pairs[topic]
+        entry = Translation(group, topic, upstream, partition, offset, None, "exact")
+        entries.append(entry)
+        mirror_end = mirror_marks[(topic, partition)].end
+        if offset >= mirror_end:
+            entry.translated_offset = upstream_marks[(upstream, partition)].end
+            entry.method = "end"
+            entry.note = "consumed the whole mirror: resumes after the upstream's divergent tail"
+            continue
+        candidates = [h for h in hints.get((upstream, partition), []) if h.downstream_offset <= offset]
+        hint = candidates[-1] if candidates else None
+        low = hint.upstream_offset if hint else upstream_marks[(upstream, partition)].start
+        distance = offset - (hint.downstream_offset if hint else mirror_marks[(topic, partition)].start)
+        high = min(low + distance + RUN, upstream_marks[(upstream, partition)].end)
+        pending.append((entry, (topic, partition), (offset, min(offset + RUN, mirror_end)),
+                        (upstream, partition), (low, high)))
+    if pending:
+        mirror_records = read_ranges(client_config(mirror_settings), {m: [r] for _, m, r, _, _ in pending},
+                                     mirror_region, exclude_headers=exclude)
+        upstream_records = read_ranges(client_config(upstream_settings),
+                                       {u: [r] for _, _, _, u, r in pending}, upstream_region,
+                                       exclude_headers=exclude)
+        for entry, mirror_tp, (start, stop), upstream_tp, (low, high) in pending:
+            run = [r for o, r in sorted(mirror_records[mirror_tp].items()) if start <= o < stop]
+            window = [r for o, r in sorted(upstream_records[upstream_tp].items()) if low <= o < high]
+            # The upstream may continue past the run (unreplicated records): never "complete".
+            match = match_run(run, False, window, high >= upstream_marks[upstream_tp].end, False)
+            if match.status == "exact":
+                entry.translated_offset = match.offset
+            else:
+                entry.status = match.status
+                entry.note = (f"mirror record {start} not located in {upstream_tp[0]}[{upstream_tp[1]}] "
+                              f"{low}..{high} ({len(match.candidates)} candidates)")
+    return entries
