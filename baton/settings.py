@@ -8,6 +8,7 @@ engine, thresholds, approvals and the audit database. Environment variables
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -130,15 +131,74 @@ class Thresholds(Strict):
 
 
 class ApprovalSettings(Strict):
-    slack_channel: str | None = None
-    slack_bot_token: SecretStr | None = None
-    slack_app_token: SecretStr | None = None
-    slack_signing_secret: SecretStr | None = None
-    slack_api_url: str = "https://slack.com/api/"
-    approvers: list[str] = Field(default_factory=list, description="Slack user ids")
-    approver_groups: list[str] = Field(default_factory=list, description="Slack user group ids")
-    two_person_rule: bool = True
-    require_slack_for: list[str] = Field(default_factory=list, description="gate names")
+    """Where approval requests go and who may answer them (README: "Approvals in Slack").
+
+    Tokens and the signing secret usually come from the environment, e.g.
+    BATON_APPROVALS__SLACK_BOT_TOKEN; they are never logged or printed.
+    """
+
+    slack_channel: str | None = Field(None, description="channel id (C0...) or #name requests go to")
+    slack_bot_token: SecretStr | None = Field(None, description="bot token xoxb-... (scope chat:write)")
+    slack_app_token: SecretStr | None = Field(
+        None, description="app-level token xapp-... (connections:write), for --socket-mode only")
+    slack_signing_secret: SecretStr | None = Field(
+        None, description="verifies that interactive requests come from Slack (HTTP endpoint)")
+    slack_api_url: str = Field("https://slack.com/api/", pattern=r"^https?://.*/$",
+                               description="Slack Web API base URL (ends with /)")
+    approvers: list[str] = Field(default_factory=list, description="Slack user ids (U.../W...)")
+    approver_groups: list[str] = Field(default_factory=list, description="Slack user group ids (S...)")
+    operators: dict[str, str] = Field(
+        default_factory=dict,
+        description="Slack user id -> operator name as runs record who started them (started_by): "
+                    "the two-person rule compares these, and the approver is recorded by this name")
+    two_person_rule: bool = Field(True, description="the person who started a run cannot approve it")
+    require_slack_for: list[str] = Field(
+        default_factory=list, description="gates (e.g. approve-switch) that refuse Prefect UI answers")
+    reminder_before_seconds: float = Field(
+        300.0, gt=0, description="post a reminder in the request's thread this long before the gate "
+                                 "times out (at half the timeout when the timeout is shorter)")
+    prefect_api_url: str | None = Field(
+        None, pattern=r"^https?://", description="Prefect API for resuming runs; default $PREFECT_API_URL")
+    prefect_ui_url: str | None = Field(
+        None, pattern=r"^https?://", description="base of run links; default: the API URL without /api")
+
+    @model_validator(mode="after")
+    def _slack_ids(self) -> ApprovalSettings:
+        for user in [*self.approvers, *self.operators]:
+            if not re.fullmatch(r"[UW][A-Z0-9]{2,}", user):
+                raise ValueError(f"{user!r} is not a Slack user id (U... or W..., as in the profile's "
+                                 "'Copy member ID')")
+        for group in self.approver_groups:
+            if not re.fullmatch(r"S[A-Z0-9]{2,}", group):
+                raise ValueError(f"{group!r} is not a Slack user group id (S...)")
+        for gate in self.require_slack_for:
+            if not re.fullmatch(r"approve-[a-z0-9-]+", gate):
+                raise ValueError(f"require_slack_for: {gate!r} is not a gate name (approve-...)")
+        return self
+
+    @property
+    def slack_enabled(self) -> bool:
+        """Requests are posted to Slack (a channel and a bot token are configured)."""
+        return bool(self.slack_channel and self.slack_bot_token)
+
+    def missing_for_slack(self, *, socket_mode: bool = False) -> list[str]:
+        """The approvals.* fields Slack approvals still need; empty when complete."""
+        missing = [name for name in ("slack_channel", "slack_bot_token") if not getattr(self, name)]
+        missing += ["slack_app_token"] if socket_mode and not self.slack_app_token else []
+        missing += ["slack_signing_secret"] if not socket_mode and not self.slack_signing_secret else []
+        if not self.approvers and not self.approver_groups:
+            missing.append("approvers or approver_groups")
+        return missing
+
+    def resolved_prefect_api_url(self) -> str:
+        url = self.prefect_api_url or os.environ.get("PREFECT_API_URL") or "http://127.0.0.1:4200/api"
+        return url.rstrip("/")
+
+    def resolved_prefect_ui_url(self) -> str:
+        if self.prefect_ui_url:
+            return self.prefect_ui_url.rstrip("/")
+        api = self.resolved_prefect_api_url()
+        return api[: -len("/api")] if api.endswith("/api") else api
 
 
 class AuditSettings(Strict):

@@ -8,6 +8,7 @@ click's signature; it records the verified approval first and says so in the inp
 
 from __future__ import annotations
 
+import threading
 import time
 
 from prefect.exceptions import FlowPauseTimeout
@@ -37,7 +38,8 @@ def _verified_slack_approval(ctx: RunContext, gate: str, decision: GateDecision)
         return None
     with ctx.audit.transaction() as session:
         row = session.get(Approval, decision.approval_id)
-        if (row is not None and row.run_id == ctx.run_id and row.gate == gate
+        expected = "approved" if decision.approved else "rejected"
+        if (row is not None and row.run_id == ctx.run_id and row.gate == gate and row.decision == expected
                 and row.channel == "slack" and row.identity_verified):
             session.expunge(row)
             return row
@@ -45,8 +47,11 @@ def _verified_slack_approval(ctx: RunContext, gate: str, decision: GateDecision)
 
 
 def request_approval(ctx: RunContext, step: Step, summary: dict, *, auto_approve: bool,
-                     poll_seconds: int = 2, notifier=None) -> dict:
-    """Block until the gate is approved; raise ApprovalRejected on rejection or timeout."""
+                     poll_seconds: float = 2, notifier=None) -> dict:
+    """Block until the gate is approved; raise ApprovalRejected on rejection or timeout.
+
+    The notifier (baton.approvals.slack.SlackNotifier, or None) posts the request, a reminder
+    before the timeout, and keeps the message current."""
     gate = step.name
     if auto_approve:
         ctx.audit.record_approval(ctx.run_id, gate, "approved", ctx.operator, channel="cli",
@@ -57,6 +62,29 @@ def request_approval(ctx: RunContext, step: Step, summary: dict, *, auto_approve
     deadline = time.monotonic() + timeout
     slack_only = gate in ctx.topology.approvals.require_slack_for
     message = notifier.post_request(ctx, step, summary) if notifier else None
+    reminder = _schedule_reminder(notifier, message, ctx, step, deadline, timeout)
+    try:
+        return _wait_for_decision(ctx, step, gate, deadline, timeout, slack_only, poll_seconds,
+                                  notifier, message)
+    finally:
+        if reminder is not None:
+            reminder.cancel()
+
+
+def _schedule_reminder(notifier, message, ctx: RunContext, step: Step, deadline: float,
+                       timeout: float) -> threading.Timer | None:
+    """A reminder in the request's thread before the gate times out (cancelled once decided)."""
+    if notifier is None or message is None:
+        return None
+    delay = notifier.reminder_delay(timeout)
+    timer = threading.Timer(delay, lambda: notifier.remind(message, ctx, step, deadline - time.monotonic()))
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def _wait_for_decision(ctx: RunContext, step: Step, gate: str, deadline: float, timeout: float,
+                       slack_only: bool, poll_seconds: float, notifier, message) -> dict:
     attempt = 0
     while True:
         attempt += 1
@@ -85,6 +113,10 @@ def request_approval(ctx: RunContext, step: Step, summary: dict, *, auto_approve
             ctx.audit.record_approval(ctx.run_id, gate,
                                       "approved" if decision.approved else "rejected",
                                       decision.approver, channel="prefect-ui", comment=decision.comment)
+        if notifier and message:
+            notifier.mark_answered(message, ctx, step, "approved" if decision.approved else "rejected",
+                                   decision.approver, decision.comment,
+                                   channel="slack" if verified else "prefect-ui")
         if decision.approved:
             ctx.log(f"gate {gate}: approved by {decision.approver}")
             return {"gate": gate, "decision": "approved", "approver": decision.approver,

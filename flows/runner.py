@@ -165,6 +165,8 @@ def execute(runbook: Runbook, ctx: RunContext, *, auto_approve: bool = False, no
         ctx.state["error"] = f"{type(error).__name__}: {error}"
         if not ctx.state.get("switched"):
             _compensate(ctx, str(error))
+            if notifier is not None:  # the request message says what compensation ran
+                notifier.mark_compensated(ctx)
         ctx.audit.finish_run(ctx.run_id, "failed", actor=ctx.operator, detail=ctx.state["error"])
         _publish_artifacts(ctx, "failed", time.monotonic() - started)
         raise
@@ -230,4 +232,10 @@ def run_runbook(name: str, **options) -> dict:
     auto_approve = options.pop("auto_approve", False)
     notifier = options.pop("notifier", None)
     ctx = open_run(runbook, log=logger.info, **options)
+    if notifier is None and not auto_approve:
+        from prefect.runtime import flow_run
+
+        from baton.approvals.slack import SlackNotifier
+
+        notifier = SlackNotifier.for_topology(ctx.topology, flow_run_id=flow_run.id)
     return execute(runbook, ctx, auto_approve=auto_approve, notifier=notifier)

@@ -1,9 +1,9 @@
 """The audit database's tables (SQLModel). Schema changes go through Alembic (baton/audit/migrations).
 
 Two kinds of table:
-- chained, append-only evidence (runs, run_events, steps, approvals, authority_epochs,
-  drill_reports): every row carries `seq` (one sequence across all of them), the previous row's
-  hash and its own hash, so an edit, a deletion or an out-of-order insert is detectable;
+- chained, append-only evidence (runs, run_events, steps, approvals, approval_attempts,
+  authority_epochs, drill_reports): every row carries `seq` (one sequence across all of them),
+  the previous row's hash and its own hash, so an edit, a deletion or an out-of-order insert is detectable;
 - small mutable state (authority, run_locks, chain_head) that exists for compare-and-set and
   locking. Every change to it is also written as chained evidence.
 
@@ -91,6 +91,33 @@ class Approval(Chained, table=True):
     decided_at: datetime
 
 
+class ApprovalAttempt(Chained, table=True):
+    """One click on an approval request (Slack), accepted or refused, with who sent it and
+    whether Slack vouched for that identity (request signature, or the Socket Mode connection).
+
+    Refused attempts may name a run or user that does not exist: they record what was claimed.
+    """
+
+    __tablename__ = "approval_attempts"
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(default="", index=True, max_length=80)
+    gate: str = Field(default="", max_length=200)
+    flow_run_id: str = Field(default="", max_length=80)
+    action: str = Field(max_length=80, description="approve, reject, ...")
+    outcome: str = Field(max_length=20, description="accepted or refused")
+    reason: str = Field(default="", sa_column=Column(Text, nullable=False))
+    slack_user_id: str = Field(default="", max_length=80)
+    slack_user_name: str = Field(default="", max_length=200)
+    slack_team_id: str = Field(default="", max_length=80)
+    slack_channel_id: str = Field(default="", max_length=80)
+    message_ts: str = Field(default="", max_length=40)
+    identity_verified: bool = False
+    verified_by: str = Field(default="", max_length=40, description="signature, socket-mode or empty")
+    approval_id: int | None = Field(default=None, description="the approvals row an accepted attempt made")
+    attempted_at: datetime
+
+
 class AuthorityEpoch(Chained, table=True):
     """The history of write authority: one row per epoch of a domain."""
 
@@ -157,4 +184,5 @@ class ChainHead(SQLModel, table=True):
     hash: str = Field(default="", max_length=64)
 
 
-CHAINED: tuple[type[Chained], ...] = (Run, RunEvent, Step, Approval, AuthorityEpoch, DrillReport)
+CHAINED: tuple[type[Chained], ...] = (Run, RunEvent, Step, Approval, AuthorityEpoch, DrillReport,
+                                      ApprovalAttempt)

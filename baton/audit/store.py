@@ -21,11 +21,12 @@ from sqlmodel import Session, select
 
 from baton.audit import chain
 from baton.audit.db import get_engine, session_scope
-from baton.audit.models import Approval, DrillReport, Run, RunEvent, RunLock, Step
+from baton.audit.models import Approval, ApprovalAttempt, DrillReport, Run, RunEvent, RunLock, Step
 from baton.errors import RunLocked, UsageError
 
 RUN_STATUSES = ("succeeded", "failed", "aborted")
-DECISIONS = ("approved", "rejected", "timed_out")
+DECISIONS = ("approved", "rejected", "timed_out", "refused")
+ATTEMPT_OUTCOMES = ("accepted", "refused")
 
 
 def utcnow() -> datetime:
@@ -67,6 +68,7 @@ class RunView:
     steps: list[Step]
     approvals: list[Approval]
     drill_reports: list[DrillReport]
+    approval_attempts: list[ApprovalAttempt] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         def plain(row, drop=("prev_hash",)) -> dict:
@@ -83,6 +85,7 @@ class RunView:
             "approvals": [plain(a) for a in self.approvals],
             "events": [plain(e) for e in self.events],
             "drill_reports": [plain(d) for d in self.drill_reports],
+            "approval_attempts": [plain(a) for a in self.approval_attempts],
         }
 
 
@@ -218,6 +221,44 @@ class AuditStore:
                            decided_at=now)
             return chain.append(session, row, now)
 
+    def record_approval_attempt(self, *, action: str, outcome: str, reason: str = "",
+                                run_id: str = "", gate: str = "", flow_run_id: str = "",
+                                slack_user_id: str = "", slack_user_name: str = "",
+                                slack_team_id: str = "", slack_channel_id: str = "",
+                                message_ts: str = "", identity_verified: bool = False,
+                                verified_by: str = "", decision: str | None = None,
+                                approver: str = "", comment: str = "") -> ApprovalAttempt:
+        """Record one click on an approval request. An accepted attempt with a `decision` also
+        records the approval (channel slack) in the same transaction and links the two."""
+        if outcome not in ATTEMPT_OUTCOMES:
+            raise UsageError(f"attempt outcome must be one of {', '.join(ATTEMPT_OUTCOMES)}, not {outcome!r}")
+        with self.transaction() as session:
+            now = utcnow()
+            approval_id = None
+            if decision is not None:
+                if outcome != "accepted" or decision not in ("approved", "rejected"):
+                    raise UsageError("only an accepted attempt records a decision (approved or rejected)")
+                self._run(session, run_id)
+                approval = chain.append(session, Approval(
+                    run_id=run_id, gate=gate, decision=decision, approver=approver, channel="slack",
+                    identity_verified=identity_verified, comment=comment, decided_at=now), now)
+                approval_id = approval.id
+            row = ApprovalAttempt(run_id=run_id, gate=gate, flow_run_id=flow_run_id, action=action,
+                                  outcome=outcome, reason=reason, slack_user_id=slack_user_id,
+                                  slack_user_name=slack_user_name, slack_team_id=slack_team_id,
+                                  slack_channel_id=slack_channel_id, message_ts=message_ts,
+                                  identity_verified=identity_verified, verified_by=verified_by,
+                                  approval_id=approval_id, attempted_at=now)
+            return chain.append(session, row, now)
+
+    def approval_attempts(self, run_id: str | None = None) -> list[ApprovalAttempt]:
+        """Every recorded click (of one run, or all), oldest first."""
+        with self.transaction() as session:
+            query = select(ApprovalAttempt).order_by(ApprovalAttempt.seq)
+            if run_id is not None:
+                query = query.where(ApprovalAttempt.run_id == run_id)
+            return list(session.exec(query))
+
     def record_drill_report(self, run_id: str, outcome: str, report: dict) -> DrillReport:
         with self.transaction() as session:
             self._run(session, run_id)
@@ -235,13 +276,14 @@ class AuditStore:
             steps = rows_of(session, Step, run_id)
             approvals = rows_of(session, Approval, run_id)
             reports = rows_of(session, DrillReport, run_id)
+            attempts = rows_of(session, ApprovalAttempt, run_id)
         finished = [e for e in events if e.kind in ("finished", "lock_released")]
         if finished:
             status, ended_at = finished[-1].status, finished[-1].at
         else:
             holds_lock = lock is not None and lock.run_id == run_id
             status, ended_at = ("running" if holds_lock else "unknown"), None
-        return RunView(run, status, ended_at, events, steps, approvals, reports)
+        return RunView(run, status, ended_at, events, steps, approvals, reports, attempts)
 
     def runs(self, domain: str | None = None, limit: int = 50) -> list[Run]:
         with self.transaction() as session:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from baton.cli.approvals import approvals_app
 from baton.cli.audit import audit_app
 from baton.cli.authority import authority_app
 from baton.cli.config import config_app
@@ -18,4 +19,5 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(authority_app, name="authority")
 app.add_typer(replication_app)  # top level: lag, currency, offsets
 register_runbooks(app)  # top level: failover, failback, runs, report
+app.add_typer(approvals_app, name="approvals")
 # Further command families register here, one line each.

@@ -71,6 +71,12 @@ def audit_show(run_id: Annotated[str, typer.Argument(help="the run id")],
         out.print(f"  gate {approval.gate}: {approval.decision} by {approval.approver} "
                   f"via {approval.channel} ({verified}) at {approval.decided_at:%H:%M:%S}"
                   + (f": {approval.comment}" if approval.comment else ""), highlight=False)
+    for attempt in view.approval_attempts:
+        how = f"verified by {attempt.verified_by}" if attempt.identity_verified else "unverified"
+        out.print(f"  slack click {attempt.action} on {attempt.gate} by {attempt.slack_user_id} "
+                  f"({attempt.slack_user_name or '?'}, team {attempt.slack_team_id or '?'}, channel "
+                  f"{attempt.slack_channel_id or '?'}, {how}) at {attempt.attempted_at:%H:%M:%S}: "
+                  f"{attempt.outcome}" + (f" ({attempt.reason})" if attempt.reason else ""), highlight=False)
     for event in view.events:
         out.print(f"  {event.kind} {event.status} by {event.actor} at {event.at:%H:%M:%S}"
                   + (f": {event.detail}" if event.detail else ""), highlight=False)
