@@ -1,29 +1,138 @@
-"""The failover drill: a planned failover and then a failback, on a schedule (monthly)."""
+"""The failover drill: a measured failover and failback under a workload Baton controls.
+
+Deployment `drill` runs it monthly against a configured pair; `baton drill --lab` runs it on
+the lab. The scorecard (baton/drill/scorecard.py) is stored as a drill report in the audit
+database, published as a Markdown artifact and returned.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
-from prefect import flow
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
 
+from baton.audit import AuditStore
+from baton.audit.store import default_actor
+from baton.authority import authority_store
+from baton.drill.report import to_html, to_markdown
+from baton.drill.scorecard import Objectives, build_scorecard
+from baton.drill.session import DrillSession
+from baton.errors import UsageError
+from baton.settings import Topology, load_topology
 from flows.failback import failback
 from flows.failover import failover
 
 
+def is_lab(topology: Topology) -> bool:
+    """The topology points at this machine's lab brokers (same bootstrap servers)."""
+    from baton.lab.lab import Lab
+
+    lab = Lab().topology()[0]
+    return set(topology.regions) == set(lab.regions) and all(
+        topology.regions[r].bootstrap_servers == lab.regions[r].bootstrap_servers for r in lab.regions)
+
+
+def _latest_run(audit: AuditStore, domain: str, runbook: str, after: float) -> str | None:
+    for run in audit.runs(domain, limit=10):
+        if run.runbook == runbook and run.started_at.timestamp() >= after:
+            return run.id
+    return None
+
+
 @flow(name="drill", log_prints=True, retries=0)
-def drill(config: str | None = None, auto_approve: bool = False, operator: str | None = None,
-          divergent_policy: Literal["republish", "quarantine", "discard"] = "quarantine") -> dict:
-    """Fail over, then fail back, through the same gates as a real hand-over.
+def drill(config: str | None = None, unplanned: bool = False, auto_approve: bool = False,
+          operator: str | None = None,
+          divergent_policy: Literal["republish", "quarantine", "discard"] = "quarantine",
+          rate: float = 50.0, settle_seconds: float = 5.0, objectives: Objectives | None = None,
+          report_dir: str | None = None) -> dict:
+    """Fail over and fail back under a sequenced workload; return the checked scorecard.
 
     Args:
-        config: topology file (the lab's by default)
-        auto_approve: answer every gate as the operator (recorded; for the lab)
+        config: topology file (default: $BATON_CONFIG, ./baton.yaml or the lab's)
+        unplanned: kill the owner region (lab only), fail over unplanned, restart it, fail back
+        auto_approve: answer every gate as the operator; allowed against the lab only (recorded)
         operator: who runs the drill (default: the OS user)
-        divergent_policy: how the failback handles a divergent tail
+        divergent_policy: how the failback handles a divergent tail (unplanned drills have one)
+        rate: workload records per second across all partitions
+        settle_seconds: workload time before, between and after the hand-overs
+        objectives: what the scorecard must show to pass (RTO, missing, duplicates, ...)
+        report_dir: also write the HTML report there (drill-<run id>.html)
     """
-    over = failover(config=config, auto_approve=auto_approve, operator=operator,
-                    reason="scheduled failover drill")
-    back = failback(config=config, auto_approve=auto_approve, operator=operator,
-                    divergent_policy=divergent_policy, reason="scheduled failover drill")
-    return {"failover": over, "failback": back,
-            "status": "succeeded" if over["status"] == back["status"] == "succeeded" else "failed"}
+    logger = get_run_logger()
+    topology = load_topology(config)
+    objectives = objectives or Objectives()
+    lab = is_lab(topology)
+    if auto_approve and not lab:
+        raise UsageError("auto-approve is allowed against the lab only: a drill on a real pair goes "
+                         "through its approvers like any hand-over")
+    if unplanned and not lab:
+        raise UsageError("the unplanned drill kills the owner region: it runs against the lab only")
+    if rate <= 0 or settle_seconds < 0:
+        raise UsageError("rate must be > 0 records/s and settle_seconds >= 0")
+    operator = operator or default_actor()
+    audit = AuditStore.for_topology(topology)
+    session = DrillSession(topology, rate=rate, log=logger.info)
+    failover_run = failback_run = None
+    prediction = error = None
+    started = session.started_at
+    lab_handle = None
+    session.start()
+    try:
+        session.settle(settle_seconds)
+        owner = authority_store(topology, audit).current(topology.domain.name).owner
+        other = topology.other_region(owner)
+        reason = "scheduled failover drill"
+        if unplanned:
+            from baton.lab.lab import Lab
+
+            lab_handle = Lab(progress=logger.info)
+            prediction = session.kill_owner(lab_handle, owner)
+            reason = f"failover drill: {owner} killed by the drill (lab fault injection)"
+        over = failover(config=config, unplanned=unplanned, reason=reason, auto_approve=auto_approve,
+                        operator=operator)
+        failover_run = over["run_id"]
+        if unplanned:
+            session.scan("after_failover", other)
+            session.restart(lab_handle, owner)
+        session.settle(settle_seconds)
+        back = failback(config=config, divergent_policy=divergent_policy, auto_approve=auto_approve,
+                        operator=operator, reason="failover drill: return authority")
+        failback_run = back["run_id"]
+        session.settle(settle_seconds)
+    except BaseException as e:
+        error = f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        session.stop()
+        failover_run = failover_run or _latest_run(audit, topology.domain.name, "failover", started)
+        if failover_run and failback_run is None and error:
+            failback_run = _latest_run(audit, topology.domain.name, "failback", started)
+        if unplanned and failover_run:
+            for region in topology.regions:
+                try:
+                    session.scan(f"final_{region}", region)
+                except Exception as scan_error:  # noqa: BLE001 - the scorecard says what is missing
+                    logger.warning(f"could not scan {region}: {scan_error}")
+        card = None
+        if failover_run:
+            card = build_scorecard(session, failover_run=failover_run, failback_run=failback_run,
+                                   unplanned=unplanned, policy=divergent_policy, objectives=objectives,
+                                   auto_approve=auto_approve, lab=lab, operator=operator,
+                                   prediction=prediction, error=error)
+            audit.record_drill_report(failover_run, card["outcome"], card)
+            _publish(card, report_dir, logger)
+    return card
+
+
+def _publish(card: dict, report_dir: str | None, logger) -> None:
+    try:
+        create_markdown_artifact(to_markdown(card), key="drill-scorecard", description=card["runs"]["failover"])
+    except Exception as e:  # noqa: BLE001 - the artifact is a view; the audit DB holds the record
+        logger.warning(f"could not publish the drill artifact: {e}")
+    if report_dir:
+        path = Path(report_dir) / f"drill-{card['runs']['failover']}.html"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(to_html(card))
+        card["report_path"] = str(path)

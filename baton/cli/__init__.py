@@ -8,6 +8,7 @@ from baton.cli.approvals import approvals_app
 from baton.cli.audit import audit_app
 from baton.cli.authority import authority_app
 from baton.cli.config import config_app
+from baton.cli.drill import register as register_drill
 from baton.cli.lab import lab_app
 from baton.cli.replication import replication_app
 from baton.cli.runbook import register as register_runbooks
@@ -19,5 +20,6 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(authority_app, name="authority")
 app.add_typer(replication_app)  # top level: lag, currency, offsets
 register_runbooks(app)  # top level: failover, failback, runs, report
+register_drill(app)  # top level: drill
 app.add_typer(approvals_app, name="approvals")
 # Further command families register here, one line each.

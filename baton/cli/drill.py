@@ -1,0 +1,78 @@
+"""`baton drill`: a measured failover + failback under a controlled workload, with its scorecard."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from baton.cli.common import ConfigOption, JsonOption, UsageError, _progress, err, handles_errors, out
+
+
+def print_scorecard(card: dict) -> None:
+    from baton.drill.report import headline, objective_rows, summary_rows
+
+    colour = "green" if card["passed"] else "red"
+    out.print(f"[{colour}]{headline(card)}[/{colour}]", highlight=False)
+    table = Table("measure", "failover", "failback", title="scorecard")
+    for row in summary_rows(card):
+        table.add_row(*row)
+    out.print(table)
+    objectives = Table("objective", "target", "actual", "result", title="objectives")
+    for name, target, actual, result in objective_rows(card):
+        objectives.add_row(name, target, actual, f"[{'green' if result == 'pass' else 'red'}]{result}[/]")
+    out.print(objectives)
+
+
+def drill(config: ConfigOption = None,
+          lab: Annotated[bool, typer.Option("--lab", help="drill the embedded lab (started if needed); "
+                                            "gates are answered by the drill, recorded")] = False,
+          unplanned: Annotated[bool, typer.Option(help="kill the owner region (lab only)")] = False,
+          policy: Annotated[str, typer.Option(help="divergent tail: republish|quarantine|discard")]
+          = "quarantine",
+          rate: Annotated[float, typer.Option(help="workload records per second")] = 50.0,
+          settle: Annotated[float, typer.Option(help="workload seconds before, between and after")] = 5.0,
+          report_dir: Annotated[Path, typer.Option("--report-dir", help="where the HTML report goes")]
+          = Path("drill-reports"),
+          as_json: JsonOption = False) -> None:
+    """Run a failover drill (failover, then failback) and print its scorecard."""
+    from baton.steps.context import DIVERGENT_POLICIES
+
+    if policy not in DIVERGENT_POLICIES:
+        raise UsageError(f"--policy must be one of {', '.join(DIVERGENT_POLICIES)}, not {policy!r}")
+    if rate <= 0 or settle < 0:
+        raise UsageError("--rate must be > 0 and --settle >= 0")
+    if unplanned and not lab:
+        raise UsageError("--unplanned kills the owner region: use it with --lab")
+    if lab:
+        if config:
+            raise UsageError("--lab drills the lab's own topology; drop --config")
+        from baton.lab.lab import Lab
+
+        the_lab = Lab(progress=_progress)
+        the_lab.up()
+        config = str(the_lab.topology_file)
+    else:
+        from baton.settings import load_topology
+
+        load_topology(config)  # a bad file fails here, before Prefect starts
+    from flows.drill import drill as flow
+
+    err.print("starting the drill flow (Prefect)...")
+    card = flow(config=config, unplanned=unplanned, auto_approve=lab, divergent_policy=policy, rate=rate,
+                settle_seconds=settle, report_dir=str(report_dir))
+    if as_json:
+        print(json.dumps(card, indent=2, default=str))
+    else:
+        print_scorecard(card)
+        err.print(f"HTML report: {card.get('report_path')}   (baton report {card['runs']['failover']} "
+                  "--format html)")
+    if not card["passed"]:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("drill")(handles_errors(drill))
