@@ -128,7 +128,8 @@ def drill(config: str | None = None, unplanned: bool = False, auto_approve: bool
 
 def _publish(card: dict, report_dir: str | None, logger) -> None:
     try:
-        create_markdown_artifact(to_markdown(card), key="drill-scorecard", description=card["runs"]["failover"])
+        create_markdown_artifact(to_markdown(card), key="drill-scorecard",
+                                 description=card["runs"]["failover"])
     except Exception as e:  # noqa: BLE001 - the artifact is a view; the audit DB holds the record
         logger.warning(f"could not publish the drill artifact: {e}")
     if report_dir:

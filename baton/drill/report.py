@@ -34,7 +34,7 @@ def summary_rows(card: dict) -> list[tuple[str, str, str]]:
 
     rows = [
         row("run", lambda leg: f"{leg['run_id']} ({leg['status']})"),
-        row("trigger", lambda leg: f"{leg['trigger']['kind']}: {leg['trigger']['by']} - {leg['trigger']['reason']}"),
+        row("trigger", lambda leg: "{kind}: {by} - {reason}".format(**leg["trigger"])),
         row("authority", lambda leg: f"{leg.get('owner_before')} -> {leg.get('owner_after')}"),
         row("RTO (gates excluded)", lambda leg: _fmt(leg.get("rto_seconds"), " s")),
         row("gate waits", lambda leg: _fmt(leg.get("gate_wait_seconds"), " s")),
@@ -49,11 +49,13 @@ def summary_rows(card: dict) -> list[tuple[str, str, str]]:
             if g in leg.get("consumers", {}) else "-")))
     lag = card.get("lag_before_failover")
     if lag:
-        rows.append(("lag before failover", f"{lag['records']} records / {_fmt(float(lag['seconds']), ' s')}", ""))
+        seconds = _fmt(float(lag["seconds"]), " s")
+        rows.append(("lag before failover", f"{lag['records']} records / {seconds}", ""))
     if card.get("variant") == "unplanned":
         failover = legs[0]
-        rows.append(("records at risk predicted / lost", f"{_fmt(failover.get('predicted_at_risk_records'))} / "
-                     f"{_fmt(failover.get('rpo_records'))}", ""))
+        predicted = _fmt(failover.get("predicted_at_risk_records"))
+        lost = _fmt(failover.get("rpo_records"))
+        rows.append(("records at risk predicted / lost", f"{predicted} / {lost}", ""))
         accounted = (card.get("divergent") or {}).get("accounted") or {}
         rows.append(("divergent records by policy", "", f"{card['divergent_policy']}: "
                      f"{accounted.get('by_fate', {})}"))
@@ -92,7 +94,8 @@ def _chart(card: dict, width: int = 960) -> str:
     timeline = card.get("timeline", {})
     start = card.get("started_at") or 0
     end = card.get("ended_at") or start + 1
-    rates, lag = timeline.get("rates", {}), [s for s in timeline.get("lag", []) if s.get("records") is not None]
+    rates = timeline.get("rates", {})
+    lag = [s for s in timeline.get("lag", []) if s.get("records") is not None]
     left, right, top = 60, 20, 20
     rate_h, lag_h, gap = 180, 90, 40
     height = top + rate_h + gap + lag_h + 60
@@ -119,14 +122,17 @@ def _chart(card: dict, width: int = 960) -> str:
                              f'{step["seconds"]} s</title></rect>')
     peak = max([c for series in rates.values() for _, c in series] + [1])
     for region, series in sorted(rates.items()):
-        points = " ".join(f"{x(at + 0.5):.1f},{top + rate_h - c / peak * (rate_h - 10):.1f}" for at, c in series)
-        parts.append(f'<polyline class="rate" data-region="{html.escape(region)}" points="{points}" fill="none" '
-                     f'stroke="{COLOURS.get(region, OTHER)}" stroke-width="2"/>')
+        points = " ".join(f"{x(at + 0.5):.1f},{top + rate_h - c / peak * (rate_h - 10):.1f}"
+                          for at, c in series)
+        parts.append(f'<polyline class="rate" data-region="{html.escape(region)}" points="{points}" '
+                     f'fill="none" stroke="{COLOURS.get(region, OTHER)}" stroke-width="2"/>')
     lag_peak = max([s["records"] for s in lag] + [1])
     if lag:
-        points = " ".join(f"{x(s['at']):.1f},{top + rate_h + gap + lag_h - s['records'] / lag_peak * (lag_h - 10):.1f}"
+        base = top + rate_h + gap + lag_h
+        points = " ".join(f"{x(s['at']):.1f},{base - s['records'] / lag_peak * (lag_h - 10):.1f}"
                           for s in lag)
-        parts.append(f'<polyline class="lag" points="{points}" fill="none" stroke="#d62728" stroke-width="2"/>')
+        parts.append(f'<polyline class="lag" points="{points}" fill="none" stroke="#d62728" '
+                     'stroke-width="2"/>')
     for change in timeline.get("authority", []):
         cx = x(change["at"])
         colour = COLOURS.get(change["owner"], OTHER) if change["state"] == "ACTIVE" else "#000"
@@ -143,10 +149,12 @@ def _chart(card: dict, width: int = 960) -> str:
     axis_y = top + rate_h + gap + lag_h
     for i in range(6):
         at = start + span * i / 5
-        parts.append(f'<text x="{x(at):.1f}" y="{axis_y + 16}" text-anchor="middle">+{at - start:.0f} s</text>')
+        parts.append(f'<text x="{x(at):.1f}" y="{axis_y + 16}" text-anchor="middle">'
+                     f'+{at - start:.0f} s</text>')
     parts += [f'<text x="5" y="{top + 12}">{peak}/s</text>', f'<text x="5" y="{top + rate_h}">0</text>',
               f'<text x="5" y="{top + rate_h + gap + 12}">{lag_peak}</text>',
-              f'<text x="{left}" y="{top + rate_h + 14}" fill="#555">acknowledged writes per second, by region</text>',
+              f'<text x="{left}" y="{top + rate_h + 14}" fill="#555">acknowledged writes per second, '
+              'by region</text>',
               f'<text x="{left}" y="{axis_y + 32}" fill="#555">replication lag (records at risk)</text>']
     legend_x = left
     for region, colour in (*COLOURS.items(), ("lag", "#d62728"), ("gate", "#2ca02c"), ("fault", "#9467bd")):
@@ -173,7 +181,8 @@ def to_html(card: dict) -> str:
         notes.append(f"error: {card['error']}")
     raw = html.escape(json.dumps({k: v for k, v in card.items() if k != "timeline"}, indent=2, default=str))
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>Baton drill {html.escape(card['runs']['failover'] or '')}</title>
+<html lang="en"><head><meta charset="utf-8">
+<title>Baton drill {html.escape(card['runs']['failover'] or '')}</title>
 <style>body{{font-family:sans-serif;margin:2em;color:#222}} table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}} th{{background:#f0f0f0}}
 .outcome{{color:{colour};font-weight:bold}} pre{{background:#f7f7f7;padding:1em;overflow:auto}}</style></head>

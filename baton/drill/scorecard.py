@@ -50,11 +50,13 @@ def _leg(session: DrillSession, name: str, run_id: str, move: dict | None, trigg
     }
 
 
-def _rates(acked, start: float) -> dict[str, list[list[float]]]:
+def _rates(acked, start: float, end: float) -> dict[str, list[list[float]]]:
+    """Acknowledged writes per second per region, zeros included (a pause shows as a pause)."""
     buckets: dict[str, Counter] = defaultdict(Counter)
     for write in acked:
         buckets[write.region][int(write.acked_at - start)] += 1
-    return {region: [[start + second, count] for second, count in sorted(counts.items())]
+    seconds = range(int(end - start) + 1)
+    return {region: [[start + second, counts.get(second, 0)] for second in seconds]
             for region, counts in buckets.items()}
 
 
@@ -137,6 +139,7 @@ def build_scorecard(session: DrillSession, *, failover_run: str, failback_run: s
     if "failback" in legs:
         legs["failback"]["rpo_records"] = 0 if not any(
             c["missing"] for c in legs["failback"].get("consumers", {}).values()) else None
+    card_end = getattr(session, "ended_at", None) or session.started_at
     card = {
         "drill": session.producer_id, "domain": topology.domain.name,
         "variant": "unplanned" if unplanned else "planned", "divergent_policy": policy,
@@ -154,7 +157,7 @@ def build_scorecard(session: DrillSession, *, failover_run: str, failback_run: s
         "consumers": {g: {k: v for k, v in f.items()} for g, f in findings["consumers"].items()},
         "second_writer_violations": findings["violations"][:50],
         "handovers": findings["handovers"],
-        "timeline": {"rates": _rates(acked, session.started_at), "lag": session.lag_samples,
+        "timeline": {"rates": _rates(acked, session.started_at, card_end), "lag": session.lag_samples,
                      "authority": [{"epoch": e.epoch, "owner": e.owner, "state": e.state, "at": e.changed_at}
                                    for e in epochs if e.changed_at >= session.started_at - 60],
                      "events": session.events},
