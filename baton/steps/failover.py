@@ -315,7 +315,12 @@ def translate_consumer_offsets(ctx: RunContext) -> dict:
     if unusable:
         raise StepFailed("no trustworthy translation for: " + "; ".join(unusable)
                          + ". Nothing was applied.")
-    applied = apply_translation(topology, report)
+    # In a failback the returning region's offsets date from before the failover; the current
+    # owner's positions are the truth even where they are lower (records re-delivered after an
+    # unplanned failover). A failover never moves a group backwards.
+    force = ctx.runbook == "failback"
+    evidence["force_backwards"] = force
+    applied = apply_translation(topology, report, force=force)
     evidence["applied"] = [{"group": a.group, "committed": a.committed, "previous": a.previous}
                            for a in applied]
     ctx.state["applied_offsets"] = {a.group: a.committed for a in applied}
