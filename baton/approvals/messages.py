@@ -23,7 +23,7 @@ def _text(value) -> str:
     if isinstance(value, dict):
         if {"groups", "methods"} <= value.keys():  # the translation summary
             text = (f"{value['groups']} groups, {value.get('partitions', '?')} partitions, "
-                    f"method {', '.join(value['methods']) or '-'}")
+                    f"methods {', '.join(value['methods']) or '-'}")
             extra = [f"{key} {value[key]}" for key in ("duplicates_bound", "missing") if value.get(key)]
             return text + (f" ({', '.join(extra)})" if extra else "")
         return ", ".join(f"{k}: {_text(v)}" for k, v in value.items())
