@@ -109,3 +109,6 @@ class ReplicationEngine(Protocol):
 
     def heartbeat_age(self, source: str, target: str, now_ms: int) -> float | None:
         """Seconds since the newest heartbeat that travelled source -> target (None: none seen)."""
+
+    def checkpoint_duplicates_bound(self) -> int | None:
+        """Most records per partition a group may see again when resuming from a checkpoint."""

@@ -22,7 +22,6 @@ from baton.kafka.reading import (
     Partition,
     Rec,
     Watermarks,
-    offsets_for_times,
     partition_counts,
     read_ranges,
     timestamp_types,
@@ -340,6 +339,3 @@ def _search(scope: Scope, pending: list[Partition], owner_marks: dict[Partition,
             results[tp].note = (f"the mirror's last {len(needle)} records match {len(found)} places on "
                                 "the owner (identical records): replicated position is ambiguous")
 
-
-__all__ = ["LagReport", "PartitionLag", "Scope", "latest_hint", "measure_lag", "offsets_for_times",
-           "resolve_scope"]

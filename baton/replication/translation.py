@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 
 from baton.errors import ReplicationError, StepFailed, UsageError
-from baton.kafka.reading import Partition, Rec, committed_offsets, offsets_for_times, read_ranges, watermarks
+from baton.kafka.reading import Partition, Rec, committed_offsets, offsets_for_times, read_ranges
 from baton.replication.engine import ReplicationEngine
 from baton.replication.lag import LagReport, Scope, latest_hint, measure_lag, resolve_scope
 from baton.replication.matching import common_prefix, match_run
@@ -230,10 +230,11 @@ def _search_once(scope: Scope, pending: list[tuple[Translation, Partition]], lag
         runs[id(entry)] = run
         if run:
             seek[(id(entry), tp)] = run[0].timestamp_ms - SKEW_MS
-    lows = offsets_for_times(scope.secondary_admin,
-                             {scope.mirror_of(tp): ms for (_, tp), ms in seek.items()},
-                             scope.secondary, scope.timeout) if seek else {}
     # offsets_for_times answers per partition; entries sharing a partition share the earliest seek.
+    earliest: dict[Partition, int] = {}
+    for (_, tp), ms in seek.items():
+        earliest[scope.mirror_of(tp)] = min(ms, earliest.get(scope.mirror_of(tp), ms))
+    lows = offsets_for_times(scope.secondary_admin, earliest, scope.secondary, scope.timeout)
     mirror_ranges: dict[Partition, list] = {}
     windows = {}
     for entry, tp in pending:
@@ -280,7 +281,7 @@ def _by_checkpoints(scope: Scope, groups: list[str], exact: list[Translation] | 
     """The engine's own translation. Beside an exact result, the duplicates it would cause are measured."""
     reading = scope.engine.checkpoints(scope.owner, scope.secondary)
     problems.extend(reading.problems)
-    bound = scope.topology.replication.offset_lag_max
+    bound = scope.engine.checkpoint_duplicates_bound()
     by_key = {(e.group, e.topic, e.partition): e for e in exact or []}
     entries = []
     for group in groups:
@@ -303,8 +304,8 @@ def _by_checkpoints(scope: Scope, groups: list[str], exact: list[Translation] | 
                 if entry.owner_offset is None:
                     entry.owner_offset = checkpoint.upstream_offset
                 entry.note = (f"checkpoint of upstream offset {checkpoint.upstream_offset} written at "
-                              f"{checkpoint.timestamp_ms} ms; bound: offset.lag.max={bound}, plus anything "
-                              "the group consumed after it")
+                              f"{checkpoint.timestamp_ms} ms; bound {bound} is the engine's, plus anything "
+                              "the group consumed after the checkpoint")
                 if reference is not None and reference.usable:
                     entry.missing = reference.missing
                     gap = reference.translated_offset - checkpoint.downstream_offset
@@ -387,6 +388,3 @@ def apply_translation(topology: Topology, report: TranslationReport, *, force: b
                                {f"{t}[{p}]": o for (t, p), o in previous[group].items()}))
     return results
 
-
-__all__ = ["Applied", "Translation", "TranslationReport", "apply_translation", "translate_offsets",
-           "watermarks"]

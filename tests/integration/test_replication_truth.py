@@ -122,7 +122,7 @@ def test_malformed_internal_record_is_reported_and_skipped(topology, new_topic):
     assert decode_checkpoint(key, value).group == "g"
 
 
-def test_lag_and_currency_are_exact_while_replication_is_stopped(topology, new_topic):
+def test_lag_and_currency_are_exact_while_replication_is_stopped(topology, new_topic, new_group):
     topic = new_topic(2)
     produce(topology, topic, [(p, f"{p}-{i}".encode()) for p in range(2) for i in range(40)])
     wait_mirrored(topology, topic)
@@ -141,9 +141,22 @@ def test_lag_and_currency_are_exact_while_replication_is_stopped(topology, new_t
         currency = verify_currency(topology, lag=report)
         assert not currency.current
         assert [p.missing_ranges for p in currency.partitions] == [[(40, 65)], []]
+        # Groups whose next record is not on the mirror resume at its end, with honest counts.
+        caught_up, midway = new_group(), new_group()
+        commit(topology, "east", caught_up, {(topic, 0): 65})
+        commit(topology, "east", midway, {(topic, 0): 50})
+        entries = {e.group: e for e in translate_offsets(topology, groups=[caught_up, midway],
+                                                         topics=[topic]).entries}
+        assert (entries[caught_up].method, entries[caught_up].translated_offset) == ("end", 40)
+        assert (entries[caught_up].duplicates_bound, entries[caught_up].missing) == (25, 0)
+        assert (entries[midway].method, entries[midway].translated_offset) == ("end", 40)
+        assert (entries[midway].duplicates_bound, entries[midway].missing) == (10, 15)
     finally:
         engine.start("east", "west")
     wait_mirrored(topology, topic)
+    entry = translate_offsets(topology, groups=[midway], topics=[topic]).entries[0]
+    assert (entry.method, entry.translated_offset, entry.missing) == ("exact", 50, 0)
+    assert read(topology, "west", entry.mirror_topic, 0, 50) == read(topology, "east", topic, 0, 50)
 
 
 def test_exact_translation_no_duplicates_no_gaps_and_apply(topology, new_topic, new_group):

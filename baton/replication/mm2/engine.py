@@ -69,6 +69,11 @@ class MirrorMakerEngine:
             problems,
         )
 
+    def checkpoint_duplicates_bound(self) -> int | None:
+        # Since KAFKA-14666 MM2 translates to just after the newest offset sync below the
+        # group's offset, and emits a sync at least every offset.lag.max records.
+        return self.topology.replication.offset_lag_max
+
     def heartbeat_age(self, source: str, target: str, now_ms: int) -> float | None:
         region, topic = self.internal_topics(source, target)["heartbeats"]
         beat, _ = internal.newest_heartbeat(self._config(region), topic, region, source)
