@@ -55,13 +55,13 @@ def test_pid_file_is_trusted_only_for_the_marked_process(tmp_path):
 
 
 def test_up_names_a_port_taken_by_something_else(tmp_path, monkeypatch):
-    monkeypatch.setenv("BATON_LAB_PORT_BASE", "24000")
-    monkeypatch.setenv("KAFKA_HOME", "")
     with socket.socket() as squatter:
-        squatter.bind(("127.0.0.1", 24092))
+        squatter.bind(("127.0.0.1", 0))  # a port nobody else uses, taken by "something else"
         squatter.listen()
+        port = squatter.getsockname()[1]
+        monkeypatch.setenv("BATON_LAB_PORT_BASE", str(port - 92))  # east broker = base + 92
         lab = Lab(home=tmp_path / "lab")
-        with pytest.raises(LabError, match="port 24092 \\(east broker\\)"):
+        with pytest.raises(LabError, match=f"port {port} \\(east broker\\)"):
             lab._check_ports()
     assert not any(p.pid_file.exists() for p in lab.processes.values())
 
