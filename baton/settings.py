@@ -19,7 +19,11 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from baton.errors import ConfigError
 
 CONFIG_ENV = "BATON_CONFIG"
-LAB_TOPOLOGY = Path(".baton/lab/topology.yaml")
+
+
+def lab_topology_path() -> Path:
+    """The running lab's topology file: $BATON_HOME/lab/topology.yaml (default ./.baton)."""
+    return Path(os.environ.get("BATON_HOME", ".baton")) / "lab" / "topology.yaml"
 
 
 class Strict(BaseModel):
@@ -264,12 +268,12 @@ def resolve_config_path(path: str | Path | None = None) -> Path:
     explicit = path or os.environ.get(CONFIG_ENV)
     if explicit:
         return Path(explicit)
-    for candidate in (Path("baton.yaml"), LAB_TOPOLOGY):
+    for candidate in (Path("baton.yaml"), lab_topology_path()):
         if candidate.exists():
             return candidate
     raise ConfigError(
         "no topology file: pass --config FILE, set BATON_CONFIG, or start the lab with "
-        "`baton lab up` (it writes .baton/lab/topology.yaml)"
+        "`baton lab up` (it writes $BATON_HOME/lab/topology.yaml, default .baton/)"
     )
 
 

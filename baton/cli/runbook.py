@@ -115,14 +115,20 @@ def runs(config: ConfigOption = None, limit: int = 20, as_json: JsonOption = Fal
 
 
 def report(run_id: str, config: ConfigOption = None,
-           format: Annotated[str, typer.Option("--format", help="md|json")] = "md") -> None:
+           format: Annotated[str, typer.Option("--format", help="md|json|html")] = "md") -> None:
     """Render a run from the audit database."""
     from baton.audit import AuditStore
     from baton.settings import load_topology
 
-    if format not in ("md", "json"):
-        raise UsageError(f"--format must be md or json, not {format!r}")
-    view = AuditStore.for_topology(load_topology(config)).run(run_id)
+    if format not in ("md", "json", "html"):
+        raise UsageError(f"--format must be md, json or html, not {format!r}")
+    store = AuditStore.for_topology(load_topology(config))
+    if format == "html":  # a drill's scorecard and timeline, one self-contained page
+        from baton.drill.report import drill_card, to_html
+
+        print(to_html(drill_card(store, run_id)))
+        return
+    view = store.run(run_id)
     data = view.as_dict()
     if format == "json":
         print(json.dumps(data, indent=2, default=str))
@@ -144,6 +150,26 @@ def report(run_id: str, config: ConfigOption = None,
     print("\n".join(lines))
 
 
+
+
+def deploy(pool: Annotated[str | None, typer.Option(help="work pool (default: from prefect.yaml)")] = None,
+           as_json: JsonOption = False) -> None:
+    """Register the failover, failback and drill deployments (deployments/prefect.yaml)."""
+    import os
+
+    from flows.deploy import deploy as register
+
+    if not os.environ.get("PREFECT_API_URL"):
+        raise UsageError("PREFECT_API_URL is not set: point it at your Prefect server's /api")
+    registered = register(pool)
+    if as_json:
+        print(json.dumps(registered, indent=2))
+        return
+    for row in registered:
+        out.print(f"{row['flow']}/{row['deployment']} -> pool {row['pool']}"
+                  + (f", schedule {row['cron']}" if row["cron"] else ""))
+
+
 def register(app: typer.Typer) -> None:
-    for command in (failover, failback, runs, report):
+    for command in (failover, failback, runs, report, deploy):
         app.command(command.__name__)(handles_errors(command))
