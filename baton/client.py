@@ -231,6 +231,10 @@ class GuardedConsumer:
         consumer, self._consumer, self.region = self._consumer, None, None
         if self.leave_when_fenced:
             try:
+                # A synchronous commit to a region that died blocks until it comes back: ask its
+                # brokers first (bounded); an unreachable owner's groups are translated from the
+                # engine's checkpoints anyway.
+                consumer.list_topics(timeout=3)
                 consumer.commit(asynchronous=False)
             except KafkaException as e:  # nothing consumed yet (_NO_OFFSET) or the region is down
                 self.last_leave_error = str(e)
@@ -248,14 +252,14 @@ class GuardedConsumer:
         self._consumer.subscribe(self.topics)
         self.region = region
 
-    def commit(self, message: Message | None = None) -> None:
-        """Commit synchronously in the region being read (up to `message` if given)."""
+    def commit(self, message: Message | None = None, asynchronous: bool = False) -> None:
+        """Commit in the region being read (up to `message` if given); synchronously by default."""
         if self._consumer is None:
             return
         if message is not None:
-            self._consumer.commit(message=message, asynchronous=False)
+            self._consumer.commit(message=message, asynchronous=asynchronous)
         else:
-            self._consumer.commit(asynchronous=False)
+            self._consumer.commit(asynchronous=asynchronous)
 
     def close(self) -> None:
         if self._consumer is not None:

@@ -194,3 +194,23 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}} th{{background:#f
 <details><summary>scorecard (JSON)</summary><pre>{raw}</pre></details>
 </body></html>
 """
+
+
+def drill_card(audit, run_id: str) -> dict:
+    """The scorecard of the drill a run belongs to (stored with its failover run)."""
+    from sqlmodel import select
+
+    from baton.audit.models import DrillReport
+    from baton.errors import UsageError
+
+    view = audit.run(run_id)  # UsageError naming the run if it does not exist
+    if view.drill_reports:
+        return json.loads(view.drill_reports[-1].report)
+    with audit.transaction() as session:
+        rows = session.exec(select(DrillReport).order_by(DrillReport.seq.desc()).limit(200)).all()
+        for row in rows:
+            card = json.loads(row.report)
+            if run_id in (card.get("runs") or {}).values():
+                return card
+    raise UsageError(f"run {run_id} is not part of a drill (no drill report names it); "
+                     "--format html renders drills, md and json render any run")

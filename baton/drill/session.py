@@ -130,7 +130,9 @@ class DrillSession:
         from baton.replication import engine_for
 
         other = self.topology.other_region(owner)
-        engine_for(self.topology).stop(owner, other)
+        engine = engine_for(self.topology)
+        self._wait_for_checkpoints(engine, owner, other)
+        engine.stop(owner, other)
         self.note("fault", f"replication {owner} -> {other} stopped (the link fails first)")
         time.sleep(tail_seconds)
         self.producer.hold()
@@ -146,6 +148,21 @@ class DrillSession:
         finally:
             self.producer.release()
         return prediction
+
+    def _wait_for_checkpoints(self, engine, owner: str, other: str, timeout: float = 90) -> None:
+        """An unplanned failover translates groups from the engine's checkpoints: a group the engine
+        never checkpointed cannot be moved, so the drill kills the owner only once each has one."""
+        groups = {w.group for w in self.workers}
+        deadline = time.monotonic() + timeout
+        while True:
+            reading = engine.checkpoints(owner, other)
+            have = {group for group, _topic, _partition in reading.items}
+            if groups <= have:
+                return
+            if time.monotonic() > deadline:
+                raise StepFailed(f"the engine checkpointed no offsets of {sorted(groups - have)} within "
+                                 f"{timeout:g}s: an unplanned failover could not translate them")
+            time.sleep(1)
 
     def restart(self, lab, region: str) -> None:
         lab.fault("restart", region)

@@ -13,6 +13,7 @@ import time
 
 from confluent_kafka import KafkaError, KafkaException
 
+from baton.authority.control import quiet_logger
 from baton.client import GuardedConsumer
 from baton.settings import Topology
 from baton.workload.records import Processed, decode
@@ -50,7 +51,7 @@ class GroupWorker:
             config={"enable.auto.commit": False, "auto.offset.reset": "earliest",
                     # find mirror topics created during the drill (reverse replication) quickly
                     "topic.metadata.refresh.interval.ms": 1000, "session.timeout.ms": 6000,
-                    "enable.partition.eof": False})
+                    "enable.partition.eof": False, "logger": quiet_logger()})
         self.processed: list[Processed] = []
         self.foreign = 0  # records of other producers (earlier drills, apps): skipped
         self.commit_errors: list[str] = []
@@ -67,7 +68,9 @@ class GroupWorker:
 
     def _commit(self) -> None:
         try:
-            self.consumer.commit()
+            # asynchronous: a commit to a region that just died must not stall the worker; leaving
+            # the group (GuardedConsumer.leave) commits synchronously where that region is up
+            self.consumer.commit(asynchronous=True)
         except KafkaException as e:
             if e.args[0].code() != KafkaError._NO_OFFSET:
                 self.commit_errors.append(str(e))
@@ -92,8 +95,7 @@ class GroupWorker:
             if region is not None and time.monotonic() - last_commit > COMMIT_EVERY:
                 self._commit()
                 last_commit = time.monotonic()
-        if self.consumer.region is not None:
-            self._commit()
+        self.consumer.leave()  # commits (synchronously) and leaves
         self.consumer.close()
 
     def stats(self) -> dict:

@@ -8,6 +8,7 @@ import threading
 import time
 from collections import Counter
 
+from baton.authority.control import quiet_logger
 from baton.client import GuardedProducer
 from baton.errors import BatonError, WriteRefused
 from baton.kafka.admin import admin_client
@@ -53,7 +54,8 @@ class SequencedProducer:
         counts = partition_counts(topology)
         self.slots = [(topic, p, f"k{p}-{k}") for topic, n in counts.items()
                       for k in range(keys_per_partition) for p in range(n)]
-        self.guard = GuardedProducer(topology, who="producer", poll_interval=poll_interval)
+        self.guard = GuardedProducer(topology, who="producer", poll_interval=poll_interval,
+                                     config={"logger": quiet_logger()})
         self.acked: list[AckedWrite] = []
         self.failed: list[dict] = []  # delivery errors: never acknowledged
         self.refused = 0  # guard refusals (no authority): nothing was sent
