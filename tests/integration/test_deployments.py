@@ -15,7 +15,14 @@ import pytest
 
 from baton.audit import AuditStore
 from baton.settings import load_topology
-from tests.integration.runbook_support import commit, make_domain, produce, restore_lab, resume, wait_paused_at
+from tests.integration.runbook_support import (
+    commit,
+    make_domain,
+    produce,
+    restore_lab,
+    resume,
+    wait_paused_at,
+)
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,8 +40,9 @@ def read(coroutine_factory):
 
 def test_drill_deployment_runs_on_a_worker_and_gates_are_answered_through_the_api(
         topology, tmp_path, prefect_api):
-    from flows.deploy import deploy
     from prefect.deployments import run_deployment
+
+    from flows.deploy import deploy
 
     registered = {row["deployment"]: row for row in deploy()}
     assert set(registered) == {"failover", "failback", "drill"}
