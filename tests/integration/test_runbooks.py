@@ -71,6 +71,19 @@ def authority_of(t):
     return authority_store(t, AuditStore.for_topology(t)).current(t.domain.name)
 
 
+def latest_artifacts(*keys):
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+
+    async def read():
+        async with get_client() as client:
+            return await client.read_latest_artifacts(limit=50)
+
+    latest = {a.key: a for a in asyncio.run(read())}
+    return [latest[key] for key in keys]
+
+
 def test_planned_failover_then_failback_moves_authority_and_consumers_exactly(domain):
     from flows.failback import failback
     from flows.failover import failover
@@ -100,6 +113,11 @@ def test_planned_failover_then_failback_moves_authority_and_consumers_exactly(do
     starts_east = {p: before[(topic, p)] for p in range(3)}
     assert read_from(t, "west", mirror, starts_west) == read_from(t, "east", topic, starts_east)
     assert engine_for(t).status("east", "west").state == "STOPPED"
+    # The run published its Prefect artifacts: a Markdown summary and the translated offsets.
+    summary_md, offsets_table = latest_artifacts("failover-summary", "failover-offsets")
+    assert summary["run_id"] in summary_md.description and "switch_authority" in summary_md.data
+    rows = json.loads(offsets_table.data) if isinstance(offsets_table.data, str) else offsets_table.data
+    assert {(r["group"], r["partition"]) for r in rows} >= {(group_a, p) for p in range(3)}
 
     # West era: the app writes on west; then authority goes home.
     produce(t, "west", topic, 60, 3, "west")
