@@ -33,8 +33,8 @@ import httpx  # noqa: E402
 import yaml  # noqa: E402
 
 from baton.approvals.requests import ActionId  # noqa: E402
+from baton.lab.prefect_server import PrefectServer, free_port, start_prefect_server  # noqa: E402
 from tests.integration.runbook_support import make_domain  # noqa: E402
-from tests.prefect_server import free_port  # noqa: E402
 from tests.slack_standin import (  # noqa: E402
     BOT_TOKEN,
     CHANNEL,
@@ -45,18 +45,11 @@ from tests.slack_standin import (  # noqa: E402
 )
 
 
-def start_prefect(home: Path) -> tuple[str, subprocess.Popen | None]:
+def start_prefect() -> tuple[str, PrefectServer | None]:
     if os.environ.get("BATON_TEST_PREFECT_URL"):
         return os.environ["BATON_TEST_PREFECT_URL"], None
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/api"
-    env = os.environ | {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                        "PREFECT_UI_ENABLED": "false", "PREFECT_SERVER_LOGGING_LEVEL": "WARNING"}
-    process = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                                "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
-    wait(lambda: httpx.get(f"{url}/health", timeout=2).status_code == 200, 90, "Prefect server")
-    return url, process
+    server = start_prefect_server()
+    return server.url, server
 
 
 def wait(predicate, timeout: float, what: str, interval: float = 0.02):
@@ -92,7 +85,7 @@ def main() -> None:
     lab.up()
     topology = lab.topology()[0]
     home = Path(tempfile.mkdtemp(prefix="baton-bench-approvals-"))
-    api, prefect = start_prefect(home / "prefect")
+    api, prefect = start_prefect()
     os.environ["PREFECT_API_URL"] = api
     slack = SlackStandIn().start()
     path = make_domain(topology, home, gate_timeout_seconds=300)
@@ -137,7 +130,7 @@ def main() -> None:
         service.terminate()
         slack.stop()
         if prefect is not None:
-            prefect.terminate()
+            prefect.stop()
     for key in ("leave_paused_s", "post_answered_s", "continued_s"):
         values = [r[key] for r in results]
         print(f"{key}: median {statistics.median(values):.3f} s, max {max(values):.3f} s "

@@ -20,11 +20,11 @@ from baton.approvals.requests import ActionId, BlockId
 from baton.audit import AuditStore
 from baton.audit.store import default_actor
 from baton.kafka.fencing import present_bindings
+from baton.lab.prefect_server import free_port
 from baton.settings import load_topology
 from tests.conftest import wait_until
 from tests.integration.runbook_support import make_domain, produce_error, restore_lab, resume, wait_paused_at
 from tests.integration.test_runbooks import authority_of, seed, start_cli_failover
-from tests.prefect_server import free_port
 from tests.slack_standin import (
     APP_TOKEN,
     BOT_TOKEN,
