@@ -1,8 +1,8 @@
-# The two quickstart commands: `make lab` (Baton's main job on the embedded lab) and `make test`.
+# The two quickstart commands: `make drill` (Baton's main job on the embedded lab) and `make test`.
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: lab test lint install
+.PHONY: drill lab test lint install
 
 $(BIN)/.installed: pyproject.toml requirements.lock
 	python3 -m venv $(VENV)
@@ -11,6 +11,9 @@ $(BIN)/.installed: pyproject.toml requirements.lock
 	touch $@
 
 install: $(BIN)/.installed
+
+drill: $(BIN)/.installed
+	$(BIN)/baton drill --lab
 
 lab: $(BIN)/.installed
 	$(BIN)/baton lab up
