@@ -26,6 +26,7 @@ from baton.steps.context import RunContext
 from baton.steps.topics import stream_pairs
 
 PROGRESS_EVERY = 5.0
+UNREACHABLE_PROBE_SECONDS = 3.0  # how long to ask a region that may be down before moving on
 
 
 class PairedEngine:
@@ -201,7 +202,7 @@ def _quiesce(ctx: RunContext, admin) -> dict:
 
 def stop_primary_producers(ctx: RunContext) -> dict:
     evidence = {"authority": _fence_authority(ctx)}
-    admin = _reachable(ctx, ctx.old_owner, timeout=5)
+    admin = _reachable(ctx, ctx.old_owner, timeout=UNREACHABLE_PROBE_SECONDS)
     if admin is None:
         if not ctx.unplanned:
             raise StepFailed(f"owner {ctx.old_owner} became unreachable while fencing; authority is "
@@ -294,7 +295,9 @@ def translate_consumer_offsets(ctx: RunContext) -> dict:
     upstream = {t: u for t, u in pairs.items() if t not in native}
     scope = resolve_scope(topology, owner=ctx.old_owner, topics=list(native),
                           engine=PairedEngine(engine_for(topology), native),
-                          owner_required=not ctx.unplanned)
+                          owner_required=not ctx.unplanned,
+                          # unplanned: the owner is known to be down; do not wait long to hear it again
+                          timeout=UNREACHABLE_PROBE_SECONDS if ctx.unplanned else None)
     method = "checkpoint" if ctx.unplanned else "exact"
     native_groups = groups
     if owner_admin is not None:  # a group may sit only on mirrors (e.g. at failback): skip it here
@@ -374,7 +377,7 @@ def reconcile(ctx: RunContext) -> dict:
         problems.append(f"{ctx.new_owner} still has fencing ACLs: its producers cannot write")
     new_admin = check_reachable(ctx.new_owner, topology.regions[ctx.new_owner])
     final = ctx.state.get("final_end_offsets")
-    old_admin = _reachable(ctx, ctx.old_owner, timeout=5)
+    old_admin = _reachable(ctx, ctx.old_owner, timeout=UNREACHABLE_PROBE_SECONDS)
     if final and old_admin is not None:
         partitions = [(key.rsplit("[", 1)[0], int(key.rsplit("[", 1)[1][:-1])) for key in final]
         now = _end_offsets(ctx, ctx.old_owner, old_admin, partitions)
@@ -411,7 +414,7 @@ def return_to_safe_state(ctx: RunContext, why: str) -> dict:
     if current.owner == ctx.new_owner and current.state == State.ACTIVE:
         evidence["actions"].append("none: authority already moved; nothing to return to")
         return evidence
-    if _reachable(ctx, ctx.old_owner, timeout=5) is not None:
+    if _reachable(ctx, ctx.old_owner, timeout=UNREACHABLE_PROBE_SECONDS) is not None:
         evidence["unfence_old_owner"] = unfence(ctx.topology, ctx.old_owner)
         evidence["actions"].append(f"unfenced {ctx.old_owner}")
     else:
