@@ -48,14 +48,17 @@ def wait_for_mirror(topology, topic: str) -> str:
 def test_record_is_mirrored_with_same_key_value_headers_and_timestamp(topology, new_topic):
     topic = new_topic(partitions=3)
     producer = Producer(topology.regions["east"].client_config("producer"))
-    sent = []
+    sent, errors = [], []
+    # Explicit timestamps, recent on purpose: the lab checks time retention every 5 s, and a
+    # record older than the 7-day retention would be deleted before it could be compared.
+    base = int(time.time() * 1000) - 60_000
     for i in range(30):
         record = dict(key=f"k{i}".encode(), value=f"v{i}".encode(),
                       headers=[("trace", f"t{i}".encode()), ("n", str(i).encode())],
-                      timestamp=1_700_000_000_000 + i, partition=i % 3)
-        producer.produce(topic, **record)
+                      timestamp=base + i, partition=i % 3)
+        producer.produce(topic, **record, on_delivery=lambda e, m: errors.append(e) if e else None)
         sent.append(record)
-    assert producer.flush(10) == 0
+    assert producer.flush(10) == 0 and errors == []
 
     mirror = wait_for_mirror(topology, topic)
     assert mirror == f"east.{topic}"
