@@ -7,12 +7,16 @@ POST /flow_runs/{id}/resume  resume it with the decision as the run input
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import httpx
 
 from baton.errors import BatonError
+
+RETRY_DELAYS = (0.2, 0.5, 1.0)  # seconds; about 2 s in all, well inside Slack's 3 s
+RETRIED_STATUS = {429, 502, 503, 504}
 
 
 class PrefectUnavailable(BatonError):
@@ -58,10 +62,18 @@ class PrefectRuns:
         self.client = client or httpx.Client(timeout=timeout, headers=headers)
 
     def _request(self, method: str, path: str, **kwargs) -> httpx.Response:
-        try:
-            response = self.client.request(method, f"{self.api_url}{path}", **kwargs)
-        except httpx.HTTPError as e:
-            raise PrefectUnavailable(f"Prefect API {self.api_url} unreachable: {e}") from e
+        # A busy Prefect server answers 503 or 429 for a moment: retry those (a resume that was
+        # refused as "not paused" is an answer, not an error, and is never retried).
+        for delay in (*RETRY_DELAYS, None):
+            try:
+                response = self.client.request(method, f"{self.api_url}{path}", **kwargs)
+            except httpx.TransportError as e:
+                if delay is None:
+                    raise PrefectUnavailable(f"Prefect API {self.api_url} unreachable: {e}") from e
+            else:
+                if response.status_code not in RETRIED_STATUS or delay is None:
+                    break
+            time.sleep(delay)
         if response.status_code >= 400:
             raise PrefectUnavailable(f"Prefect API {method} {path}: HTTP {response.status_code} "
                                      f"{response.text[:200]}")

@@ -227,14 +227,15 @@ class AuditStore:
                                 slack_team_id: str = "", slack_channel_id: str = "",
                                 message_ts: str = "", identity_verified: bool = False,
                                 verified_by: str = "", decision: str | None = None,
-                                approver: str = "", comment: str = "") -> ApprovalAttempt:
+                                approver: str = "", comment: str = "",
+                                approval_id: int | None = None) -> ApprovalAttempt:
         """Record one click on an approval request. An accepted attempt with a `decision` also
-        records the approval (channel slack) in the same transaction and links the two."""
+        records the approval (channel slack) in the same transaction and links the two; a
+        refused attempt may name the approval it voids (`approval_id`: it never reached the run)."""
         if outcome not in ATTEMPT_OUTCOMES:
             raise UsageError(f"attempt outcome must be one of {', '.join(ATTEMPT_OUTCOMES)}, not {outcome!r}")
         with self.transaction() as session:
             now = utcnow()
-            approval_id = None
             if decision is not None:
                 if outcome != "accepted" or decision not in ("approved", "rejected"):
                     raise UsageError("only an accepted attempt records a decision (approved or rejected)")

@@ -49,7 +49,7 @@ def failover(config: ConfigOption = None, plan: PlanOption = False,
              override_lag: OverrideOption = "", yes: YesOption = False,
              resume: ResumeOption = None, as_json: JsonOption = False) -> None:
     """Move write authority to the other region (a Prefect flow run)."""
-    from baton.settings import load_topology
+    from baton.settings import load_topology, resolve_config_path
     from runbooks import FAILOVER
 
     if unplanned and not reason:
@@ -60,6 +60,7 @@ def failover(config: ConfigOption = None, plan: PlanOption = False,
         _print_plan(make_plan(load_topology(config), FAILOVER, unplanned=unplanned), as_json)
         return
     load_topology(config)  # a bad file fails here, before Prefect starts
+    config = str(resolve_config_path(config))  # the flow run's parameters name the file used
     from flows.failover import failover as flow
 
     err.print("starting the failover flow (Prefect)...")
@@ -74,7 +75,7 @@ def failback(config: ConfigOption = None, plan: PlanOption = False,
              override_lag: OverrideOption = "", yes: YesOption = False,
              resume: ResumeOption = None, as_json: JsonOption = False) -> None:
     """Return write authority, handling the divergent tail by policy."""
-    from baton.settings import load_topology
+    from baton.settings import load_topology, resolve_config_path
     from baton.steps.context import DIVERGENT_POLICIES
     from runbooks import FAILBACK
 
@@ -86,6 +87,7 @@ def failback(config: ConfigOption = None, plan: PlanOption = False,
         _print_plan(make_plan(load_topology(config), FAILBACK), as_json)
         return
     load_topology(config)
+    config = str(resolve_config_path(config))
     from flows.failback import failback as flow
 
     err.print("starting the failback flow (Prefect)...")

@@ -144,8 +144,9 @@ def wait_mirrored(topology: Topology, topic: str, total: int, timeout: float = 6
 # -- Prefect flow-run control (through the real API) -------------------------------------------
 
 
-def paused_run(flow_name: str, timeout: float = 60) -> tuple[str, str]:
-    """(flow run id, pause key) of the newest paused run of a flow."""
+def paused_run(flow_name: str, timeout: float = 60, config: Path | str | None = None) -> tuple[str, str]:
+    """(flow run id, pause key) of the newest paused run of a flow (of this topology file, if
+    given: a run left paused by an earlier test must never be mistaken for this test's)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter
     from prefect.client.schemas.sorting import FlowRunSort
@@ -156,6 +157,8 @@ def paused_run(flow_name: str, timeout: float = 60) -> tuple[str, str]:
                 flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
                 flow_run_filter=FlowRunFilter(), sort=FlowRunSort.START_TIME_DESC, limit=5)
             for run in runs:
+                if config is not None and run.parameters.get("config") != str(config):
+                    continue
                 if run.state and run.state.is_paused():
                     return str(run.id), run.state.state_details.pause_key
             return None
@@ -169,10 +172,10 @@ def paused_run(flow_name: str, timeout: float = 60) -> tuple[str, str]:
     raise AssertionError(f"no paused run of flow {flow_name!r} within {timeout:.0f}s")
 
 
-def wait_paused_at(flow_name: str, gate: str, timeout: float = 90) -> str:
+def wait_paused_at(flow_name: str, gate: str, timeout: float = 90, config: Path | str | None = None) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        run_id, key = paused_run(flow_name, timeout=deadline - time.monotonic())
+        run_id, key = paused_run(flow_name, timeout=deadline - time.monotonic(), config=config)
         if key and key.startswith(gate):
             return run_id
         time.sleep(0.5)

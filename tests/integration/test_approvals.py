@@ -139,7 +139,7 @@ def test_slack_clicks_approve_then_reject_a_real_failover(approvals_domain, slac
     service = Service(path, tmp_path)
     process = start_cli_failover(path)
     try:
-        flow_run = wait_paused_at("failover", "approve-failover")
+        flow_run = wait_paused_at("failover", "approve-failover", config=path)
         request = wait_until(lambda: slack.requests(), 20, "the approval request in Slack")[0]
         # The request: evidence, a link to the run, a reason box and the two buttons.
         assert request["channel"] == CHANNEL
@@ -178,7 +178,7 @@ def test_slack_clicks_approve_then_reject_a_real_failover(approvals_domain, slac
         # Alice approves; the same click arrives twice: the run resumes once.
         assert service.click(approve) == 200
         assert service.click(approve) == 200
-        next_run = wait_paused_at("failover", "approve-switch")
+        next_run = wait_paused_at("failover", "approve-switch", config=path)
         assert next_run == flow_run
         update = updates_of(slack, request)[-1]
         assert not any(b.get("block_id") == BlockId.ACTIONS for b in update["blocks"])
@@ -227,11 +227,11 @@ def test_prefect_ui_answers_require_slack_reminder_and_timeout(approvals_domain,
     service = Service(path, tmp_path)
     process = start_cli_failover(path)
     try:
-        flow_run = wait_paused_at("failover", "approve-failover")
+        flow_run = wait_paused_at("failover", "approve-failover", config=path)
         first = wait_until(lambda: slack.requests(), 20, "the approval request")[0]
         # A Prefect UI answer is accepted here: recorded as prefect-ui, identity not verified.
         resume(flow_run, approved=True, approver="carol")
-        wait_paused_at("failover", "approve-switch")
+        wait_paused_at("failover", "approve-switch", config=path)
         assert "the Prefect UI (identity not verified)" in json.dumps(updates_of(slack, first)[-1]["blocks"])
         second = wait_until(lambda: slack.requests()[1:], 20, "the approve-switch request")[0]
         # approve-switch requires Slack: the UI answer is refused and the gate keeps waiting.
@@ -276,7 +276,7 @@ def test_socket_mode_envelope_is_acknowledged_and_handled(approvals_domain, slac
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         assert websocket.connected.wait(20), service.log.read_text()
-        wait_paused_at("gate-probe", "approve-failover")
+        wait_paused_at("gate-probe", "approve-failover", config=path)
         request = wait_until(lambda: slack.requests(), 20, "the approval request")[0]
         envelope = websocket.push_interactive(click_payload(request, ActionId.APPROVE, ALICE, "alice"))
         wait_until(lambda: {"envelope_id": envelope} in websocket.acks, 10, "the envelope's ack")

@@ -155,9 +155,9 @@ def test_rejected_switch_returns_to_the_last_safe_state(domain):
     topic, _ = seed(t)
     process = start_cli_failover(path)
     try:
-        run = wait_paused_at("failover", "approve-failover")
+        run = wait_paused_at("failover", "approve-failover", config=path)
         assert resume(run, approved=True, approver="alice") == "SetStateStatus.ACCEPT"
-        run = wait_paused_at("failover", "approve-switch")
+        run = wait_paused_at("failover", "approve-switch", config=path)
         # While paused after the fence, east refuses writes and authority is FENCED.
         assert authority_of(t).state.value == "FENCED"
         assert produce_error(t, "east", topic) is not None
@@ -193,9 +193,9 @@ def test_gate_timeout_compensates_and_fails_the_run(domain):
     topic, _ = seed(t)
     process = start_cli_failover(path)
     try:
-        run = wait_paused_at("failover", "approve-failover")
+        run = wait_paused_at("failover", "approve-failover", config=path)
         resume(run, approved=True, approver="alice")
-        wait_paused_at("failover", "approve-switch")
+        wait_paused_at("failover", "approve-switch", config=path)
         _, stderr = process.communicate(timeout=120)  # nobody answers the second gate
     finally:
         process.kill()
@@ -214,9 +214,9 @@ def test_crashed_flow_resumes_without_repeating_irreversible_steps(domain):
     seed(t)
     process = start_cli_failover(path)
     try:
-        run = wait_paused_at("failover", "approve-failover")
+        run = wait_paused_at("failover", "approve-failover", config=path)
         resume(run, approved=True, approver="alice")
-        wait_paused_at("failover", "approve-switch")
+        wait_paused_at("failover", "approve-switch", config=path)
     finally:
         os.killpg(process.pid, signal.SIGKILL)  # the flow process dies mid-run
         process.wait()
@@ -233,6 +233,32 @@ def test_crashed_flow_resumes_without_repeating_irreversible_steps(domain):
     assert names.count("switch_authority") == 1
     states = [e.state for e in authority_store(t, store).history(t.domain.name)]
     assert states == ["ACTIVE", "FENCED", "ACTIVE"]
+    # The run can be read back from the audit database by the CLI.
+    listed = json.loads(baton("runs", "--json", "--config", str(path)).stdout)
+    assert [(r["run_id"], r["status"]) for r in listed] == [(run_id, "succeeded")]
+    report = baton("report", run_id, "--format", "md", "--config", str(path))
+    assert report.returncode == 0 and "| stop_primary_producers | succeeded |" in report.stdout
+    assert "| approve-failover | approved | alice | prefect-ui |" in report.stdout
+
+
+def test_failover_refuses_when_replication_is_down_and_changes_nothing(lab, domain):
+    path = domain()
+    t = load_topology(path)
+    seed(t)
+    before = snapshot(t)
+    lab.fault("stop", "replication")
+    try:
+        result = baton("failover", "--yes", "--config", str(path))
+    finally:
+        lab.fault("start", "replication")
+    assert result.returncode == 1
+    assert "refusing to fail over: replication east -> west is STOPPED" in result.stderr
+    assert "--override-lag" in result.stderr
+    after = snapshot(t)
+    assert after["acls"] == before["acls"] and after["groups"] == before["groups"]
+    assert after["authority"]["owner"] == "east" and after["authority"]["state"] == "ACTIVE"
+    view = AuditStore.for_topology(t).run(AuditStore.for_topology(t).runs(t.domain.name)[0].id)
+    assert view.status == "failed" and [s.status for s in view.steps if s.name == "check_lag"] == ["failed"]
 
 
 def snapshot(t):
