@@ -87,15 +87,22 @@ class SequencedProducer:
 
     def _delivered(self, key: str, seq: int, sent_at: float, grant: dict):
         # Delivery reports carry no headers: the Grant the guard returned says region and epoch.
+        # guard.produce polls, so a report can arrive before that Grant is known: keep it until then.
         def callback(error, message) -> None:
-            region, epoch = grant.get("region", "?"), grant.get("epoch", -1)
-            if error is not None:
-                self.failed.append({"producer": self.producer_id, "key": key, "seq": seq, "region": region,
-                                    "epoch": epoch, "error": str(error), "at": time.time()})
+            if "region" not in grant:
+                grant["early"] = (error, message)
                 return
-            self.acked.append(AckedWrite(self.producer_id, key, seq, region, epoch, message.topic(),
-                                         message.partition(), message.offset(), sent_at, time.time()))
+            self._record(key, seq, sent_at, grant, error, message)
         return callback
+
+    def _record(self, key: str, seq: int, sent_at: float, grant: dict, error, message) -> None:
+        region, epoch = grant["region"], grant["epoch"]
+        if error is not None:
+            self.failed.append({"producer": self.producer_id, "key": key, "seq": seq, "region": region,
+                                "epoch": epoch, "error": str(error), "at": time.time()})
+            return
+        self.acked.append(AckedWrite(self.producer_id, key, seq, region, epoch, message.topic(),
+                                     message.partition(), message.offset(), sent_at, time.time()))
 
     def _run(self) -> None:
         interval = 1.0 / self.rate
@@ -117,6 +124,8 @@ class SequencedProducer:
                                               key=key.encode(), partition=partition,
                                               on_delivery=self._delivered(key, seq, sent_at, grant))
                 grant |= {"region": accepted.region, "epoch": accepted.epoch}
+                if "early" in grant:
+                    self._record(key, seq, sent_at, grant, *grant.pop("early"))
             except WriteRefused:
                 self.refused += 1
                 self.refused_at.append(sent_at)
