@@ -19,11 +19,7 @@ def evidence_task(step: Callable[[RunContext], dict]):
         authority = ctx.authority.current(ctx.domain)
         with ctx.audit.step(ctx.run_id, name, region=ctx.new_owner,
                             epoch=authority.epoch if authority else None) as record:
-            try:
-                record.evidence = step(ctx)
-            except Exception as e:
-                record.evidence = {"error": str(e)}
-                raise
+            record.evidence = step(ctx)  # on failure the wrapper records the error, then re-raises
         ctx.state[name] = record.evidence
         return record.evidence
 
