@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 
-from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AclBinding, AdminClient, NewTopic
 
 from baton.errors import RegionUnreachable
@@ -42,6 +43,43 @@ def check_reachable(name: str, region: RegionSettings, timeout: float | None = N
     return admin
 
 
+# A broker that just started (or a busy machine) answers admin requests with "Failed while waiting
+# for controller" until its metadata has caught up: retry those, bounded, instead of failing.
+SETTLE_SECONDS = 60.0
+
+
+def _transient(error: KafkaError) -> bool:
+    return error.retriable() or error.code() in (KafkaError._TIMED_OUT, KafkaError.REQUEST_TIMED_OUT,
+                                                 KafkaError.NOT_CONTROLLER)
+
+
+def _settled(submit: Callable[[list], dict], items: list, ignore: Callable[[KafkaError], bool],
+             what: Callable[[object], str]) -> list:
+    """Submit admin requests, retrying transient per-resource errors until SETTLE_SECONDS pass."""
+    deadline = time.monotonic() + SETTLE_SECONDS
+    done, pending = [], list(items)
+    while pending:
+        retry = []
+        for item, future in submit(pending).items():
+            try:
+                future.result()
+                done.append(item)
+            except KafkaException as e:
+                error = e.args[0]
+                if not isinstance(error, KafkaError):
+                    raise
+                if ignore(error):
+                    continue
+                if _transient(error) and time.monotonic() < deadline:
+                    retry.append(item)
+                    continue
+                raise KafkaException(f"{what(item)} failed: {error}") from e
+        pending = retry
+        if pending:
+            time.sleep(0.5)
+    return done
+
+
 def ensure_topics(admin: AdminClient, topics: dict[str, int], config: dict | None = None) -> list[str]:
     """Create the missing topics (name -> partitions); return the names created."""
     existing = set(admin.list_topics(timeout=10).topics)
@@ -52,15 +90,10 @@ def ensure_topics(admin: AdminClient, topics: dict[str, int], config: dict | Non
     ]
     if not wanted:
         return []
-    created = []
-    for name, future in admin.create_topics(wanted, operation_timeout=10).items():
-        try:
-            future.result()
-            created.append(name)
-        except KafkaException as e:
-            if e.args[0].code() != e.args[0].TOPIC_ALREADY_EXISTS:
-                raise
-    return created
+    by_name = {t.topic: t for t in wanted}
+    return _settled(lambda names: admin.create_topics([by_name[n] for n in names], operation_timeout=10),
+                    list(by_name), ignore=lambda e: e.code() == KafkaError.TOPIC_ALREADY_EXISTS,
+                    what=lambda name: f"creating topic {name}")
 
 
 def ensure_acls(admin: AdminClient, bindings: Iterable[AclBinding]) -> None:
@@ -68,11 +101,8 @@ def ensure_acls(admin: AdminClient, bindings: Iterable[AclBinding]) -> None:
     bindings = list(bindings)
     if not bindings:
         return
-    for binding, future in admin.create_acls(bindings, request_timeout=10).items():
-        try:
-            future.result()
-        except KafkaException as e:
-            raise KafkaException(f"creating ACL {binding} failed: {e}") from e
+    _settled(lambda pending: admin.create_acls(pending, request_timeout=10), bindings,
+             ignore=lambda e: False, what=lambda binding: f"creating ACL {binding}")
 
 
 def end_offsets(admin_config: dict, topic: str, partitions: int, timeout: float = 10) -> list[int]:

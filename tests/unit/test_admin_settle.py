@@ -1,0 +1,40 @@
+"""Admin requests retry a controller that is not ready yet, and still fail on real errors."""
+
+from concurrent.futures import Future
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException
+
+from baton.kafka.admin import _settled
+
+
+def _future(error: KafkaError | None = None) -> Future:
+    future = Future()
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(KafkaException(error))
+    return future
+
+
+def test_controller_not_ready_is_retried_until_it_answers():
+    waiting = KafkaError(KafkaError._TIMED_OUT, "Failed while waiting for controller")
+    calls = []
+
+    def submit(names):
+        calls.append(list(names))
+        return {n: _future(waiting if len(calls) < 3 and n == "b" else None) for n in names}
+
+    done = _settled(submit, ["a", "b"], ignore=lambda e: False, what=str)
+    assert sorted(done) == ["a", "b"]
+    assert calls == [["a", "b"], ["b"], ["b"]]  # only the failed one is sent again
+
+
+def test_a_real_error_is_raised_naming_the_resource_and_ignored_ones_are_skipped():
+    exists = KafkaError(KafkaError.TOPIC_ALREADY_EXISTS, "exists")
+    denied = KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED, "denied")
+    assert _settled(lambda names: {n: _future(exists) for n in names}, ["a"],
+                    ignore=lambda e: e.code() == KafkaError.TOPIC_ALREADY_EXISTS, what=str) == []
+    with pytest.raises(KafkaException, match="creating topic x failed"):
+        _settled(lambda names: {n: _future(denied) for n in names}, ["x"], ignore=lambda e: False,
+                 what=lambda n: f"creating topic {n}")
