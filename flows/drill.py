@@ -27,11 +27,9 @@ from flows.failover import failover
 
 def is_lab(topology: Topology) -> bool:
     """The topology points at this machine's lab brokers (same bootstrap servers)."""
-    from baton.lab.lab import Lab
+    from baton.lab.lab import is_lab_topology
 
-    lab = Lab().topology()[0]
-    return set(topology.regions) == set(lab.regions) and all(
-        topology.regions[r].bootstrap_servers == lab.regions[r].bootstrap_servers for r in lab.regions)
+    return is_lab_topology(topology)
 
 
 def _latest_run(audit: AuditStore, domain: str, runbook: str, after: float) -> str | None:

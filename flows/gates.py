@@ -16,6 +16,7 @@ from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from pydantic import Field
 
+from baton.approvals.policy import is_unverified, may_auto_approve
 from baton.audit.models import Approval
 from baton.errors import ApprovalRejected
 from baton.steps.context import RunContext
@@ -53,14 +54,17 @@ def request_approval(ctx: RunContext, step: Step, summary: dict, *, auto_approve
     The notifier (baton.approvals.slack.SlackNotifier, or None) posts the request, a reminder
     before the timeout, and keeps the message current."""
     gate = step.name
-    if auto_approve:
+    # The topology's policy, not the flag alone (the runner refused a disallowed run already).
+    if auto_approve and may_auto_approve(ctx.topology, gate):
         ctx.audit.record_approval(ctx.run_id, gate, "approved", ctx.operator, channel="cli",
                                   comment="answered by --yes")
         return {"gate": gate, "decision": "approved", "approver": ctx.operator, "channel": "cli"}
 
     timeout = ctx.topology.thresholds.gate_timeout_seconds
     deadline = time.monotonic() + timeout
-    slack_only = gate in ctx.topology.approvals.require_slack_for
+    # An unverified starter could be anyone, the approver included: only Slack-verified answers.
+    slack_only = gate in ctx.topology.approvals.require_slack_for or is_unverified(ctx.operator)
+    _open_gate(ctx, gate)
     message = notifier.post_request(ctx, step, summary) if notifier else None
     reminder = _schedule_reminder(notifier, message, ctx, step, deadline, timeout)
     try:
@@ -69,6 +73,14 @@ def request_approval(ctx: RunContext, step: Step, summary: dict, *, auto_approve
     finally:
         if reminder is not None:
             reminder.cancel()
+
+
+def _open_gate(ctx: RunContext, gate: str) -> None:
+    """Record which flow run asks this gate: the approval service resumes only that one."""
+    from prefect.runtime import flow_run
+
+    if flow_run.id:
+        ctx.audit.open_gate(ctx.run_id, gate, str(flow_run.id))
 
 
 def _schedule_reminder(notifier, message, ctx: RunContext, step: Step, deadline: float,

@@ -14,6 +14,7 @@ import time
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from baton.approvals.policy import auto_approve_refusal, unverified
 from baton.audit import AuditStore
 from baton.audit.store import default_actor
 from baton.authority import State, authority_store, initialize_authority
@@ -35,6 +36,20 @@ def _trigger() -> str:
     from prefect.runtime import deployment
 
     return "deployment" if deployment.id else "cli"
+
+
+def _starter(operator: str | None, trigger: str) -> str:
+    """Who started the run, from something the caller cannot type where there is one: the
+    Prefect run's creating user (Prefect Cloud), else the claimed name marked unverified. A
+    CLI run is started by the logged-in OS user."""
+    if trigger != "deployment":
+        return operator or default_actor()
+    from prefect.context import FlowRunContext
+
+    creator = getattr(getattr(FlowRunContext.get(), "flow_run", None), "created_by", None)
+    if creator is not None and str(creator.type).upper() == "USER" and creator.display_value:
+        return str(creator.display_value)
+    return unverified(operator)
 
 
 def open_run(runbook: Runbook, *, config: str | None, unplanned: bool = False, reason: str = "",
@@ -231,7 +246,14 @@ def run_runbook(name: str, **options) -> dict:
     runbook = RUNBOOKS[name]
     auto_approve = options.pop("auto_approve", False)
     notifier = options.pop("notifier", None)
-    ctx = open_run(runbook, log=logger.info, **options)
+    trigger = options.pop("trigger", None) or _trigger()
+    options["operator"] = _starter(options.get("operator"), trigger)
+    if auto_approve:  # the topology's policy, checked before any step (nothing is recorded yet)
+        refusal = auto_approve_refusal(load_topology(options.get("config")),
+                                       [s.name for s in runbook.steps if s.kind is Kind.GATE])
+        if refusal:
+            raise UsageError(refusal)
+    ctx = open_run(runbook, log=logger.info, trigger=trigger, **options)
     if notifier is None and not auto_approve:
         from prefect.runtime import flow_run
 
