@@ -9,6 +9,7 @@ not repeated, and irreversible steps check their own postcondition anyway.
 from __future__ import annotations
 
 import json
+import re
 import time
 
 from prefect import get_run_logger
@@ -217,16 +218,29 @@ def run_summary(ctx: RunContext, status: str, seconds: float) -> dict:
     }
 
 
+MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]()|~])")  # values never start a line: # - + are safe
+
+
+def escape_markdown(value: object) -> str:
+    """Text shown literally in a Markdown artifact: no raw HTML (&, <, > as entities), no
+    links, images or emphasis (punctuation backslash-escaped), one line."""
+    text = " ".join(str(value).split())
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return MARKDOWN_SPECIAL.sub(r"\\\1", text)
+
+
 def _publish_artifacts(ctx: RunContext, status: str, seconds: float) -> dict:
     summary = run_summary(ctx, status, seconds)
     try:
-        lines = [f"# {ctx.runbook} of `{ctx.domain}`: {status}", "",
-                 f"- run: `{ctx.run_id}` ({'unplanned' if ctx.unplanned else 'planned'})",
-                 f"- authority: {summary['authority']}", f"- wall time: {seconds:.1f} s", ""]
+        md = escape_markdown
+        lines = [f"# {md(ctx.runbook)} of {md(ctx.domain)}: {md(status)}", "",
+                 f"- run: {md(ctx.run_id)} ({'unplanned' if ctx.unplanned else 'planned'})",
+                 f"- authority: {md(summary['authority'])}", f"- wall time: {seconds:.1f} s", ""]
         if summary["error"]:
-            lines += [f"- error: {summary['error']}", f"- compensation: {summary['compensation']}", ""]
+            lines += [f"- error: {md(summary['error'])}",
+                      f"- compensation: {md(summary['compensation'])}", ""]
         lines += ["| step | status | seconds |", "|---|---|---|"]
-        lines += [f"| {s['name']} | {s['status']} | {s['seconds']} |" for s in summary["steps"]]
+        lines += [f"| {md(s['name'])} | {md(s['status'])} | {s['seconds']} |" for s in summary["steps"]]
         key = ctx.runbook.replace("_", "-")
         create_markdown_artifact("\n".join(lines), key=f"{key}-summary", description=ctx.run_id)
         entries = ctx.state.get("translate_consumer_offsets", {}).get("translation", {}).get("entries", [])
