@@ -236,8 +236,8 @@ def test_service_refuses_cross_run_malformed_oversized_and_floods(topology, tmp_
                          headers={"Content-Type": "application/x-www-form-urlencoded"})
         assert big.status_code == 413 and len(store.approval_attempts()) == rows
 
-        # 15 unsigned clicks with a 50 KB user name: 10 stored (fields bounded), then one summary.
-        flood = click_payload(request_1, ActionId.APPROVE, ALICE, "m" * 50_000)
+        # 15 unsigned clicks with a 20 KB user name: 10 stored (fields bounded), then one summary.
+        flood = click_payload(request_1, ActionId.APPROVE, ALICE, "m" * 20_000)
         for _ in range(15):
             assert service.click(flood, secret="not-the-signing-secret") == 401
         stored = store.approval_attempts()[rows:]
