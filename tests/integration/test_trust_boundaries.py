@@ -268,34 +268,47 @@ def test_two_service_replicas_count_one_of_eight_identical_clicks(topology, tmp_
     t = load_topology(path)
     store = AuditStore.for_topology(t)
     replicas = [Service(path, tmp_path), Service(path, tmp_path)]
-    probe = start_probe(path)
+    rounds = 3  # each round a new flow run: warm replicas race harder than cold ones
+    env = os.environ | {"BATON_CONFIG": str(path)}
+    probe = subprocess.Popen([sys.executable, "-m", "tests.integration.gate_probe", str(path), "--operator",
+                              "carol", "--poll", "1", "--rounds", str(rounds)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    lines = iter(probe.stderr.readline, "")
+    results, statuses, runs = [], [], []
     try:
-        wait_paused_at("gate-probe", "approve-failover", config=path)
-        run_id = newest_run(store, t.domain.name)
-        click = click_payload(request_for(slack, run_id), ActionId.APPROVE, ALICE, "alice")
-        statuses: list[int] = []
-        go = threading.Barrier(8)
+        for round_ in range(rounds):
+            request = wait_until(lambda n=round_: slack.requests()[n:], 60, "the next round's request")[0]
+            asked = GateRequest.decode(next(e["value"] for b in request["blocks"]
+                                            for e in b.get("elements", []) if "value" in e))
+            wait_until(lambda a=asked: state_of(a.flow_run_id)[0] == "PAUSED", 60, "the probe to pause")
+            run_id = asked.run_id
+            click = click_payload(request, ActionId.APPROVE, ALICE, "alice")
+            go = threading.Barrier(8)
 
-        def send(replica: Service):
-            go.wait()
-            statuses.append(replica.click(click))
+            def send(replica: Service, click=click, go=go):
+                go.wait()
+                statuses.append(replica.click(click))
 
-        threads = [threading.Thread(target=send, args=(replicas[i % 2],)) for i in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(60)
-        results = probe_result(probe)
+            threads = [threading.Thread(target=send, args=(replicas[i % 2],)) for i in range(8)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(60)
+            line = next(x for x in lines if x.startswith("GATE-PROBE "))
+            results.append(json.loads(line[len("GATE-PROBE "):]))
+            runs.append(run_id)
+        probe.wait(60)
     finally:
         probe.kill()
         for replica in replicas:
             replica.stop()
-    assert statuses == [200] * 8
-    assert len(results) == 1 and results[0]["decision"] == "approved"  # resumed once
-    attempts = store.run(run_id).approval_attempts
-    assert sorted(a.outcome for a in attempts) == ["accepted"] + ["refused"] * 7
-    assert [(a.decision, a.approver, a.channel) for a in store.run(run_id).approvals] == [
-        ("approved", "alice", "slack")]
+    assert statuses == [200] * 8 * rounds
+    assert [(r["run_id"], r["decision"]) for r in results] == [(run, "approved") for run in runs]
+    for run_id in runs:  # each gate resumed once: one accepted click, seven refused
+        attempts = store.run(run_id).approval_attempts
+        assert sorted(a.outcome for a in attempts) == ["accepted"] + ["refused"] * 7
+        assert [(a.decision, a.approver, a.channel) for a in store.run(run_id).approvals] == [
+            ("approved", "alice", "slack")]
     assert store.verify().ok
 
 
@@ -427,3 +440,23 @@ def test_audit_verify_detects_recomputed_chain_swapped_authority_and_replaced_da
     for region in ("east", "west"):
         assert any(p.startswith(f"{region}'s control topic knows epoch 3") and "no authority record" in p
                    for p in problems), problems
+
+
+# -- 6. schedules keep their timezone; analytics off where Baton starts Prefect -------------------
+
+
+def test_deploy_keeps_the_drill_schedule_timezone(prefect_api):
+    from flows.deploy import deploy
+
+    registered = {row["deployment"]: row for row in deploy()}
+    assert (registered["drill"]["cron"], registered["drill"]["timezone"]) == ("0 9 1 * *", "UTC")
+    drill = _read_deployment("drill/drill")
+    assert [(s.schedule.cron, s.schedule.timezone) for s in drill.schedules] == [("0 9 1 * *", "UTC")]
+
+
+def test_the_cli_turns_prefect_analytics_off_for_its_temporary_server():
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_SERVER_ANALYTICS_ENABLED"}
+    result = subprocess.run([sys.executable, "-c", "import baton.cli; from prefect.settings import "
+                             "get_current_settings as s; print(s().server.analytics_enabled)"],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.stdout.strip() == "False", result.stderr
