@@ -232,15 +232,14 @@ def escape_markdown(value: object) -> str:
 def _publish_artifacts(ctx: RunContext, status: str, seconds: float) -> dict:
     summary = run_summary(ctx, status, seconds)
     try:
-        md = escape_markdown
-        lines = [f"# {md(ctx.runbook)} of {md(ctx.domain)}: {md(status)}", "",
-                 f"- run: {md(ctx.run_id)} ({'unplanned' if ctx.unplanned else 'planned'})",
-                 f"- authority: {md(summary['authority'])}", f"- wall time: {seconds:.1f} s", ""]
-        if summary["error"]:
-            lines += [f"- error: {md(summary['error'])}",
-                      f"- compensation: {md(summary['compensation'])}", ""]
+        lines = [f"# {ctx.runbook} of `{ctx.domain}`: {status}", "",
+                 f"- run: `{ctx.run_id}` ({'unplanned' if ctx.unplanned else 'planned'})",
+                 f"- authority: {summary['authority']}", f"- wall time: {seconds:.1f} s", ""]
+        if summary["error"]:  # carries reasons typed by people: shown literally
+            lines += [f"- error: {escape_markdown(summary['error'])}",
+                      f"- compensation: {escape_markdown(summary['compensation'])}", ""]
         lines += ["| step | status | seconds |", "|---|---|---|"]
-        lines += [f"| {md(s['name'])} | {md(s['status'])} | {s['seconds']} |" for s in summary["steps"]]
+        lines += [f"| {s['name']} | {s['status']} | {s['seconds']} |" for s in summary["steps"]]
         key = ctx.runbook.replace("_", "-")
         create_markdown_artifact("\n".join(lines), key=f"{key}-summary", description=ctx.run_id)
         entries = ctx.state.get("translate_consumer_offsets", {}).get("translation", {}).get("entries", [])
