@@ -62,8 +62,10 @@ def request_approval(ctx: RunContext, step: Step, summary: dict, *, auto_approve
 
     timeout = ctx.topology.thresholds.gate_timeout_seconds
     deadline = time.monotonic() + timeout
-    # An unverified starter could be anyone, the approver included: only Slack-verified answers.
-    slack_only = gate in ctx.topology.approvals.require_slack_for or is_unverified(ctx.operator)
+    # An unverified starter could be anyone, the approver included: where Slack can verify an
+    # approver, only Slack-verified answers count (without Slack every answer is unverified anyway).
+    slack_only = gate in ctx.topology.approvals.require_slack_for or (
+        is_unverified(ctx.operator) and ctx.topology.approvals.slack_enabled)
     _open_gate(ctx, gate)
     message = notifier.post_request(ctx, step, summary) if notifier else None
     reminder = _schedule_reminder(notifier, message, ctx, step, deadline, timeout)

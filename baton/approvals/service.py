@@ -32,6 +32,7 @@ from slack_sdk.errors import SlackClientError
 from slack_sdk.signature import SignatureVerifier
 
 from baton.approvals import messages
+from baton.approvals.policy import claimed_name
 from baton.approvals.prefect_api import PrefectRuns, PrefectUnavailable
 from baton.approvals.requests import REASON_INPUT, ActionId, BlockId, GateRequest
 from baton.approvals.slack import web_client
@@ -289,8 +290,10 @@ class ApprovalService:
         return self.settings.operators.get(click.user_id) or click.user_name or click.user_id
 
     def _is_initiator(self, click: Click, started_by: str) -> bool:
+        # An unverified starter is matched by the name they claimed (they may still be anyone:
+        # the gate then accepts only verified approvals, see baton/approvals/policy.py).
         names = {self.settings.operators.get(click.user_id), click.user_name, click.user_id}
-        return started_by.casefold() in {n.casefold() for n in names if n}
+        return claimed_name(started_by).casefold() in {n.casefold() for n in names if n}
 
     # -- the decision -----------------------------------------------------------------------------
 
