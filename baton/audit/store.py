@@ -361,7 +361,7 @@ class AuditStore:
         with self.transaction() as session:
             verdict = chain.verify(session)
             if verdict.ok:
-                verdict.first_break = _authority_disagreement(session)
+                verdict.first_break = _authority_disagreement(session) or _lock_disagreement(session)
             return verdict
 
     def head(self) -> ChainHead:
@@ -384,6 +384,27 @@ class AuditStore:
                 if row is not None:
                     return row
         return None
+
+
+def _lock_disagreement(session: Session) -> chain.Break | None:
+    """The first run lock that the chained runs and their end events contradict: a run that
+    never ended holds its domain's lock until it ends or is unlocked (both chained events)."""
+    ended = {e.run_id for e in session.exec(select(RunEvent))
+             if e.kind in ("finished", "lock_released")}
+    runs = {r.id: r for r in session.exec(select(Run))}
+    locks = {lock.domain: lock for lock in session.exec(select(RunLock))}
+    for domain, lock in sorted(locks.items()):
+        if lock.run_id not in runs or lock.run_id in ended:
+            why = "is not in the chain" if lock.run_id not in runs else "has ended"
+            return chain.Break("run_locks", domain, 0,
+                               f"the lock on {domain!r} is held by run {lock.run_id}, which {why}")
+    for run in sorted(runs.values(), key=lambda r: r.seq):
+        lock = locks.get(run.domain)
+        if run.id not in ended and (lock is None or lock.run_id != run.id):
+            return chain.Break("run_locks", run.domain, run.seq,
+                               f"run {run.id} has not ended but does not hold the lock on {run.domain!r}: "
+                               "run_locks was edited")
+    return None
 
 
 AUTHORITY_COLUMNS = ("epoch", "owner", "state", "run_id", "changed_by")

@@ -395,7 +395,8 @@ def recompute_chain(url: str, edit) -> None:
         session.commit()
 
 
-def test_audit_verify_detects_recomputed_chain_swapped_authority_and_replaced_database(topology, tmp_path):
+def test_audit_verify_detects_recomputed_chain_swapped_authority_emptied_locks_and_replaced_database(
+        topology, tmp_path):
     path = make_domain(topology, tmp_path)
     t = load_topology(path)
     store = AuditStore.for_topology(t)
@@ -405,6 +406,7 @@ def test_audit_verify_detects_recomputed_chain_swapped_authority_and_replaced_da
     fenced = change_authority(t, epoch, "east", State.FENCED, run_id=run.id, reason="fence")
     change_authority(t, fenced.authority.epoch, "west", State.ACTIVE, run_id=run.id, reason="switch")
     store.finish_run(run.id, "succeeded", actor="alice")
+    running = store.start_run(t.domain.name, "failback", started_by="bob")  # holds the lock
     code, report = verify(path)
     assert code == 0, report
     assert report["signed"] and report["control_topics"]["problems"] == []
@@ -430,6 +432,14 @@ def test_audit_verify_detects_recomputed_chain_swapped_authority_and_replaced_da
     code, report = verify(swapped)
     assert code == 1 and report["first_bad_row"]["table"] == "authority"
     assert "owner 'east' vs 'west'" in report["first_bad_row"]["problem"]
+
+    # The run locks emptied: a run that never ended no longer holds its domain's lock.
+    unlocked, copy = variant(path, tmp_path, "unlocked")
+    with sqlite3.connect(copy) as connection:
+        connection.execute("DELETE FROM run_locks")
+    code, report = verify(unlocked)
+    assert code == 1 and report["first_bad_row"]["table"] == "run_locks"
+    assert f"run {running.id} has not ended but does not hold the lock" in report["first_bad_row"]["problem"]
 
     # A replaced (fresh) database: both regions' control topics know epoch 3.
     replaced, copy = variant(path, tmp_path, "replaced")
