@@ -39,11 +39,11 @@ def _trigger() -> str:
     return "deployment" if deployment.id else "cli"
 
 
-def _starter(operator: str | None, trigger: str) -> str:
+def starter(operator: str | None, trigger: str | None = None) -> str:
     """Who started the run, from something the caller cannot type where there is one: the
     Prefect run's creating user (Prefect Cloud), else the claimed name marked unverified. A
     CLI run is started by the logged-in OS user."""
-    if trigger != "deployment":
+    if (trigger or _trigger()) != "deployment":
         return operator or default_actor()
     from prefect.context import FlowRunContext
 
@@ -260,7 +260,7 @@ def run_runbook(name: str, **options) -> dict:
     auto_approve = options.pop("auto_approve", False)
     notifier = options.pop("notifier", None)
     trigger = options.pop("trigger", None) or _trigger()
-    options["operator"] = _starter(options.get("operator"), trigger)
+    options["operator"] = starter(options.get("operator"), trigger)
     if auto_approve:  # the topology's policy, checked before any step (nothing is recorded yet)
         refusal = auto_approve_refusal(load_topology(options.get("config")),
                                        [s.name for s in runbook.steps if s.kind is Kind.GATE])
