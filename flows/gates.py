@@ -17,7 +17,7 @@ from prefect.input import RunInput
 from pydantic import Field
 
 from baton.approvals.policy import is_unverified, may_auto_approve
-from baton.audit.models import Approval
+from baton.audit.models import Approval, GateDecisionSlot
 from baton.errors import ApprovalRejected
 from baton.steps.context import RunContext
 from runbooks.model import Step
@@ -40,8 +40,11 @@ def _verified_slack_approval(ctx: RunContext, gate: str, decision: GateDecision)
     with ctx.audit.transaction() as session:
         row = session.get(Approval, decision.approval_id)
         expected = "approved" if decision.approved else "rejected"
+        # ... and it is the gate's one decision (claimed by compare-and-set, not voided since)
+        slot = session.get(GateDecisionSlot, (ctx.run_id, gate))
         if (row is not None and row.run_id == ctx.run_id and row.gate == gate and row.decision == expected
-                and row.channel == "slack" and row.identity_verified):
+                and row.channel == "slack" and row.identity_verified
+                and slot is not None and slot.approval_id == row.id):
             session.expunge(row)
             return row
     return None

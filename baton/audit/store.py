@@ -361,7 +361,8 @@ class AuditStore:
         with self.transaction() as session:
             verdict = chain.verify(session)
             if verdict.ok:
-                verdict.first_break = _authority_disagreement(session) or _lock_disagreement(session)
+                verdict.first_break = (_authority_disagreement(session) or _lock_disagreement(session)
+                                       or _decision_disagreement(session))
             return verdict
 
     def head(self) -> ChainHead:
@@ -404,6 +405,18 @@ def _lock_disagreement(session: Session) -> chain.Break | None:
             return chain.Break("run_locks", run.domain, run.seq,
                                f"run {run.id} has not ended but does not hold the lock on {run.domain!r}: "
                                "run_locks was edited")
+    return None
+
+
+def _decision_disagreement(session: Session) -> chain.Break | None:
+    """The first gate decision that does not point at a Slack approval of that run and gate."""
+    for slot in session.exec(select(GateDecisionSlot).where(GateDecisionSlot.approval_id.is_not(None))):
+        approval = session.get(Approval, slot.approval_id)
+        if approval is None or (approval.run_id, approval.gate, approval.channel) != (slot.run_id, slot.gate,
+                                                                                       "slack"):
+            return chain.Break("gate_decisions", f"{slot.run_id}/{slot.gate}", 0,
+                               f"the decision of {slot.gate} in run {slot.run_id} names approval "
+                               f"{slot.approval_id}, which is not a Slack decision of that gate")
     return None
 
 

@@ -137,3 +137,30 @@ def test_the_chain_head_is_signed_with_a_key_the_database_does_not_hold(tmp_path
     assert AuditStore(url, chain_key=b"another key").verify().first_break.table == "chain_head"
     assert AuditStore(url).verify().ok  # without a key the signature cannot be checked
     assert "k1" not in json.dumps([str(v) for v in signed.head().model_dump().values()])
+
+
+def test_one_decision_per_gate_by_compare_and_set(tmp_path):
+    from sqlalchemy import text
+
+    from baton.errors import AlreadyDecided
+
+    store = AuditStore(f"sqlite:///{tmp_path / 'audit.db'}")
+    run = store.start_run("orders", "failover", started_by="alice")
+    store.open_gate(run.id, "approve-failover", "flow-1")
+    click = dict(action="baton.approve", outcome="accepted", run_id=run.id, gate="approve-failover",
+                 decision="approved", approver="bob", identity_verified=True)
+    with pytest.raises(AlreadyDecided):  # another flow run's button cannot claim it
+        store.record_approval_attempt(**click, flow_run_id="flow-2")
+    first = store.record_approval_attempt(**click, flow_run_id="flow-1")
+    with pytest.raises(AlreadyDecided):
+        store.record_approval_attempt(**click, flow_run_id="flow-1")
+    assert store.gate_slot(run.id, "approve-failover").approval_id == first.approval_id
+    # Prefect did not take it: the refusal voids the decision and frees the gate.
+    store.record_approval_attempt(action="baton.approve", outcome="refused", run_id=run.id,
+                                  gate="approve-failover", approval_id=first.approval_id)
+    second = store.record_approval_attempt(**click, flow_run_id="flow-1")
+    assert [a.id for a in store.run(run.id).approvals] == [first.approval_id, second.approval_id]
+    assert store.verify().ok
+    with store.engine.begin() as connection:
+        connection.execute(text("UPDATE gate_decisions SET approval_id = 999"))
+    assert store.verify().first_break.table == "gate_decisions"
