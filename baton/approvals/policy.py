@@ -34,8 +34,8 @@ def auto_approve_refusal(topology: Topology, gates: list[str]) -> str | None:
     if not refused:
         return None
     return (f"auto-approve is refused for {', '.join(refused)}: this topology is not the lab and "
-            "approvals.auto_approve_gates does not name them. The gates go to the approvers; "
-            "nothing was started")
+            "approvals.auto_approve_gates does not name them. Nothing was started: run without "
+            "--yes / auto_approve so the approvers decide, or name the gates in the topology")
 
 
 def unverified(name: str | None) -> str:
