@@ -51,3 +51,7 @@ class WriteRefused(BatonError):
 
 class AuditError(BatonError):
     """The audit database could not be opened or migrated, or its evidence chain is broken."""
+
+
+class AlreadyDecided(BatonError):
+    """A gate's one decision was already taken (by another click or another service replica)."""

@@ -158,6 +158,10 @@ class ApprovalSettings(Strict):
     two_person_rule: bool = Field(True, description="the person who started a run cannot approve it")
     require_slack_for: list[str] = Field(
         default_factory=list, description="gates (e.g. approve-switch) that refuse Prefect UI answers")
+    auto_approve_gates: list[str] = Field(
+        default_factory=list,
+        description="gates that --yes / auto_approve may answer on this (non-lab) topology; on the "
+                    "lab every gate may be auto-approved, elsewhere only these")
     reminder_before_seconds: float = Field(
         300.0, gt=0, description="post a reminder in the request's thread this long before the gate "
                                  "times out (at half the timeout when the timeout is shorter)")
@@ -175,9 +179,10 @@ class ApprovalSettings(Strict):
         for group in self.approver_groups:
             if not re.fullmatch(r"S[A-Z0-9]{2,}", group):
                 raise ValueError(f"{group!r} is not a Slack user group id (S...)")
-        for gate in self.require_slack_for:
-            if not re.fullmatch(r"approve-[a-z0-9-]+", gate):
-                raise ValueError(f"require_slack_for: {gate!r} is not a gate name (approve-...)")
+        for field_name in ("require_slack_for", "auto_approve_gates"):
+            for gate in getattr(self, field_name):
+                if not re.fullmatch(r"approve-[a-z0-9-]+", gate):
+                    raise ValueError(f"{field_name}: {gate!r} is not a gate name (approve-...)")
         return self
 
     @property
@@ -207,6 +212,10 @@ class ApprovalSettings(Strict):
 
 class AuditSettings(Strict):
     database_url: str = Field("sqlite:///.baton/audit.db", pattern=r"^(sqlite|postgresql)")
+    chain_key: SecretStr | None = Field(
+        None, description="signs the evidence chain's head (HMAC); keep it out of the database's "
+                          "reach, e.g. BATON_AUDIT__CHAIN_KEY. The lab has a default")
+    chain_key_file: str | None = Field(None, description="a file holding the chain key instead")
 
 
 class Topology(BaseSettings):

@@ -14,6 +14,7 @@ from prefect import flow as prefect_flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.exceptions import ObjectAlreadyExists
+from prefect.schedules import Cron
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT_YAML = ROOT / "deployments" / "prefect.yaml"
@@ -40,12 +41,16 @@ def deploy(pool: str | None = None, path: Path = PREFECT_YAML) -> list[dict]:
         pool_name = pool or spec["work_pool"]["name"]
         asyncio.run(ensure_work_pool(pool_name))
         remote = prefect_flow.from_source(source=str(ROOT), entrypoint=spec["entrypoint"])
-        schedules = [s["cron"] for s in spec.get("schedules", []) if s.get("active", True)]
+        # Every schedule as written, timezone included (a bare cron would run in the server's zone).
+        schedules = [Cron(s["cron"], timezone=s.get("timezone"), active=s.get("active", True))
+                     for s in spec.get("schedules", [])]
         deployment_id = remote.deploy(
             name=spec["name"], work_pool_name=pool_name, description=spec.get("description"),
             parameters=spec.get("parameters") or {}, tags=spec.get("tags", []),
-            cron=schedules[0] if schedules else None, build=False, push=False, print_next_steps=False,
+            schedules=schedules or None, build=False, push=False, print_next_steps=False,
         )
+        active = [s for s in spec.get("schedules", []) if s.get("active", True)]
         registered.append({"flow": remote.name, "deployment": spec["name"], "id": str(deployment_id),
-                           "pool": pool_name, "cron": schedules[0] if schedules else None})
+                           "pool": pool_name, "cron": active[0]["cron"] if active else None,
+                           "timezone": active[0].get("timezone") if active else None})
     return registered

@@ -14,7 +14,6 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from baton.audit import AuditStore
-from baton.audit.store import default_actor
 from baton.authority import authority_store
 from baton.drill.report import to_html, to_markdown
 from baton.drill.scorecard import Objectives, build_scorecard
@@ -23,15 +22,14 @@ from baton.errors import UsageError
 from baton.settings import Topology, load_topology
 from flows.failback import failback
 from flows.failover import failover
+from flows.runner import starter
 
 
 def is_lab(topology: Topology) -> bool:
     """The topology points at this machine's lab brokers (same bootstrap servers)."""
-    from baton.lab.lab import Lab
+    from baton.lab.lab import is_lab_topology
 
-    lab = Lab().topology()[0]
-    return set(topology.regions) == set(lab.regions) and all(
-        topology.regions[r].bootstrap_servers == lab.regions[r].bootstrap_servers for r in lab.regions)
+    return is_lab_topology(topology)
 
 
 def _latest_run(audit: AuditStore, domain: str, runbook: str, after: float) -> str | None:
@@ -71,7 +69,7 @@ def drill(config: str | None = None, unplanned: bool = False, auto_approve: bool
         raise UsageError("the unplanned drill kills the owner region: it runs against the lab only")
     if rate <= 0 or settle_seconds < 0:
         raise UsageError("rate must be > 0 records/s and settle_seconds >= 0")
-    operator = operator or default_actor()
+    operator = starter(operator)  # typed in a deployment form: recorded as unverified
     audit = AuditStore.for_topology(topology)
     session = DrillSession(topology, rate=rate, log=logger.info)
     failover_run = failback_run = None

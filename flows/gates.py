@@ -16,7 +16,8 @@ from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from pydantic import Field
 
-from baton.audit.models import Approval
+from baton.approvals.policy import is_unverified, may_auto_approve
+from baton.audit.models import Approval, GateDecisionSlot
 from baton.errors import ApprovalRejected
 from baton.steps.context import RunContext
 from runbooks.model import Step
@@ -39,8 +40,11 @@ def _verified_slack_approval(ctx: RunContext, gate: str, decision: GateDecision)
     with ctx.audit.transaction() as session:
         row = session.get(Approval, decision.approval_id)
         expected = "approved" if decision.approved else "rejected"
+        # ... and it is the gate's one decision (claimed by compare-and-set, not voided since)
+        slot = session.get(GateDecisionSlot, (ctx.run_id, gate))
         if (row is not None and row.run_id == ctx.run_id and row.gate == gate and row.decision == expected
-                and row.channel == "slack" and row.identity_verified):
+                and row.channel == "slack" and row.identity_verified
+                and slot is not None and slot.approval_id == row.id):
             session.expunge(row)
             return row
     return None
@@ -53,14 +57,19 @@ def request_approval(ctx: RunContext, step: Step, summary: dict, *, auto_approve
     The notifier (baton.approvals.slack.SlackNotifier, or None) posts the request, a reminder
     before the timeout, and keeps the message current."""
     gate = step.name
-    if auto_approve:
+    # The topology's policy, not the flag alone (the runner refused a disallowed run already).
+    if auto_approve and may_auto_approve(ctx.topology, gate):
         ctx.audit.record_approval(ctx.run_id, gate, "approved", ctx.operator, channel="cli",
                                   comment="answered by --yes")
         return {"gate": gate, "decision": "approved", "approver": ctx.operator, "channel": "cli"}
 
     timeout = ctx.topology.thresholds.gate_timeout_seconds
     deadline = time.monotonic() + timeout
-    slack_only = gate in ctx.topology.approvals.require_slack_for
+    # An unverified starter could be anyone, the approver included: where Slack can verify an
+    # approver, only Slack-verified answers count (without Slack every answer is unverified anyway).
+    slack_only = gate in ctx.topology.approvals.require_slack_for or (
+        is_unverified(ctx.operator) and ctx.topology.approvals.slack_enabled)
+    _open_gate(ctx, gate)
     message = notifier.post_request(ctx, step, summary) if notifier else None
     reminder = _schedule_reminder(notifier, message, ctx, step, deadline, timeout)
     try:
@@ -69,6 +78,14 @@ def request_approval(ctx: RunContext, step: Step, summary: dict, *, auto_approve
     finally:
         if reminder is not None:
             reminder.cancel()
+
+
+def _open_gate(ctx: RunContext, gate: str) -> None:
+    """Record which flow run asks this gate: the approval service resumes only that one."""
+    from prefect.runtime import flow_run
+
+    if flow_run.id:
+        ctx.audit.open_gate(ctx.run_id, gate, str(flow_run.id))
 
 
 def _schedule_reminder(notifier, message, ctx: RunContext, step: Step, deadline: float,

@@ -9,11 +9,13 @@ not repeated, and irreversible steps check their own postcondition anyway.
 from __future__ import annotations
 
 import json
+import re
 import time
 
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from baton.approvals.policy import auto_approve_refusal, unverified
 from baton.audit import AuditStore
 from baton.audit.store import default_actor
 from baton.authority import State, authority_store, initialize_authority
@@ -35,6 +37,20 @@ def _trigger() -> str:
     from prefect.runtime import deployment
 
     return "deployment" if deployment.id else "cli"
+
+
+def starter(operator: str | None, trigger: str | None = None) -> str:
+    """Who started the run, from something the caller cannot type where there is one: the
+    Prefect run's creating user (Prefect Cloud), else the claimed name marked unverified. A
+    CLI run is started by the logged-in OS user."""
+    if (trigger or _trigger()) != "deployment":
+        return operator or default_actor()
+    from prefect.context import FlowRunContext
+
+    creator = getattr(getattr(FlowRunContext.get(), "flow_run", None), "created_by", None)
+    if creator is not None and str(creator.type).upper() == "USER" and creator.display_value:
+        return str(creator.display_value)
+    return unverified(operator)
 
 
 def open_run(runbook: Runbook, *, config: str | None, unplanned: bool = False, reason: str = "",
@@ -202,14 +218,26 @@ def run_summary(ctx: RunContext, status: str, seconds: float) -> dict:
     }
 
 
+MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]()|~])")  # values never start a line: # - + are safe
+
+
+def escape_markdown(value: object) -> str:
+    """Text shown literally in a Markdown artifact: no raw HTML (&, <, > as entities), no
+    links, images or emphasis (punctuation backslash-escaped), one line."""
+    text = " ".join(str(value).split())
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return MARKDOWN_SPECIAL.sub(r"\\\1", text)
+
+
 def _publish_artifacts(ctx: RunContext, status: str, seconds: float) -> dict:
     summary = run_summary(ctx, status, seconds)
     try:
         lines = [f"# {ctx.runbook} of `{ctx.domain}`: {status}", "",
                  f"- run: `{ctx.run_id}` ({'unplanned' if ctx.unplanned else 'planned'})",
                  f"- authority: {summary['authority']}", f"- wall time: {seconds:.1f} s", ""]
-        if summary["error"]:
-            lines += [f"- error: {summary['error']}", f"- compensation: {summary['compensation']}", ""]
+        if summary["error"]:  # carries reasons typed by people: shown literally
+            lines += [f"- error: {escape_markdown(summary['error'])}",
+                      f"- compensation: {escape_markdown(summary['compensation'])}", ""]
         lines += ["| step | status | seconds |", "|---|---|---|"]
         lines += [f"| {s['name']} | {s['status']} | {s['seconds']} |" for s in summary["steps"]]
         key = ctx.runbook.replace("_", "-")
@@ -231,7 +259,14 @@ def run_runbook(name: str, **options) -> dict:
     runbook = RUNBOOKS[name]
     auto_approve = options.pop("auto_approve", False)
     notifier = options.pop("notifier", None)
-    ctx = open_run(runbook, log=logger.info, **options)
+    trigger = options.pop("trigger", None) or _trigger()
+    options["operator"] = starter(options.get("operator"), trigger)
+    if auto_approve:  # the topology's policy, checked before any step (nothing is recorded yet)
+        refusal = auto_approve_refusal(load_topology(options.get("config")),
+                                       [s.name for s in runbook.steps if s.kind is Kind.GATE])
+        if refusal:
+            raise UsageError(refusal)
+    ctx = open_run(runbook, log=logger.info, trigger=trigger, **options)
     if notifier is None and not auto_approve:
         from prefect.runtime import flow_run
 

@@ -14,7 +14,7 @@ from slack_sdk.socket_mode import SocketModeClient
 from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.socket_mode.response import SocketModeResponse
 
-from baton.approvals.service import ApprovalService
+from baton.approvals.service import MAX_BODY_BYTES, ApprovalService
 
 log = logging.getLogger("baton.approvals")
 
@@ -27,16 +27,34 @@ def create_app(service: ApprovalService) -> FastAPI:
 
     @app.post(INTERACTIONS_PATH)
     async def interactions(request: Request) -> Response:
-        body = await request.body()
-        outcome = await run_in_threadpool(service.handle_http, body, dict(request.headers))
+        body = await _bounded_body(request, MAX_BODY_BYTES)
+        if body is None:  # refused unread: nothing from it is parsed or stored
+            return Response(f"request body over {MAX_BODY_BYTES} bytes", status_code=413)
+        source = request.client.host if request.client else "?"
+        outcome = await run_in_threadpool(service.handle_http, body, dict(request.headers), source)
         # Slack shows nothing from this body; the user is told in the channel (ephemeral).
-        return Response(status_code=outcome.status_code)
+        text = outcome.reason if outcome.status_code >= 400 else ""
+        return Response(text, status_code=outcome.status_code, media_type="text/plain")
 
     @app.get("/health")
     async def health() -> dict:
         return await run_in_threadpool(service.health)
 
     return app
+
+
+async def _bounded_body(request: Request, limit: int) -> bytes | None:
+    """The body, or None as soon as it is known to exceed `limit` (declared or streamed)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def socket_mode_client(service: ApprovalService) -> SocketModeClient:

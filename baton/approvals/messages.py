@@ -6,6 +6,7 @@ compensation replaces only the buttons with what happened.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 from baton.approvals.requests import REASON_INPUT, ActionId, BlockId, GateRequest
@@ -17,6 +18,19 @@ EVIDENCE_FIELDS = (  # (summary key, label) in the order an approver reads them
     ("translation", "Consumer groups translated"), ("divergent_records", "Divergent records"),
     ("divergent_policy", "Divergent policy"), ("reason", "Reason"),
 )
+
+
+def escape(text: object) -> str:
+    """Text shown literally in Slack mrkdwn: `&`, `<` and `>` escaped, so `<!channel>` or
+    `<https://...|label>` in a reason can neither ping a channel nor disguise a link."""
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def mention(user_id: str, name: str) -> str:
+    """`<@U...> (name)` for a real Slack user id; otherwise both shown literally."""
+    if re.fullmatch(r"[UW][A-Z0-9]{2,}", user_id or ""):
+        return f"<@{user_id}> ({escape(name)})"
+    return escape(f"{user_id} ({name})")
 
 
 def _text(value) -> str:
@@ -39,7 +53,7 @@ def evidence_lines(summary: dict) -> list[str]:
         value = summary.get(key)
         if value is None or value == "":
             continue
-        lines.append(f"*{label}*: {_text(value)[:500]}")
+        lines.append(f"*{label}*: {escape(_text(value)[:500])}")
     if summary.get("unplanned"):
         lines.append("*Unplanned*: the owner was declared unavailable")
     return lines
@@ -53,7 +67,8 @@ def request_blocks(request: GateRequest, summary: dict, run_url: str) -> list[di
         {"type": "section", "block_id": BlockId.EVIDENCE,
          "text": {"type": "mrkdwn", "text": "\n".join(evidence_lines(summary))[:3000]}},
         {"type": "context", "elements": [
-            {"type": "mrkdwn", "text": f"Run `{request.run_id}` · <{run_url}|flow run in Prefect>"}]},
+            {"type": "mrkdwn",
+             "text": f"Run `{escape(request.run_id)}` · <{escape(run_url)}|flow run in Prefect>"}]},
         {"type": "input", "block_id": BlockId.REASON, "optional": True,
          "label": {"type": "plain_text", "text": "Reason (required to reject)"},
          "element": {"type": "plain_text_input", "action_id": REASON_INPUT, "multiline": False}},
@@ -73,7 +88,8 @@ def request_blocks(request: GateRequest, summary: dict, run_url: str) -> list[di
 
 def request_text(request: GateRequest) -> str:
     """Notification fallback text."""
-    return f"Approval needed: {request.gate} for {request.runbook} of {request.domain} (run {request.run_id})"
+    return escape(f"Approval needed: {request.gate} for {request.runbook} of {request.domain} "
+                  f"(run {request.run_id})")
 
 
 def without_buttons(blocks: list[dict]) -> list[dict]:
@@ -92,8 +108,9 @@ def stamp(when: datetime | None = None) -> str:
 
 def decided_text(decision: str, who: str, when: datetime | None = None, comment: str = "",
                  channel: str = "Slack") -> str:
+    """`who` is mrkdwn already (see `mention`, `escape`); the comment is escaped here."""
     mark = ":white_check_mark: *Approved*" if decision == "approved" else ":x: *Rejected*"
-    return f"{mark} by {who} at {stamp(when)} via {channel}" + (f": {comment}" if comment else "")
+    return f"{mark} by {who} at {stamp(when)} via {channel}" + (f": {escape(comment)}" if comment else "")
 
 
 def timed_out_text(timeout_seconds: float, when: datetime | None = None) -> str:
@@ -103,12 +120,12 @@ def timed_out_text(timeout_seconds: float, when: datetime | None = None) -> str:
 
 def compensation_text(compensation: dict) -> str:
     if "failed" in compensation:
-        return (f":warning: *Compensation FAILED*: {compensation['failed']}. The system may not be in a "
-                "safe state: see `baton audit show`.")
+        return (f":warning: *Compensation FAILED*: {escape(compensation['failed'])}. The system may not "
+                "be in a safe state: see `baton audit show`.")
     actions = compensation.get("actions") or ["nothing to undo"]
-    return ":leftwards_arrow_with_hook: *Compensation ran*: " + "; ".join(map(str, actions))
+    return ":leftwards_arrow_with_hook: *Compensation ran*: " + escape("; ".join(map(str, actions)))
 
 
 def reminder_text(gate: str, seconds_left: float) -> str:
-    return (f":alarm_clock: Reminder: {gate} times out in about {max(seconds_left, 0):.0f} s; without a "
-            "decision the run stops and returns to the last safe state.")
+    return (f":alarm_clock: Reminder: {escape(gate)} times out in about {max(seconds_left, 0):.0f} s; "
+            "without a decision the run stops and returns to the last safe state.")

@@ -5,10 +5,15 @@ happens) when: the request is not signed by Slack or is older than 5 minutes (HT
 user is not an approver; the run is unknown or finished; the two-person rule forbids it (the
 person who started the run cannot approve it; rejecting, which only stops the run, is
 allowed); a rejection has no reason; the gate was already decided or timed out; or the flow
-run is not paused at that gate. Otherwise the decision is recorded (approvals row, channel
-slack, identity verified) and the flow run is resumed with it as the run input; the gate
-checks that row before it trusts the input. The message then shows who decided, when and
-what, without buttons. Clicks are handled one at a time, so a double click resumes once.
+run is not paused at that gate, or is not the flow run the audit DB records as asking that
+gate of that run. Otherwise the decision is recorded (approvals row, channel slack, identity
+verified) and the flow run is resumed with it as the run input; the gate checks that row
+before it trusts the input. The message then shows who decided, when and what, without
+buttons. The decision is a compare-and-set in the audit DB (one per run and gate), so any
+number of service replicas count one click and refuse the rest.
+
+Nothing from a request's body is parsed before its size (64 KiB) and signature are checked;
+an unverified request is recorded with every field bounded, a few per source and minute.
 """
 
 from __future__ import annotations
@@ -27,16 +32,46 @@ from slack_sdk.errors import SlackClientError
 from slack_sdk.signature import SignatureVerifier
 
 from baton.approvals import messages
+from baton.approvals.policy import claimed_name
 from baton.approvals.prefect_api import PrefectRuns, PrefectUnavailable
 from baton.approvals.requests import REASON_INPUT, ActionId, BlockId, GateRequest
 from baton.approvals.slack import web_client
 from baton.audit import AuditStore
-from baton.errors import UsageError
+from baton.errors import AlreadyDecided, UsageError
 
 log = logging.getLogger("baton.approvals")
 
 MAX_REQUEST_AGE_SECONDS = 300  # Slack's advice: refuse older requests (replay)
+MAX_BODY_BYTES = 64 * 1024  # a Slack interaction is a few KiB; larger bodies are refused unread
 GROUP_CACHE_SECONDS = 60
+
+
+class MalformedPayload(ValueError):
+    """An interactive payload whose shape is not Slack's: names the field that is wrong."""
+
+
+def _mapping(value, where: str) -> Mapping:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise MalformedPayload(f"{where} is a {type(value).__name__}, not an object")
+    return value
+
+
+def _list(value, where: str) -> list:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise MalformedPayload(f"{where} is a {type(value).__name__}, not a list")
+    return value
+
+
+def _text(value, where: str) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise MalformedPayload(f"{where} is a {type(value).__name__}, not a string")
+    return str(value)
 
 
 @dataclass
@@ -54,30 +89,83 @@ class Click:
     reason: str = ""
 
     @classmethod
-    def from_payload(cls, payload: Mapping) -> Click | None:
-        """The click in a block_actions payload, or None if it is not one of our buttons."""
-        if not isinstance(payload, Mapping) or payload.get("type") != "block_actions":
+    def from_payload(cls, payload) -> Click | None:
+        """The click in a block_actions payload, or None if it is not one of our buttons.
+        Total: any other shape raises MalformedPayload naming the wrong field."""
+        payload = _mapping(payload, "the payload")
+        if payload.get("type") != "block_actions":
             return None
-        ours = [a for a in payload.get("actions") or [] if a.get("action_id") in set(ActionId)]
+        actions = [_mapping(a, f"actions[{i}]")
+                   for i, a in enumerate(_list(payload.get("actions"), "actions"))]
+        ours = [a for a in actions if _text(a.get("action_id"), "actions[].action_id") in set(ActionId)]
         if not ours:
             return None
-        user = payload.get("user") or {}
-        message = payload.get("message") or {}
-        container = payload.get("container") or {}
-        values = ((payload.get("state") or {}).get("values") or {}).get(BlockId.REASON, {})
-        reason = (values.get(REASON_INPUT) or {}).get("value") or ""
-        channel = (payload.get("channel") or {}).get("id") or container.get("channel_id")
-        return cls(action=ours[0]["action_id"], value=str(ours[0].get("value", "")),
-                   user_id=str(user.get("id", "")),
-                   user_name=str(user.get("username") or user.get("name") or ""),
-                   team_id=str((payload.get("team") or {}).get("id") or user.get("team_id") or ""),
-                   channel_id=str(channel or ""),
-                   message_ts=str(message.get("ts") or container.get("message_ts") or ""),
-                   message_blocks=list(message.get("blocks") or []), reason=reason.strip())
+        user = _mapping(payload.get("user"), "user")
+        message = _mapping(payload.get("message"), "message")
+        container = _mapping(payload.get("container"), "container")
+        values = _mapping(_mapping(payload.get("state"), "state").get("values"), "state.values")
+        block = _mapping(values.get(BlockId.REASON), f"state.values.{BlockId.REASON}")
+        box = _mapping(block.get(REASON_INPUT), f"state.values.{BlockId.REASON}.{REASON_INPUT}")
+        channel = (_text(_mapping(payload.get("channel"), "channel").get("id"), "channel.id")
+                   or _text(container.get("channel_id"), "container.channel_id"))
+        blocks = [_mapping(b, f"message.blocks[{i}]")
+                  for i, b in enumerate(_list(message.get("blocks"), "message.blocks"))]
+        return cls(action=_text(ours[0]["action_id"], "action_id"),
+                   value=_text(ours[0].get("value"), "actions[].value"),
+                   user_id=_text(user.get("id"), "user.id"),
+                   user_name=_text(user.get("username") or user.get("name"), "user.username"),
+                   team_id=(_text(_mapping(payload.get("team"), "team").get("id"), "team.id")
+                            or _text(user.get("team_id"), "user.team_id")),
+                   channel_id=channel,
+                   message_ts=(_text(message.get("ts"), "message.ts")
+                               or _text(container.get("message_ts"), "container.message_ts")),
+                   message_blocks=[dict(b) for b in blocks],
+                   reason=_text(box.get("value"), "the reason").strip())
+
+    @classmethod
+    def claimed(cls, payload) -> Click:
+        """What an unverified request claims, as far as its shape allows (trusted as nothing)."""
+        try:
+            return cls.from_payload(payload) or cls(action="unknown", value="")
+        except MalformedPayload:
+            return cls(action="unknown", value="")
 
     @property
     def decision(self) -> str:
         return "approved" if self.action == ActionId.APPROVE else "rejected"
+
+
+class UnverifiedLimiter:
+    """Per source, at most `limit` unverified requests are recorded one by one per `window`
+    seconds; the rest are counted and recorded as one summary, so a flood cannot fill the
+    append-only audit chain."""
+
+    def __init__(self, limit: int = 10, window: float = 60.0, clock=time.monotonic, max_sources: int = 10000):
+        self.limit, self.window, self.clock, self.max_sources = limit, window, clock, max_sources
+        self._sources: dict[str, list] = {}  # source -> [window start, recorded, suppressed]
+        self._lock = threading.Lock()
+
+    def admit(self, source: str) -> tuple[bool, str | None]:
+        """(record this request?, a summary to record first, if any)."""
+        now = self.clock()
+        with self._lock:
+            entry = self._sources.get(source)
+            summary = None
+            if entry is None or now - entry[0] > self.window:
+                if entry is not None and entry[2]:
+                    summary = (f"{entry[2]} more unverified requests from {source} within "
+                               f"{self.window:.0f} s were refused and not stored one by one")
+                if entry is None and len(self._sources) >= self.max_sources:
+                    self._sources = {k: v for k, v in self._sources.items() if now - v[0] <= self.window}
+                entry = self._sources[source] = [now, 0, 0]
+            if entry[1] < self.limit:
+                entry[1] += 1
+                return True, summary
+            entry[2] += 1
+            if entry[2] == 1:
+                summary = (f"rate limit: more than {self.limit} unverified requests from {source} "
+                           f"within {self.window:.0f} s; the rest are counted, not stored")
+            return False, summary
 
 
 @dataclass
@@ -89,12 +177,13 @@ class Outcome:
     reason: str
 
 
-def form_payload(body: bytes) -> dict | None:
-    """The JSON `payload` field of Slack's form-encoded interactive request."""
+def form_payload(body: bytes):
+    """The JSON `payload` field of Slack's form-encoded interactive request (any JSON value),
+    or None when there is none."""
     try:
         value = parse_qs(body.decode("utf-8")).get("payload", [None])[0]
         return json.loads(value) if value else None
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         return None
 
 
@@ -112,32 +201,42 @@ class ApprovalService:
         self.clock = clock
         self._lock = threading.Lock()
         self._group_members: tuple[float, set[str]] = (0.0, set())
+        self.unverified = UnverifiedLimiter()
 
     # -- transports ---------------------------------------------------------------------------
 
-    def handle_http(self, body: bytes, headers: Mapping[str, str]) -> Outcome:
-        """A POST from Slack's interactivity: verify signature and age first."""
-        headers = {k.lower(): v for k, v in headers.items()}
-        payload = form_payload(body)
+    def handle_http(self, body: bytes, headers: Mapping[str, str], source: str = "?") -> Outcome:
+        """A POST from Slack's interactivity: size, then signature and age, before the body is
+        parsed; `source` is the client address (rate limit of unverified requests)."""
+        if len(body) > MAX_BODY_BYTES:
+            return Outcome(413, False, f"request body over {MAX_BODY_BYTES} bytes")
+        headers = {str(k).lower(): v for k, v in headers.items()}
         problem = self._signature_problem(body, headers)
         if problem:
-            self._record_unverified(payload, problem)
+            self._record_unverified(body, problem, source)
             return Outcome(401, False, problem)
+        payload = form_payload(body)
         if payload is None:
-            return Outcome(400, False, "no interactive payload in the request")
+            return Outcome(400, False, "no interactive payload in the request (a form field "
+                                       "`payload` holding JSON)")
         return self.handle_payload(payload, verified_by="signature")
 
-    def handle_payload(self, payload: Mapping, *, verified_by: str) -> Outcome:
+    def handle_payload(self, payload, *, verified_by: str) -> Outcome:
         """An interactive payload whose origin is verified (signature, or the Socket Mode link)."""
-        click = Click.from_payload(payload)
+        try:
+            click = Click.from_payload(payload)
+        except MalformedPayload as e:
+            reason = f"malformed interactive payload: {e}"
+            self._record(Click(action="unknown", value=""), None, verified_by, "refused", reason)
+            return Outcome(400, False, reason)
         if click is None:
             log.info("ignored an interaction that is not a Baton button", extra={"fields": {
-                "event": "ignored", "type": payload.get("type") if isinstance(payload, Mapping) else None}})
+                "event": "ignored", "type": str(payload.get("type"))[:40]}})
             return Outcome(200, False, "not a Baton approval action")
-        with self._lock:  # one decision at a time: the same click twice resumes once
+        with self._lock:  # within a process; across replicas the audit DB's compare-and-set decides
             outcome = self._decide(click, verified_by)
         if not outcome.accepted and click.user_id and click.channel_id:
-            self._tell(click, f"Not accepted: {outcome.reason}. Nothing was changed.")
+            self._tell(click, messages.escape(f"Not accepted: {outcome.reason}. Nothing was changed."))
         return outcome
 
     def health(self) -> dict:
@@ -191,8 +290,10 @@ class ApprovalService:
         return self.settings.operators.get(click.user_id) or click.user_name or click.user_id
 
     def _is_initiator(self, click: Click, started_by: str) -> bool:
+        # An unverified starter is matched by the name they claimed (they may still be anyone:
+        # the gate then accepts only verified approvals, see baton/approvals/policy.py).
         names = {self.settings.operators.get(click.user_id), click.user_name, click.user_id}
-        return started_by.casefold() in {n.casefold() for n in names if n}
+        return claimed_name(started_by).casefold() in {n.casefold() for n in names if n}
 
     # -- the decision -----------------------------------------------------------------------------
 
@@ -220,14 +321,16 @@ class ApprovalService:
         if click.action == ActionId.REJECT and not click.reason:
             return self._refuse(click, request, verified_by,
                                 "a rejection needs a reason: write it in the box, then press Reject")
-        attempts = [a for a in view.approval_attempts if a.gate == request.gate]
-        undelivered = {a.approval_id for a in attempts if a.outcome == "refused" and a.approval_id}
-        earlier = [a for a in attempts if a.outcome == "accepted" and a.approval_id not in undelivered]
-        if earlier:
-            first = next(a for a in gate_rows if a.id == earlier[0].approval_id)
+        slot = self.audit.gate_slot(request.run_id, request.gate)
+        if slot is None:
             return self._refuse(click, request, verified_by,
-                                f"already {first.decision} by {first.approver} "
-                                f"at {first.decided_at:%H:%M:%S} UTC")
+                                f"no flow run is recorded as asking {request.gate} of run {request.run_id}")
+        if slot.flow_run_id != request.flow_run_id:
+            return self._refuse(click, request, verified_by,
+                                f"the button names flow run {request.flow_run_id}, but {request.gate} of run "
+                                f"{request.run_id} is asked by flow run {slot.flow_run_id}")
+        if slot.approval_id is not None:
+            return self._refuse(click, request, verified_by, self._already(request))
         try:
             state = self.prefect.pause_state(request.flow_run_id)
         except PrefectUnavailable as e:
@@ -240,10 +343,21 @@ class ApprovalService:
             return self._refuse(click, request, verified_by, f"{request.gate} timed out")
         return self._accept(click, request, verified_by)
 
+    def _already(self, request: GateRequest) -> str:
+        slot = self.audit.gate_slot(request.run_id, request.gate)
+        first = next((a for a in self.audit.run(request.run_id).approvals
+                      if slot is not None and a.id == slot.approval_id), None)
+        if first is None:
+            return f"{request.gate} was already decided"
+        return f"already {first.decision} by {first.approver} at {first.decided_at:%H:%M:%S} UTC"
+
     def _accept(self, click: Click, request: GateRequest, verified_by: str) -> Outcome:
         approver = self._approver_name(click)
-        attempt = self._record(click, request, verified_by, "accepted", "", decision=click.decision,
-                               approver=approver, comment=click.reason)
+        try:
+            attempt = self._record(click, request, verified_by, "accepted", "", decision=click.decision,
+                                   approver=approver, comment=click.reason)
+        except AlreadyDecided:  # another click (or another replica) took the gate's one decision
+            return self._refuse(click, request, verified_by, self._already(request))
         run_input = {"approved": click.action == ActionId.APPROVE, "approver": approver,
                      "comment": click.reason, "channel": "slack", "approval_id": attempt.approval_id}
         try:
@@ -265,12 +379,12 @@ class ApprovalService:
     def _update_message(self, click: Click, request: GateRequest, approver: str) -> None:
         if not (click.channel_id and click.message_ts):
             return
-        who = f"<@{click.user_id}> ({approver})"
+        who = messages.mention(click.user_id, approver)
         blocks = messages.without_buttons(click.message_blocks) + [
             messages.outcome_block(messages.decided_text(click.decision, who, comment=click.reason))]
         try:
             self.slack.chat_update(channel=click.channel_id, ts=click.message_ts, blocks=blocks,
-                                   text=f"{request.gate} {click.decision} by {approver}")
+                                   text=messages.escape(f"{request.gate} {click.decision} by {approver}"))
         except SlackClientError as e:  # the decision stands; only the message is stale
             log.error("could not update the request message: %s", e,
                       extra={"fields": {"event": "slack_error", "run_id": request.run_id}})
@@ -305,11 +419,17 @@ class ApprovalService:
             message_ts=click.message_ts, identity_verified=bool(verified_by), verified_by=verified_by,
             **decision)
 
-    def _record_unverified(self, payload: Mapping | None, problem: str) -> None:
-        """A request that failed verification: record what it claimed, trusted as nothing."""
-        click = Click.from_payload(payload) if payload else None
-        if click is None:
-            click = Click(action="unknown", value="")
+    def _record_unverified(self, body: bytes, problem: str, source: str) -> None:
+        """A request that failed verification: record what it claimed, trusted as nothing,
+        each field bounded, at most a few per source and minute (then a summary)."""
+        admitted, summary = self.unverified.admit(source)
+        if summary:
+            self._record(Click(action="unknown", value=""), None, "", "refused", f"not verified: {summary}")
+        if not admitted:
+            log.warning("unverified request from %s not stored (rate limit): %s", source, problem,
+                        extra={"fields": {"event": "attempt", "outcome": "refused", "source": source}})
+            return
+        click = Click.claimed(form_payload(body))
         try:
             request = GateRequest.decode(click.value)
         except ValueError:

@@ -122,14 +122,15 @@ class SlackNotifier:
         From Slack: the approval service already updated the message; only our copy follows."""
         if message is None:
             return
+        who = messages.escape(approver)
         if channel == "slack":
             with self._lock:
                 message.blocks = messages.without_buttons(message.blocks) + [
-                    messages.outcome_block(messages.decided_text(decision, approver, comment=comment))]
+                    messages.outcome_block(messages.decided_text(decision, who, comment=comment))]
             return
-        text = messages.decided_text(decision, approver, comment=comment,
+        text = messages.decided_text(decision, who, comment=comment,
                                      channel="the Prefect UI (identity not verified)")
-        self._replace_buttons(message, text, f"{step.name} {decision} by {approver}")
+        self._replace_buttons(message, text, messages.escape(f"{step.name} {decision} by {approver}"))
 
     def mark_compensated(self, ctx) -> None:
         """After the runner compensated a failed run: say what it did under the last request."""

@@ -3,11 +3,15 @@
 The chain is one sequence (`seq`) across every evidence table, so it also proves the order in
 which evidence was written (an approval before the step it allowed). `chain_head` keeps the
 last seq and hash: without it, deleting the newest row would leave a valid-looking chain.
+The head is signed (HMAC-SHA256) with a key the database does not hold, passed in the
+session's `info["chain_key"]` by the AuditStore: whoever can write the database can recompute
+every hash, but not the signature.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from dataclasses import dataclass
 from datetime import datetime
@@ -38,6 +42,15 @@ def row_hash(row: Chained) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def sign(key: bytes, *parts: object) -> str:
+    """HMAC-SHA256 (hex) of the parts joined by '|'."""
+    return hmac.new(key, "|".join(map(str, parts)).encode(), hashlib.sha256).hexdigest()
+
+
+def head_signature(key: bytes, seq: int, head_hash: str) -> str:
+    return sign(key, "chain_head", seq, head_hash)
+
+
 def lock(session: Session) -> ChainHead:
     """Lock the chain head for the rest of the caller's transaction (FOR UPDATE on PostgreSQL;
     SQLite transactions are BEGIN IMMEDIATE already), so concurrent writers append one after
@@ -61,6 +74,8 @@ def append(session: Session, row: Chained, now: datetime) -> Chained:
     session.flush()  # assigns the row's id, which the hash covers
     row.hash = row_hash(row)
     head.seq, head.hash = row.seq, row.hash
+    key = session.info.get("chain_key")
+    head.signature = head_signature(key, head.seq, head.hash) if key else ""
     session.add(head)
     session.flush()
     return row
@@ -84,6 +99,7 @@ class Verdict:
     rows: int
     head_seq: int
     first_break: Break | None
+    signed: bool = False  # the head's signature was checked with the key
 
     @property
     def ok(self) -> bool:
@@ -125,4 +141,13 @@ def verify(session: Session) -> Verdict:
             table, row_id, previous_seq,
             f"the chain ends at seq {previous_seq} but chain_head records seq {head_seq}: "
             "the newest row(s) were deleted or the head was altered"))
-    return Verdict(len(rows), head_seq, None)
+    key = session.info.get("chain_key")
+    if key and head_seq:
+        expected = head_signature(key, head_seq, head_hash)
+        if not head or not hmac.compare_digest(head.signature or "", expected):
+            why = "is missing" if head and not head.signature else "does not match the chain key"
+            return Verdict(len(rows), head_seq, Break(
+                "chain_head", 1, head_seq,
+                f"the chain head's signature {why}: the chain was recomputed or the head replaced by "
+                "someone without the chain key (or the key changed)"))
+    return Verdict(len(rows), head_seq, None, signed=bool(key))

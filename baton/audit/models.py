@@ -175,13 +175,29 @@ class RunLock(SQLModel, table=True):
 
 
 class ChainHead(SQLModel, table=True):
-    """The last seq and hash of the evidence chain (one row): catches a deleted tail row."""
+    """The last seq and hash of the evidence chain (one row): catches a deleted tail row.
+    `signature` is an HMAC of both with a key the database does not hold (chain.sign)."""
 
     __tablename__ = "chain_head"
 
     id: int = Field(default=1, primary_key=True)
     seq: int = 0
     hash: str = Field(default="", max_length=64)
+    signature: str = Field(default="", max_length=64)
+
+
+class GateDecisionSlot(SQLModel, table=True):
+    """One per run and gate: which flow run asks it, and the one decision it took. The
+    approval service claims `approval_id` by compare-and-set, so any number of service
+    replicas count one click. Opening and deciding are also chained evidence (attempts)."""
+
+    __tablename__ = "gate_decisions"
+
+    run_id: str = Field(primary_key=True, max_length=80)
+    gate: str = Field(primary_key=True, max_length=200)
+    flow_run_id: str = Field(max_length=80)
+    opened_at: datetime
+    approval_id: int | None = None
 
 
 CHAINED: tuple[type[Chained], ...] = (Run, RunEvent, Step, Approval, AuthorityEpoch, DrillReport,

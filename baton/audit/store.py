@@ -15,16 +15,29 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import func, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from baton.audit import chain
 from baton.audit.db import get_engine, session_scope
-from baton.audit.models import Approval, ApprovalAttempt, DrillReport, Run, RunEvent, RunLock, Step
-from baton.errors import RunLocked, UsageError
+from baton.audit.models import (
+    Approval,
+    ApprovalAttempt,
+    AuthorityEpoch,
+    AuthorityRecord,
+    ChainHead,
+    DrillReport,
+    GateDecisionSlot,
+    Run,
+    RunEvent,
+    RunLock,
+    Step,
+)
+from baton.errors import AlreadyDecided, RunLocked, UsageError
 
 RUN_STATUSES = ("succeeded", "failed", "aborted")
+MAX_TEXT = 2000  # characters kept of a free-text field that came from outside (reason, comment)
 DECISIONS = ("approved", "rejected", "timed_out", "refused")
 ATTEMPT_OUTCOMES = ("accepted", "refused")
 
@@ -42,6 +55,15 @@ def default_actor() -> str:
 
 def new_run_id(runbook: str) -> str:
     return f"{runbook}-{utcnow():%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+def bounded(value: object, limit: int) -> str:
+    """`value` as text of at most `limit` characters, saying how much was cut."""
+    text = "" if value is None else str(value)
+    if len(text) <= limit:
+        return text
+    note = f"...[{len(text) - limit} more chars]"
+    return text[: max(0, limit - len(note))] + note if limit > len(note) else text[:limit]
 
 
 def _json(value: Any) -> str:
@@ -92,16 +114,20 @@ class RunView:
 class AuditStore:
     """The audit database behind one URL (SQLite or PostgreSQL); migrated on first use."""
 
-    def __init__(self, database_url: str):
+    def __init__(self, database_url: str, chain_key: bytes | None = None):
         self.engine = get_engine(database_url)
+        self.chain_key = chain_key  # signs the chain head (baton/audit/anchor.py); never stored
 
     @classmethod
     def for_topology(cls, topology) -> AuditStore:
-        return cls(topology.audit.database_url)
+        from baton.audit.anchor import chain_key
+
+        return cls(topology.audit.database_url, chain_key(topology))
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         with session_scope(self.engine) as session:
+            session.info["chain_key"] = self.chain_key
             yield session
 
     # -- runs and the one-run-per-domain lock -------------------------------------------------
@@ -234,6 +260,15 @@ class AuditStore:
         refused attempt may name the approval it voids (`approval_id`: it never reached the run)."""
         if outcome not in ATTEMPT_OUTCOMES:
             raise UsageError(f"attempt outcome must be one of {', '.join(ATTEMPT_OUTCOMES)}, not {outcome!r}")
+        # What a click claims is untrusted: every field is cut to its column (the chain is
+        # append-only, so an oversized row could never be shed).
+        action, run_id, gate, flow_run_id = (bounded(action, 80), bounded(run_id, 80), bounded(gate, 200),
+                                             bounded(flow_run_id, 80))
+        slack_user_id, slack_user_name = bounded(slack_user_id, 80), bounded(slack_user_name, 200)
+        slack_team_id, slack_channel_id = bounded(slack_team_id, 80), bounded(slack_channel_id, 80)
+        message_ts, verified_by = bounded(message_ts, 40), bounded(verified_by, 40)
+        reason, comment = bounded(reason, MAX_TEXT), bounded(comment, MAX_TEXT)
+        approver = bounded(approver, 200)
         with self.transaction() as session:
             now = utcnow()
             if decision is not None:
@@ -244,6 +279,19 @@ class AuditStore:
                     run_id=run_id, gate=gate, decision=decision, approver=approver, channel="slack",
                     identity_verified=identity_verified, comment=comment, decided_at=now), now)
                 approval_id = approval.id
+                # The compare-and-set: one decision per run and gate, whichever replica asks.
+                claimed = session.execute(
+                    update(GateDecisionSlot)
+                    .where(GateDecisionSlot.run_id == run_id, GateDecisionSlot.gate == gate,
+                           GateDecisionSlot.flow_run_id == flow_run_id,
+                           GateDecisionSlot.approval_id.is_(None))
+                    .values(approval_id=approval_id))
+                if claimed.rowcount != 1:
+                    raise AlreadyDecided(f"{gate} of run {run_id} was already decided")
+            elif approval_id is not None:  # the decision never reached the run: free the gate
+                session.execute(update(GateDecisionSlot)
+                                .where(GateDecisionSlot.approval_id == approval_id)
+                                .values(approval_id=None))
             row = ApprovalAttempt(run_id=run_id, gate=gate, flow_run_id=flow_run_id, action=action,
                                   outcome=outcome, reason=reason, slack_user_id=slack_user_id,
                                   slack_user_name=slack_user_name, slack_team_id=slack_team_id,
@@ -251,6 +299,20 @@ class AuditStore:
                                   identity_verified=identity_verified, verified_by=verified_by,
                                   approval_id=approval_id, attempted_at=now)
             return chain.append(session, row, now)
+
+    def open_gate(self, run_id: str, gate: str, flow_run_id: str) -> None:
+        """Record the flow run that asks this gate (a resumed run asks it from a new one)."""
+        with self.transaction() as session:
+            slot = session.get(GateDecisionSlot, (run_id, gate))
+            if slot is None:
+                slot = GateDecisionSlot(run_id=run_id, gate=gate, flow_run_id=flow_run_id, opened_at=utcnow())
+            else:
+                slot.flow_run_id, slot.opened_at, slot.approval_id = flow_run_id, utcnow(), None
+            session.add(slot)
+
+    def gate_slot(self, run_id: str, gate: str) -> GateDecisionSlot | None:
+        with self.transaction() as session:
+            return session.get(GateDecisionSlot, (run_id, gate))
 
     def approval_attempts(self, run_id: str | None = None) -> list[ApprovalAttempt]:
         """Every recorded click (of one run, or all), oldest first."""
@@ -294,9 +356,94 @@ class AuditStore:
             return list(session.exec(query))
 
     def verify(self) -> chain.Verdict:
-        """Check the whole evidence chain (see baton/audit/chain.py)."""
+        """Check the whole evidence chain (see baton/audit/chain.py), its signed head, and that
+        each domain's `authority` row is the last epoch of its chained history."""
         with self.transaction() as session:
-            return chain.verify(session)
+            verdict = chain.verify(session)
+            if verdict.ok:
+                verdict.first_break = (_authority_disagreement(session) or _lock_disagreement(session)
+                                       or _decision_disagreement(session))
+            return verdict
+
+    def head(self) -> ChainHead:
+        """The chain's head (seq 0 and no hash when empty)."""
+        with self.transaction() as session:
+            return session.get(ChainHead, 1) or ChainHead(id=1, seq=0, hash=chain.GENESIS)
+
+    def last_epoch(self, domain: str) -> AuthorityEpoch | None:
+        with self.transaction() as session:
+            return session.exec(select(AuthorityEpoch).where(AuthorityEpoch.domain == domain)
+                                .order_by(AuthorityEpoch.epoch.desc()).limit(1)).first()
+
+    def chain_row(self, seq: int):
+        """The chained row at `seq`, or None."""
+        from baton.audit.models import CHAINED
+
+        with self.transaction() as session:
+            for table in CHAINED:
+                row = session.exec(select(table).where(table.seq == seq)).first()
+                if row is not None:
+                    return row
+        return None
+
+
+def _lock_disagreement(session: Session) -> chain.Break | None:
+    """The first run lock that the chained runs and their end events contradict: a run that
+    never ended holds its domain's lock until it ends or is unlocked (both chained events)."""
+    ended = {e.run_id for e in session.exec(select(RunEvent))
+             if e.kind in ("finished", "lock_released")}
+    runs = {r.id: r for r in session.exec(select(Run))}
+    locks = {lock.domain: lock for lock in session.exec(select(RunLock))}
+    for domain, lock in sorted(locks.items()):
+        if lock.run_id not in runs or lock.run_id in ended:
+            why = "is not in the chain" if lock.run_id not in runs else "has ended"
+            return chain.Break("run_locks", domain, 0,
+                               f"the lock on {domain!r} is held by run {lock.run_id}, which {why}")
+    for run in sorted(runs.values(), key=lambda r: r.seq):
+        lock = locks.get(run.domain)
+        if run.id not in ended and (lock is None or lock.run_id != run.id):
+            return chain.Break("run_locks", run.domain, run.seq,
+                               f"run {run.id} has not ended but does not hold the lock on {run.domain!r}: "
+                               "run_locks was edited")
+    return None
+
+
+def _decision_disagreement(session: Session) -> chain.Break | None:
+    """The first gate decision that does not point at a Slack approval of that run and gate."""
+    for slot in session.exec(select(GateDecisionSlot).where(GateDecisionSlot.approval_id.is_not(None))):
+        approval = session.get(Approval, slot.approval_id)
+        if approval is None or (approval.run_id, approval.gate, approval.channel) != (slot.run_id, slot.gate,
+                                                                                       "slack"):
+            return chain.Break("gate_decisions", f"{slot.run_id}/{slot.gate}", 0,
+                               f"the decision of {slot.gate} in run {slot.run_id} names approval "
+                               f"{slot.approval_id}, which is not a Slack decision of that gate")
+    return None
+
+
+AUTHORITY_COLUMNS = ("epoch", "owner", "state", "run_id", "changed_by")
+
+
+def _authority_disagreement(session: Session) -> chain.Break | None:
+    """The first domain whose `authority` row is not its last `authority_epochs` row."""
+    current = {r.domain: r for r in session.exec(select(AuthorityRecord))}
+    last: dict[str, AuthorityEpoch] = {}
+    for row in session.exec(select(AuthorityEpoch).order_by(AuthorityEpoch.epoch)):
+        last[row.domain] = row
+    for domain in sorted(set(current) | set(last)):
+        row, history = current.get(domain), last.get(domain)
+        if history is None:
+            return chain.Break("authority", domain, 0, f"domain {domain!r} has an authority row "
+                               f"(epoch {row.epoch}) but no authority_epochs history")
+        if row is None:
+            return chain.Break("authority", domain, history.seq, f"domain {domain!r} has no authority "
+                               f"row, but authority_epochs ends at epoch {history.epoch}")
+        differ = [f"{c} {getattr(row, c)!r} vs {getattr(history, c)!r}" for c in AUTHORITY_COLUMNS
+                  if getattr(row, c) != getattr(history, c)]
+        if differ:
+            return chain.Break("authority", domain, history.seq,
+                               f"the authority row of {domain!r} disagrees with the last authority_epochs "
+                               f"row (seq {history.seq}): {'; '.join(differ)}")
+    return None
 
 
 def rows_of(session: Session, table, run_id: str) -> list:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from baton.audit import AuditStore
+from baton.audit.anchor import Anchor, sign_anchor
 from baton.authority.control import CONTROL_TOPIC, ControlPublisher, ControlReader, publish
 from baton.authority.record import Authority, State
 from baton.authority.store import AuthorityStore
@@ -41,7 +42,13 @@ def initialize_authority(topology: Topology, *, changed_by: str | None = None,
     store = store or authority_store(topology)
     authority = store.initialize(topology.domain.name, topology.domain.initial_owner,
                                  lease_ttl=topology.thresholds.lease_ttl_seconds, changed_by=changed_by)
-    return ChangeResult(authority, publish(topology, authority))
+    return ChangeResult(authority, publish(topology, authority, anchor=chain_anchor(store.audit, authority)))
+
+
+def chain_anchor(audit: AuditStore, authority: Authority) -> Anchor:
+    """The chain's head now, signed, to publish beside this authority record."""
+    head = audit.head()
+    return sign_anchor(audit.chain_key, authority.domain, authority.epoch, head.seq, head.hash)
 
 
 def change_authority(topology: Topology, expected_epoch: int, new_owner: str, state: State | str, *,
@@ -59,4 +66,4 @@ def change_authority(topology: Topology, expected_epoch: int, new_owner: str, st
     authority = store.change(topology.domain.name, expected_epoch, new_owner, state,
                              lease_ttl=topology.thresholds.lease_ttl_seconds, run_id=run_id,
                              changed_by=changed_by, reason=reason)
-    return ChangeResult(authority, publish(topology, authority))
+    return ChangeResult(authority, publish(topology, authority, anchor=chain_anchor(store.audit, authority)))

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import typer
+
+# Before Prefect is imported: a temporary server the CLI starts in-process (no PREFECT_API_URL)
+# must not try to send telemetry (offline machines log "Failed to send telemetry").
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from baton.cli.approvals import approvals_app
 from baton.cli.audit import audit_app

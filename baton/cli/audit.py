@@ -21,22 +21,47 @@ def _store(config: str | None):
 
 @audit_app.command("verify")
 @handles_errors
-def audit_verify(config: ConfigOption = None, as_json: JsonOption = False) -> None:
-    """Check the hash chain; exit 1 naming the first edited, deleted or out-of-order row."""
-    verdict = _store(config).verify()
+def audit_verify(config: ConfigOption = None, as_json: JsonOption = False,
+                 offline: Annotated[bool, typer.Option(
+                     "--offline", help="skip the comparison with the regions' control topics")] = False,
+                 ) -> None:
+    """Check the hash chain, its signed head, the authority row against its history, and the
+    database against the chain anchors in every region's control topic; exit 1 naming what
+    disagrees."""
+    from baton.settings import load_topology
+
+    topology = load_topology(config)
+    store = _store(config)
+    verdict = store.verify()
     problem = verdict.first_break
+    problems, notes = [], []
+    if not offline:
+        from baton.authority.control import anchor_problems
+
+        problems, notes = anchor_problems(topology, store, timeout=3)
+    if store.chain_key is None:
+        notes.append("no chain key configured (audit.chain_key or BATON_AUDIT__CHAIN_KEY): the chain "
+                     "head's signature was not checked")
+    ok = problem is None and not problems
     if as_json:
         print(json.dumps({
-            "ok": verdict.ok, "rows": verdict.rows, "head_seq": verdict.head_seq,
+            "ok": ok, "rows": verdict.rows, "head_seq": verdict.head_seq, "signed": verdict.signed,
             "first_bad_row": None if problem is None else {
                 "table": problem.table, "id": problem.row_id, "seq": problem.seq,
                 "problem": problem.problem},
+            "control_topics": {"problems": problems, "notes": notes},
         }))
-    elif problem is None:
-        out.print(f"audit chain intact: {verdict.rows} rows, head seq {verdict.head_seq}")
     else:
-        err.print(f"[red]audit chain broken[/red] at {problem}", highlight=False)
-    if problem is not None:
+        if problem is None:
+            out.print(f"audit chain intact: {verdict.rows} rows, head seq {verdict.head_seq}"
+                      + (", head signature valid" if verdict.signed else ""), highlight=False)
+        else:
+            err.print(f"[red]audit chain broken[/red] at {problem}", highlight=False)
+        for line in problems:
+            err.print(f"[red]disagrees with the control topics[/red]: {line}", highlight=False)
+        for line in notes:
+            out.print(f"  note: {line}", highlight=False)
+    if not ok:
         raise typer.Exit(1)
 
 

@@ -10,7 +10,8 @@ import typer
 from baton.cli.common import ConfigOption, JsonOption, UsageError, err, handles_errors, out
 
 PlanOption = Annotated[bool, typer.Option("--plan", help="print the steps and measurements; change nothing")]
-YesOption = Annotated[bool, typer.Option("--yes", help="answer every gate from the CLI (lab and tests)")]
+YesOption = Annotated[bool, typer.Option(
+    "--yes", help="answer every gate from the CLI: the lab only, or gates in approvals.auto_approve_gates")]
 ResumeOption = Annotated[str | None, typer.Option("--resume", help="continue a crashed run by its run id")]
 OverrideOption = Annotated[str, typer.Option("--override-lag", help="proceed despite lag, for this reason")]
 
@@ -38,6 +39,16 @@ def _print_summary(summary: dict, as_json: bool) -> None:
         out.print(f"  {step['name']:28} {step['status']:10} {step['seconds']:7.2f} s")
 
 
+def _check_auto_approve(topology, runbook) -> None:
+    """--yes follows the topology's policy; refused (exit 2) before Prefect starts."""
+    from baton.approvals.policy import auto_approve_refusal
+    from runbooks.model import Kind
+
+    refusal = auto_approve_refusal(topology, [s.name for s in runbook.steps if s.kind is Kind.GATE])
+    if refusal:
+        raise UsageError(f"--yes: {refusal}")
+
+
 def _run_flow(flow, as_json: bool, **parameters) -> None:
     # A failed run raises its BatonError (exit 1); `baton runs` and `baton report` show its evidence.
     _print_summary(flow(**parameters), as_json)
@@ -59,7 +70,9 @@ def failover(config: ConfigOption = None, plan: PlanOption = False,
 
         _print_plan(make_plan(load_topology(config), FAILOVER, unplanned=unplanned), as_json)
         return
-    load_topology(config)  # a bad file fails here, before Prefect starts
+    topology = load_topology(config)  # a bad file fails here, before Prefect starts
+    if yes:
+        _check_auto_approve(topology, FAILOVER)
     config = str(resolve_config_path(config))  # the flow run's parameters name the file used
     from flows.failover import failover as flow
 
@@ -86,7 +99,9 @@ def failback(config: ConfigOption = None, plan: PlanOption = False,
 
         _print_plan(make_plan(load_topology(config), FAILBACK), as_json)
         return
-    load_topology(config)
+    topology = load_topology(config)
+    if yes:
+        _check_auto_approve(topology, FAILBACK)
     config = str(resolve_config_path(config))
     from flows.failback import failback as flow
 

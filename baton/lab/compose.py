@@ -121,7 +121,8 @@ def compose_document() -> dict:
         "image": "prefecthq/prefect:3-python3.11",
         "command": ["prefect", "server", "start", "--host", "0.0.0.0"],
         "environment": {"PREFECT_API_DATABASE_CONNECTION_URL":
-                        "postgresql+asyncpg://baton:baton@postgres:5432/prefect"},
+                        "postgresql+asyncpg://baton:baton@postgres:5432/prefect",
+                        "PREFECT_SERVER_ANALYTICS_ENABLED": "false"},
         "depends_on": ["postgres"],
         "ports": ["4200:4200"],
     }

@@ -292,3 +292,10 @@ class Lab:
             self._wait(f"{target} broker", lambda: self._region_up(target, topology), 90, process)
             return f"{target} broker restarted with its data (pid {process.pid()})"
         raise LabError(f"unknown fault {action!r}; use kill|hang|resume|restart")
+
+
+def is_lab_topology(topology: Topology) -> bool:
+    """The topology points at this machine's lab brokers (the same bootstrap servers)."""
+    lab = Lab().topology()[0]
+    return set(topology.regions) == set(lab.regions) and all(
+        topology.regions[r].bootstrap_servers == lab.regions[r].bootstrap_servers for r in lab.regions)

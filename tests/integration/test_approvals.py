@@ -145,7 +145,8 @@ def test_slack_clicks_approve_then_reject_a_real_failover(approvals_domain, slac
         assert request["channel"] == CHANNEL
         evidence = next(b for b in request["blocks"] if b.get("block_id") == BlockId.EVIDENCE)["text"]["text"]
         for expected in ("*Runbook*: failover", f"*Domain*: {t.domain.name}", "*Gate*: approve-failover",
-                         f"*Started by*: {default_actor()}", "*Planned authority change*: east -> west",
+                         f"*Started by*: {default_actor()}",
+                         "*Planned authority change*: east -&gt; west",  # mrkdwn-escaped
                          "*Lag*: "):
             assert expected in evidence
         assert f"/runs/flow-run/{flow_run}" in json.dumps(request["blocks"])

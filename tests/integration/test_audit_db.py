@@ -76,9 +76,13 @@ def test_a_run_is_recorded_and_shown_with_its_evidence(audit_url, tmp_path):
     run_id = a_finished_run(store)
     config = topology_file(tmp_path, audit_url)
 
-    verified = cli("audit", "verify", "--config", config, "--json")
+    verified = cli("audit", "verify", "--config", config, "--json", "--offline")
     assert verified.exit_code == 0, verified.output
-    assert json.loads(verified.output) == {"ok": True, "rows": 6, "head_seq": 6, "first_bad_row": None}
+    assert json.loads(verified.output) == {
+        "ok": True, "rows": 6, "head_seq": 6, "first_bad_row": None, "signed": False,
+        "control_topics": {"problems": [], "notes": [
+            "no chain key configured (audit.chain_key or BATON_AUDIT__CHAIN_KEY): the chain head's "
+            "signature was not checked"]}}
 
     shown = cli("audit", "show", run_id, "--config", config, "--json")
     assert shown.exit_code == 0, shown.output
@@ -154,14 +158,14 @@ def test_verify_names_the_first_bad_row_after_tampering(audit_url, tmp_path, tam
     store = AuditStore(audit_url)
     a_finished_run(store)
     config = topology_file(tmp_path, audit_url)
-    assert cli("audit", "verify", "--config", config).exit_code == 0
+    assert cli("audit", "verify", "--config", config, "--offline").exit_code == 0
 
     expected = tamper(audit_url)
 
-    result = cli("audit", "verify", "--config", config)
+    result = cli("audit", "verify", "--config", config, "--offline")
     assert result.exit_code == 1
     assert expected in " ".join(result.output.split())
-    as_json = json.loads(cli("audit", "verify", "--config", config, "--json").output)
+    as_json = json.loads(cli("audit", "verify", "--config", config, "--json", "--offline").output)
     assert as_json["ok"] is False
     assert f"{as_json['first_bad_row']['table']} row {as_json['first_bad_row']['id']}" in expected
 
@@ -211,7 +215,7 @@ def test_cli_unlock_releases_a_crashed_runs_lock(audit_url, tmp_path):
 
 def test_unreachable_postgres_is_a_clear_error(tmp_path):
     config = topology_file(tmp_path, "postgresql+psycopg://nobody@127.0.0.1:1/audit")
-    result = cli("audit", "verify", "--config", config)
+    result = cli("audit", "verify", "--config", config, "--offline")
     assert result.exit_code == 1
     assert "cannot open the audit database" in result.output
     assert "Check audit.database_url" in " ".join(result.output.split())
@@ -226,7 +230,7 @@ def test_migrations_build_exactly_the_models_schema(audit_url):
     store = AuditStore(audit_url)
     with store.engine.connect() as connection:
         assert compare_metadata(MigrationContext.configure(connection), SQLModel.metadata) == []
-        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0002"
+        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0003"
 
 
 def test_concurrent_writers_keep_one_dense_chain(audit_url):

@@ -49,7 +49,7 @@ def test_drill_deployment_runs_on_a_worker_and_gates_are_answered_through_the_ap
     assert registered["drill"]["cron"] == "0 9 1 * *"
     drill = read(lambda c: c.read_deployment_by_name("drill/drill"))
     assert {"config", "auto_approve", "divergent_policy"} <= set(drill.parameter_openapi_schema["properties"])
-    assert [s.schedule.cron for s in drill.schedules] == ["0 9 1 * *"]
+    assert [(s.schedule.cron, s.schedule.timezone) for s in drill.schedules] == [("0 9 1 * *", "UTC")]
     failover = read(lambda c: c.read_deployment_by_name("failover/failover"))
     assert {"unplanned", "reason", "override_lag"} <= set(failover.parameter_openapi_schema["properties"])
 
@@ -91,7 +91,7 @@ def test_drill_deployment_runs_on_a_worker_and_gates_are_answered_through_the_ap
     for summary in runs:
         view = store.run(summary.id)
         assert view.status == "succeeded" and view.run.trigger == "deployment"
-        assert view.run.started_by == "drill-bot"
+        assert view.run.started_by == "unverified: drill-bot"  # typed in a deployment form
         assert {(a.approver, a.channel) for a in view.approvals} == {("alice", "prefect-ui"),
                                                                      ("bob", "prefect-ui")}
         assert view.steps[-1].name == "reconcile" and view.steps[-1].status == "succeeded"
