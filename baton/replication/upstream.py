@@ -55,8 +55,7 @@ def translate_to_upstream(topology: Topology, *, mirror_region: str, upstream_re
         entries.append(entry)
         mirror_end = mirror_marks[(topic, partition)].end
         if offset >= mirror_end:
-            entry.translated_offset = upstream_marks[(upstream, partition)].end
-            entry.method = "end"
+            entry.resolve(upstream_marks[(upstream, partition)].end, "end")
             entry.note = "consumed the whole mirror: resumes after the upstream's divergent tail"
             continue
         candidates = [h for h in hints.get((upstream, partition), []) if h.downstream_offset <= offset]
@@ -78,9 +77,9 @@ def translate_to_upstream(topology: Topology, *, mirror_region: str, upstream_re
             # The upstream may continue past the run (unreplicated records): never "complete".
             match = match_run(run, False, window, high >= upstream_marks[upstream_tp].end, False)
             if match.status == "exact":
-                entry.translated_offset = match.offset
+                entry.resolve(match.offset)
             else:
-                entry.status = match.status
-                entry.note = (f"mirror record {start} not located in {upstream_tp[0]}[{upstream_tp[1]}] "
-                              f"{low}..{high} ({len(match.candidates)} candidates)")
+                entry.refuse(match.status, f"mirror record {start} not located in "
+                             f"{upstream_tp[0]}[{upstream_tp[1]}] {low}..{high} "
+                             f"(candidates {match.candidates[:10]})")
     return entries

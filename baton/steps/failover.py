@@ -313,10 +313,8 @@ def translate_consumer_offsets(ctx: RunContext) -> dict:
                                             upstream_region=ctx.new_owner, groups=groups, pairs=upstream)
     evidence["translation"] = report.as_dict()
     evidence["method"] = method
-    unusable = [f"{e.group} {e.topic}[{e.partition}]: {e.status} {e.note}".strip()
-                for e in report.entries if not e.usable]
-    if unusable:
-        raise StepFailed("no trustworthy translation for: " + "; ".join(unusable)
+    if report.untranslated:
+        raise StepFailed("refusing to switch: not translated: " + report.refusal_text()
                          + ". Nothing was applied.")
     # In a failback the returning region's offsets date from before the failover; the current
     # owner's positions are the truth even where they are lower (records re-delivered after an

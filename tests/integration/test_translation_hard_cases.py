@@ -1,0 +1,166 @@
+"""Translation hard cases on the real lab: every answer is an offset that is right, or a named refusal.
+
+The offset-syncs conditions are built on the real MM2 topic: compaction is reproduced by
+deleting every sync and writing back only the newest one per partition (what log compaction
+of `mm2-offset-syncs.west.internal`, keyed by topic-partition, leaves).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+
+import pytest
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
+from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
+
+from baton.kafka.admin import admin_client
+from baton.kafka.reading import committed_offsets
+from baton.replication import engine_for
+from baton.replication.currency import verify_currency
+from baton.replication.mm2.records import OffsetSync, encode_offset_sync
+from baton.replication.translation import translate_offsets
+from tests.conftest import wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def produce(topology, topic, rows, region="east"):
+    """rows: (partition, value[, key[, timestamp_ms]]); batched so 150k records take seconds."""
+    producer = Producer(topology.regions[region].client_config("producer") | {
+        "linger.ms": 50, "batch.num.messages": 10000, "queue.buffering.max.messages": 500000,
+        "compression.type": "lz4"})
+    for row in rows:
+        partition, value, *rest = row
+        key = rest[0] if rest else None
+        kwargs = {"timestamp": rest[1]} if len(rest) > 1 else {}
+        while True:
+            try:
+                producer.produce(topic, value=value, key=key, partition=partition, **kwargs)
+                break
+            except BufferError:
+                producer.poll(0.1)
+    assert producer.flush(60) == 0
+
+
+def commit(topology, region, group, offsets):
+    admin = admin_client(topology.regions[region])
+    partitions = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+    admin.alter_consumer_group_offsets([ConsumerGroupTopicPartitions(group, partitions)])[group].result()
+
+
+def value_at(topology, region, topic, partition, offset):
+    """The value of the first data record at or after `offset`."""
+    consumer = Consumer(topology.regions[region].client_config("admin") | {
+        "group.id": "baton-test-reader", "enable.auto.commit": False})
+    try:
+        consumer.assign([TopicPartition(topic, partition, offset)])
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is not None and not message.error():
+                return message.offset(), message.value()
+        raise AssertionError(f"no record at {topic}[{partition}] {offset} on {region}")
+    finally:
+        consumer.close()
+
+
+def wait_mirrored(topology, topic, timeout=180):
+    def current():
+        try:
+            return verify_currency(topology, topics=[topic]).current
+        except Exception:  # the mirror may not exist yet
+            return False
+    wait_until(current, timeout, f"{topic} to be mirrored and current", interval=2)
+
+
+def compact_offset_syncs(topology):
+    """Leave only the newest offset sync of every partition, as log compaction of the topic would."""
+    engine = engine_for(topology)
+    region, syncs_topic = engine.internal_topics("east", "west")["offset-syncs"]
+    admin = admin_client(topology.regions[region])
+    newest = {tp: found[-1] for tp, found in engine.offset_hints("east", "west").items.items()}
+
+    def policy(value):
+        resource = ConfigResource(ResourceType.TOPIC, syncs_topic, incremental_configs=[
+            ConfigEntry("cleanup.policy", value, incremental_operation=AlterConfigOpType.SET)])
+        for future in admin.incremental_alter_configs([resource]).values():
+            future.result()
+
+    consumer = Consumer(topology.regions[region].client_config("admin") | {"group.id": "baton-test-reader"})
+    try:
+        end = consumer.get_watermark_offsets(TopicPartition(syncs_topic, 0), timeout=10)[1]
+    finally:
+        consumer.close()
+    policy("compact,delete")  # DeleteRecords needs the delete policy
+    try:
+        for future in admin.delete_records([TopicPartition(syncs_topic, 0, end)]).values():
+            future.result()
+    finally:
+        policy("compact")
+    producer = Producer(topology.regions[region].client_config("admin"))
+    for hint in newest.values():
+        key, value = encode_offset_sync(OffsetSync(hint.topic, hint.partition, hint.upstream_offset,
+                                                   hint.downstream_offset))
+        producer.produce(syncs_topic, key=key, value=value, partition=0)
+    assert producer.flush(30) == 0
+
+
+def baton_cli(lab, *args):
+    env = os.environ | {"BATON_CONFIG": str(lab.topology_file)}
+    baton = os.path.join(os.path.dirname(os.sys.executable), "baton")
+    return subprocess.run([baton, *args], capture_output=True, text=True, env=env, timeout=180)
+
+
+def test_large_partition_with_compacted_offset_syncs_never_answers_null_ok(topology, lab, new_topic,
+                                                                          new_group):
+    """Issue item 1: 150k records, only the newest sync left; every entry is right or refused."""
+    topic = new_topic(2)
+    size, same_time = 150_000, int(time.time() * 1000) - 3_600_000
+    produce(topology, topic, [(0, b"r-%d" % i) for i in range(size)]
+            + [(1, b"same", b"k", same_time)] * 6000)  # identical, longer than the longest run
+    wait_mirrored(topology, topic)
+    engine = engine_for(topology)
+    # MM2 writes the last record's sync at its next offset commit (a "delayed" sync).
+    wait_until(lambda: engine.offset_hints("east", "west").items[(topic, 0)][-1].upstream_offset == size - 1,
+               60, "MM2's sync of the last record")
+    compact_offset_syncs(topology)
+    hints = engine.offset_hints("east", "west").items
+    assert [h.upstream_offset for h in hints.get((topic, 0), [])] == [size - 1]  # measured precondition
+
+    positions = [10, 19_999, 25_000, 75_000, 102_514, 120_001, 149_995]
+    groups = {}
+    for offset in positions:
+        groups[offset] = new_group()
+        commit(topology, "east", groups[offset], {(topic, 0): offset})
+    stuck = new_group()
+    commit(topology, "east", stuck, {(topic, 1): 100})
+
+    report = translate_offsets(topology, groups=[*groups.values(), stuck], topics=[topic])
+    by_group = {(e.group, e.partition): e for e in report.entries}
+    assert len(report.entries) == len(positions) + 1  # one entry per requested group-partition
+    for offset, group in groups.items():
+        entry = by_group[(group, 0)]
+        assert entry.status == "ok" and entry.translated_offset is not None, entry
+        assert value_at(topology, "west", entry.mirror_topic, 0, entry.translated_offset)[1] == \
+            value_at(topology, "east", topic, 0, offset)[1]
+    refused = by_group[(stuck, 1)]
+    assert refused.translated_offset is None and refused.status == "ambiguous", refused
+    assert "matches mirror offsets" in refused.note
+    assert report.as_dict()["untranslated"] == [refused.where()]
+
+    good = baton_cli(lab, "offsets", "translate", "-g", groups[75_000], "-t", topic, "--json")
+    assert good.returncode == 0, good.stderr
+    assert json.loads(good.stdout)["entries"][0]["translated_offset"] is not None
+    bad = baton_cli(lab, "offsets", "translate", "-g", stuck, "-t", topic, "--json")
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    entry = json.loads(bad.stdout)["entries"][0]
+    assert (entry["status"], entry["translated_offset"]) == ("ambiguous", None)
+    apply = baton_cli(lab, "offsets", "translate", "-g", stuck, "-t", topic, "--apply")
+    assert apply.returncode == 1
+    message = " ".join(apply.stderr.split())
+    assert f"east.{topic}[1] ambiguous" in message and "(ok)" not in message, message
+    west = admin_client(topology.regions["west"])
+    assert committed_offsets(west, stuck, "west") == {}  # nothing was written
