@@ -17,7 +17,7 @@ from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, To
 from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 
 from baton.kafka.admin import admin_client
-from baton.kafka.reading import committed_offsets
+from baton.kafka.reading import committed_offsets, watermarks
 from baton.replication import engine_for
 from baton.replication.currency import verify_currency
 from baton.replication.mm2.records import OffsetSync, encode_offset_sync
@@ -164,3 +164,42 @@ def test_large_partition_with_compacted_offset_syncs_never_answers_null_ok(topol
     assert f"east.{topic}[1] ambiguous" in message and "(ok)" not in message, message
     west = admin_client(topology.regions["west"])
     assert committed_offsets(west, stuck, "west") == {}  # nothing was written
+
+
+def remaining_duplicates(topology, entry):
+    """Records the group would see again from the translated position: mirror rest - owner rest."""
+    owner_tp, mirror_tp = (entry.topic, entry.partition), (entry.mirror_topic, entry.partition)
+    owner_end = watermarks(admin_client(topology.regions["east"]), [owner_tp], "east")[owner_tp].end
+    mirror_end = watermarks(admin_client(topology.regions["west"]), [mirror_tp], "west")[mirror_tp].end
+    return (mirror_end - entry.translated_offset) - (owner_end - entry.owner_offset)
+
+
+def test_republished_identical_records_are_never_matched_to_the_first_copy(topology, new_topic, new_group):
+    """Issue item 6: 100 records, 25,000 filler, the same 100 again; group 10 into the second copy."""
+    topic, group = new_topic(1), new_group()
+    old = int(time.time() * 1000) - 2 * 86_400_000  # a re-publish job keeps the event timestamps
+    batch = [(0, b"v-%d" % i, b"k-%d" % i, old + i) for i in range(100)]
+    filler = [(0, b"f-%d" % i) for i in range(25_000)]
+    produce(topology, topic, batch + filler + batch + [(0, b"tail-%d" % i) for i in range(50)])
+    second_copy = 100 + 25_000
+    committed = second_copy + 10
+    wait_mirrored(topology, topic)
+    owner = admin_client(topology.regions["east"])
+    # retention moved the owner's log start to the group's position
+    for future in owner.delete_records([TopicPartition(topic, 0, committed)]).values():
+        future.result()
+    commit(topology, "east", group, {(topic, 0): committed})
+    hints = engine_for(topology).offset_hints("east", "west").items[(topic, 0)]
+    assert max(h.upstream_offset for h in hints if h.upstream_offset <= committed) < committed
+
+    entry = translate_offsets(topology, groups=[group], topics=[topic]).entries[0]
+    assert entry.status == "ok", entry
+    assert remaining_duplicates(topology, entry) == 0, entry
+
+    compact_offset_syncs(topology)  # now the newest sync at or below the commit is gone as well
+    left = engine_for(topology).offset_hints("east", "west").items[(topic, 0)]
+    assert all(h.upstream_offset > committed for h in left)
+    entry = translate_offsets(topology, groups=[group], topics=[topic]).entries[0]
+    assert entry.usable or entry.status == "ambiguous", entry
+    if entry.usable:
+        assert remaining_duplicates(topology, entry) == 0, entry
