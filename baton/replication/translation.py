@@ -194,6 +194,11 @@ def _exact(scope: Scope, groups: list[str], lag: LagReport, hint_kind: str) -> l
                 entry.refuse("unknown-position", "replicated position unknown: " + part.note)
                 entry.missing = None
                 continue
+            if offset > part.compared_end:
+                entry.refuse("open-transaction", f"committed offset {offset} is inside a transaction still "
+                             f"open on the owner (offsets {part.compared_end}..{part.owner_end - 1}); its "
+                             "records may yet abort: translate after it commits or aborts")
+                continue
             next_offset = max(offset, part.owner_start)
             if next_offset > offset:
                 entry.note = (f"committed offset {offset} is below the owner's log start {part.owner_start}"

@@ -20,6 +20,7 @@ from baton.kafka.admin import admin_client
 from baton.kafka.reading import committed_offsets, watermarks
 from baton.replication import engine_for
 from baton.replication.currency import verify_currency
+from baton.replication.lag import measure_lag
 from baton.replication.mm2.records import OffsetSync, encode_offset_sync
 from baton.replication.translation import translate_offsets
 from tests.conftest import wait_until
@@ -203,3 +204,80 @@ def test_republished_identical_records_are_never_matched_to_the_first_copy(topol
     assert entry.usable or entry.status == "ambiguous", entry
     if entry.usable:
         assert remaining_duplicates(topology, entry) == 0, entry
+
+
+def read_values(topology, region, topic, partition, committed_only=True):
+    """Every value of a partition, as a read_committed (or read_uncommitted) consumer sees it."""
+    consumer = Consumer(topology.regions[region].client_config("admin") | {
+        "group.id": "baton-test-reader", "enable.auto.commit": False, "enable.partition.eof": True,
+        "isolation.level": "read_committed" if committed_only else "read_uncommitted"})
+    try:
+        consumer.assign([TopicPartition(topic, partition, 0)])
+        values, deadline = [], time.monotonic() + 30
+        while time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is None:
+                continue
+            if message.error():
+                break  # partition EOF
+            values.append(message.value())
+        return values
+    finally:
+        consumer.close()
+
+
+def test_transactions_markers_aborted_and_open(topology, new_topic, new_group):
+    """Issue items 2-3: currency ignores markers, aborted records are not mirrored, translation
+    at a marker or inside an aborted transaction lands on the next committed record."""
+    engine_for(topology).start("east", "west")  # the connectors as this code configures them
+    topic = new_topic(1)
+    producer = Producer(topology.regions["east"].client_config("admin") | {"transactional.id": f"tx-{topic}"})
+    producer.init_transactions(30)
+
+    def transaction(prefix, count, commit_it=True):
+        producer.begin_transaction()
+        for i in range(count):
+            producer.produce(topic, value=b"%s-%d" % (prefix, i), partition=0)
+        producer.flush(30)
+        if commit_it:
+            producer.commit_transaction(30)
+        elif commit_it is False:
+            producer.abort_transaction(30)
+
+    transaction(b"c1", 10)  # offsets 0..9, commit marker 10
+    transaction(b"a1", 10, False)  # 11..20 aborted, abort marker 21
+    transaction(b"c2", 5)  # 22..26, commit marker 27 (the owner's last offset)
+    wait_mirrored(topology, topic, timeout=60)
+    mirror = f"east.{topic}"
+    assert read_values(topology, "west", mirror, 0, committed_only=False) == \
+        read_values(topology, "east", topic, 0)  # no aborted record reached the mirror
+    lag = measure_lag(topology, topics=[topic]).partitions[0]
+    assert (lag.missing_records, lag.owner_end) == (0, 28) and "markers" in lag.note, lag
+
+    groups = {offset: new_group() for offset in (10, 15, 21, 27)}
+    for offset, group in groups.items():
+        commit(topology, "east", group, {(topic, 0): offset})
+    report = translate_offsets(topology, groups=list(groups.values()), topics=[topic])
+    assert not report.untranslated, report.refusal_text()
+    mirror_end = lag.mirror_end
+    for entry in report.entries:
+        if entry.owner_offset == 27:  # nothing left to consume on the owner
+            assert entry.translated_offset == mirror_end
+            continue
+        assert value_at(topology, "west", mirror, 0, entry.translated_offset)[1] == \
+            value_at(topology, "east", topic, 0, entry.owner_offset)[1], entry
+
+    transaction(b"open", 5, None)  # offsets 28..32 stay in an open transaction
+    try:
+        inside = new_group()
+        commit(topology, "east", inside, {(topic, 0): 30})
+        started = time.monotonic()
+        lag = measure_lag(topology, topics=[topic]).partitions[0]
+        assert lag.current and lag.owner_stable_end == 28 and "open transaction" in lag.note, lag
+        report = translate_offsets(topology, groups=[groups[15], inside], topics=[topic])
+        assert time.monotonic() - started < 30
+        by_group = {e.group: e for e in report.entries}
+        assert by_group[groups[15]].usable
+        assert by_group[inside].status == "open-transaction" and "28..32" in by_group[inside].note
+    finally:
+        producer.abort_transaction(30)
