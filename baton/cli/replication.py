@@ -109,6 +109,7 @@ def _print_translation(report, applied) -> None:
                   f"{e.translated_offset} {e.method} {e.status} dup<={e.duplicates_bound} "
                   f"missing={e.missing}" + (f" ({e.note})" if e.note else ""), highlight=False)
     for a in applied or []:
-        out.print(f"applied {a.group} on {report.secondary}: {a.committed} (read back)", highlight=False)
+        out.print(f"applied {a.group} on {report.secondary}: {a.committed} (read back)"
+                  + (f"; deleted {a.deleted} (no commit on the owner)" if a.deleted else ""), highlight=False)
     if report.untranslated:
         out.print(f"NOT translated: {', '.join(e.where() for e in report.untranslated)}", highlight=False)

@@ -63,7 +63,7 @@ class Translation:
     partition: int
     owner_offset: int | None  # the group's committed offset on the owner
     translated_offset: int | None  # where it resumes on the secondary
-    method: str  # exact | checkpoint | end | delete
+    method: str  # exact | checkpoint | end
     status: str = "pending"  # ok | pending (not decided yet) | one of REFUSALS
     duplicates_bound: int | None = 0  # records the group may see again from there
     missing: int | None = 0  # records the group has not processed that the secondary lacks
@@ -73,7 +73,7 @@ class Translation:
         if name in ("status", "translated_offset") and "translated_offset" in self.__dict__:
             status = value if name == "status" else self.__dict__.get("status")
             offset = value if name == "translated_offset" else self.translated_offset
-            if status == "ok" and offset is None and self.method != "delete":
+            if status == "ok" and offset is None:
                 raise ValueError(f"{self.group} {self.topic}[{self.partition}]: status ok needs an offset")
             if status not in (None, "ok", "pending", *REFUSALS):
                 raise ValueError(f"unknown translation status {status!r}")
@@ -97,7 +97,7 @@ class Translation:
 
     @property
     def usable(self) -> bool:
-        return self.status == "ok" and (self.translated_offset is not None or self.method == "delete")
+        return self.status == "ok" and self.translated_offset is not None
 
     def where(self) -> str:
         return f"{self.group} {self.mirror_topic}[{self.partition}]"
@@ -111,6 +111,8 @@ class TranslationReport:
     entries: list[Translation]
     problems: list[str] = field(default_factory=list)
     lag: LagReport | None = None
+    # group -> mirror partitions where the owner holds no commit (the secondary must hold none)
+    no_commit_on_owner: dict[str, list[Partition]] = field(default_factory=dict)
 
     @property
     def untranslated(self) -> list[Translation]:
@@ -127,6 +129,8 @@ class TranslationReport:
             "owner": self.owner, "secondary": self.secondary, "owner_reachable": self.owner_reachable,
             "currency": self.lag.statement() if self.lag else None, "problems": self.problems,
             "translated": not self.untranslated,
+            "no_commit_on_owner": {group: [f"{t}[{p}]" for t, p in partitions]
+                                   for group, partitions in self.no_commit_on_owner.items()},
             "untranslated": [e.where() for e in self.untranslated],
             "entries": [asdict(e) for e in self.entries],
         }
@@ -157,7 +161,10 @@ def translate_offsets(topology: Topology, *, groups: list[str] | None = None,
     problems.extend(lag.problems)
     exact = _exact(scope, groups, lag, hint)
     entries = _by_checkpoints(scope, groups, exact, problems) if method == "checkpoint" else exact
-    return TranslationReport(scope.owner, scope.secondary, True, entries, problems, lag)
+    translated = {(e.group, e.topic, e.partition) for e in exact}
+    absent = {g: [scope.mirror_of(tp) for tp in scope.pairs() if (g, *tp) not in translated] for g in groups}
+    return TranslationReport(scope.owner, scope.secondary, True, entries, problems, lag,
+                             {g: tps for g, tps in absent.items() if tps})
 
 
 def _committed(scope: Scope, groups: list[str]) -> dict[str, dict[Partition, int]]:
@@ -434,6 +441,8 @@ class Applied:
     group: str
     committed: dict[str, int]  # "topic[partition]" -> offset read back
     previous: dict[str, int]
+    # "topic[partition]" -> the offset deleted: no commit on the owner, so none on the secondary
+    deleted: dict[str, int] = field(default_factory=dict)
 
 
 def apply_translation(topology: Topology, report: TranslationReport, *, force: bool = False,
@@ -487,12 +496,32 @@ def apply_translation(topology: Topology, report: TranslationReport, *, force: b
         failed = [f"{tp.topic}[{tp.partition}]: {tp.error}" for tp in answer.topic_partitions if tp.error]
         if failed:
             raise StepFailed(f"group {group!r} on region {region!r}: {', '.join(failed)}")
+        stale = {tp: previous[group][tp] for tp in report.no_commit_on_owner.get(group, [])
+                 if tp in previous[group]}
+        _delete_offsets(admin, group, region, list(stale), timeout)
         read_back = committed_offsets(admin, group, region, timeout)
         wrong = [f"{t}[{p}] wanted {o} read {read_back.get((t, p))}" for (t, p), o in plan.items()
                  if read_back.get((t, p)) != o]
+        wrong += [f"{t}[{p}] wanted no commit, read {read_back[(t, p)]}" for t, p in stale
+                  if (t, p) in read_back]
         if wrong:
             raise StepFailed(f"group {group!r} on region {region!r}: read-back differs: {', '.join(wrong)}")
         results.append(Applied(group, {f"{t}[{p}]": o for (t, p), o in plan.items()},
-                               {f"{t}[{p}]": o for (t, p), o in previous[group].items()}))
+                               {f"{t}[{p}]": o for (t, p), o in previous[group].items()},
+                               {f"{t}[{p}]": o for (t, p), o in stale.items()}))
     return results
+
+
+def _delete_offsets(admin, group: str, region: str, partitions: list[Partition], timeout: float) -> None:
+    """Delete a group's commits: on the owner it has none there, so it follows its reset policy."""
+    if not partitions:
+        return
+    request = [ConsumerGroupTopicPartitions(group, [TopicPartition(t, p) for t, p in partitions])]
+    try:
+        answer = admin.delete_consumer_group_offsets(request, request_timeout=timeout)[group].result()
+    except KafkaException as e:
+        raise StepFailed(f"deleting offsets of group {group!r} on region {region!r} failed: {e}") from e
+    failed = [f"{tp.topic}[{tp.partition}]: {tp.error}" for tp in answer.topic_partitions if tp.error]
+    if failed:
+        raise StepFailed(f"deleting offsets of group {group!r} on region {region!r}: {', '.join(failed)}")
 

@@ -322,8 +322,8 @@ def translate_consumer_offsets(ctx: RunContext) -> dict:
     force = ctx.runbook == "failback"
     evidence["force_backwards"] = force
     applied = apply_translation(topology, report, force=force)
-    evidence["applied"] = [{"group": a.group, "committed": a.committed, "previous": a.previous}
-                           for a in applied]
+    evidence["applied"] = [{"group": a.group, "committed": a.committed, "previous": a.previous,
+                            "deleted_no_commit_on_owner": a.deleted} for a in applied]
     ctx.state["applied_offsets"] = {a.group: a.committed for a in applied}
     evidence["summary"] = {
         "groups": len(applied), "partitions": len(report.entries),

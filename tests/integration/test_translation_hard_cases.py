@@ -281,3 +281,23 @@ def test_transactions_markers_aborted_and_open(topology, new_topic, new_group):
         assert by_group[inside].status == "open-transaction" and "28..32" in by_group[inside].note
     finally:
         producer.abort_transaction(30)
+
+
+def test_apply_deletes_a_stale_commit_where_the_owner_has_none(topology, lab, new_topic, new_group):
+    """Issue item 4: no commit on the owner for a partition -> no commit on the secondary after --apply."""
+    topic, group = new_topic(2), new_group()
+    produce(topology, topic, [(p, b"v-%d-%d" % (p, i)) for p in (0, 1) for i in range(20)])
+    wait_mirrored(topology, topic)
+    commit(topology, "east", group, {(topic, 0): 12})
+    mirror = f"east.{topic}"
+    commit(topology, "west", group, {(mirror, 0): 3, (mirror, 1): 7})  # an older, stale position
+
+    run = baton_cli(lab, "offsets", "translate", "-g", group, "-t", topic, "--apply", "--json")
+    assert run.returncode == 0, run.stderr
+    applied = json.loads(run.stdout)["applied"][0]
+    assert applied["deleted"] == {f"{mirror}[1]": 7}
+    west = committed_offsets(admin_client(topology.regions["west"]), group, "west")
+    assert west == {(mirror, 0): 12}
+    # on the secondary it now starts partition 1 by its reset policy, exactly as on the owner
+    assert (mirror, 1) not in west and (topic, 1) not in committed_offsets(
+        admin_client(topology.regions["east"]), group, "east")
