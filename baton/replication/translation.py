@@ -487,20 +487,17 @@ def apply_translation(topology: Topology, report: TranslationReport, *, force: b
         raise StepFailed("nothing was written: " + "; ".join(refusals))
     results = []
     for group, plan in plans.items():
-        offsets = [TopicPartition(t, p, o) for (t, p), o in plan.items()]
-        request = [ConsumerGroupTopicPartitions(group, offsets)]
-        try:
-            answer = admin.alter_consumer_group_offsets(request, request_timeout=timeout)[group].result()
-        except KafkaException as e:
-            raise StepFailed(f"committing offsets of group {group!r} on region {region!r} failed: {e}") from e
-        failed = [f"{tp.topic}[{tp.partition}]: {tp.error}" for tp in answer.topic_partitions if tp.error]
-        if failed:
-            raise StepFailed(f"group {group!r} on region {region!r}: {', '.join(failed)}")
         stale = {tp: previous[group][tp] for tp in report.no_commit_on_owner.get(group, [])
                  if tp in previous[group]}
-        _delete_offsets(admin, group, region, list(stale), timeout)
+        wanted = dict(plan)
+        if stale:
+            # The Python client cannot delete single offsets (no DeleteConsumerGroupOffsets):
+            # delete the (empty, checked above) group and commit everything it keeps at once.
+            wanted = {tp: o for tp, o in previous[group].items() if tp not in stale} | plan
+            _delete_group(admin, group, region, timeout)
+        _commit(admin, group, region, wanted, timeout)
         read_back = committed_offsets(admin, group, region, timeout)
-        wrong = [f"{t}[{p}] wanted {o} read {read_back.get((t, p))}" for (t, p), o in plan.items()
+        wrong = [f"{t}[{p}] wanted {o} read {read_back.get((t, p))}" for (t, p), o in wanted.items()
                  if read_back.get((t, p)) != o]
         wrong += [f"{t}[{p}] wanted no commit, read {read_back[(t, p)]}" for t, p in stale
                   if (t, p) in read_back]
@@ -512,16 +509,22 @@ def apply_translation(topology: Topology, report: TranslationReport, *, force: b
     return results
 
 
-def _delete_offsets(admin, group: str, region: str, partitions: list[Partition], timeout: float) -> None:
-    """Delete a group's commits: on the owner it has none there, so it follows its reset policy."""
-    if not partitions:
-        return
-    request = [ConsumerGroupTopicPartitions(group, [TopicPartition(t, p) for t, p in partitions])]
+def _commit(admin, group: str, region: str, offsets: dict[Partition, int], timeout: float) -> None:
+    partitions = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+    request = [ConsumerGroupTopicPartitions(group, partitions)]
     try:
-        answer = admin.delete_consumer_group_offsets(request, request_timeout=timeout)[group].result()
+        answer = admin.alter_consumer_group_offsets(request, request_timeout=timeout)[group].result()
     except KafkaException as e:
-        raise StepFailed(f"deleting offsets of group {group!r} on region {region!r} failed: {e}") from e
+        raise StepFailed(f"committing offsets of group {group!r} on region {region!r} failed: {e}") from e
     failed = [f"{tp.topic}[{tp.partition}]: {tp.error}" for tp in answer.topic_partitions if tp.error]
     if failed:
-        raise StepFailed(f"deleting offsets of group {group!r} on region {region!r}: {', '.join(failed)}")
+        raise StepFailed(f"group {group!r} on region {region!r}: {', '.join(failed)}")
 
+
+def _delete_group(admin, group: str, region: str, timeout: float) -> None:
+    """Delete an empty group's commits; its previous offsets are in the evidence already."""
+    try:
+        admin.delete_consumer_groups([group], request_timeout=timeout)[group].result()
+    except KafkaException as e:
+        raise StepFailed(f"deleting the offsets of group {group!r} on region {region!r} failed: {e}; "
+                         "nothing else was changed") from e
