@@ -21,7 +21,7 @@ from baton.replication import engine_for
 from baton.replication.currency import verify_currency
 from baton.replication.lag import measure_lag, resolve_scope
 from baton.replication.translation import TranslationReport, apply_translation, translate_offsets
-from baton.replication.upstream import translate_to_upstream
+from baton.replication.upstream import keep_returning_positions, translate_to_upstream
 from baton.steps.context import RunContext
 from baton.steps.topics import stream_pairs
 
@@ -309,16 +309,21 @@ def translate_consumer_offsets(ctx: RunContext) -> dict:
     else:
         report = TranslationReport(ctx.old_owner, ctx.new_owner, owner_admin is not None, [])
     # From the second hand-over on, groups also sit on mirrors whose upstream is the new owner.
-    report.entries += translate_to_upstream(topology, mirror_region=ctx.old_owner,
-                                            upstream_region=ctx.new_owner, groups=groups, pairs=upstream)
+    returning = translate_to_upstream(topology, mirror_region=ctx.old_owner,
+                                      upstream_region=ctx.new_owner, groups=groups, pairs=upstream)
+    if ctx.runbook == "failback":
+        evidence["kept_own_positions"] = keep_returning_positions(topology, returning,
+                                                                  returning_region=ctx.new_owner)
+    report.entries += returning
     evidence["translation"] = report.as_dict()
     evidence["method"] = method
     if report.untranslated:
         raise StepFailed("refusing to switch: not translated: " + report.refusal_text()
                          + ". Nothing was applied.")
     # In a failback the returning region's offsets date from before the failover; the current
-    # owner's positions are the truth even where they are lower (records re-delivered after an
-    # unplanned failover). A failover never moves a group backwards.
+    # owner's positions are the truth even where they are lower, except inside the common prefix
+    # where the group's own commit there is still true (keep_returning_positions above).
+    # A failover never moves a group backwards.
     force = ctx.runbook == "failback"
     evidence["force_backwards"] = force
     applied = apply_translation(topology, report, force=force)

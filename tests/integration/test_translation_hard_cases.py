@@ -301,3 +301,28 @@ def test_apply_deletes_a_stale_commit_where_the_owner_has_none(topology, lab, ne
     # on the secondary it now starts partition 1 by its reset policy, exactly as on the owner
     assert (mirror, 1) not in west and (topic, 1) not in committed_offsets(
         admin_client(topology.regions["east"]), group, "east")
+
+
+def test_failback_keeps_the_returning_regions_own_position_in_the_common_prefix(topology, new_topic,
+                                                                                new_group):
+    """Issue item 5: committed 10 on east before the outage, 1 on west (a lagging checkpoint):
+    failing back must not move it to 1 on east, re-delivering 9 records per partition."""
+    from baton.replication.upstream import keep_returning_positions, translate_to_upstream
+
+    topic, group = new_topic(2), new_group()
+    produce(topology, topic, [(p, b"v-%d-%d" % (p, i)) for p in (0, 1) for i in range(30)])
+    wait_mirrored(topology, topic)
+    mirror = f"east.{topic}"
+    commit(topology, "east", group, {(topic, 0): 10, (topic, 1): 10})
+    commit(topology, "west", group, {(mirror, 0): 1, (mirror, 1): 20})  # p1 consumed further on west
+    entries = translate_to_upstream(topology, mirror_region="west", upstream_region="east",
+                                    groups=[group], pairs={mirror: topic})
+    by_partition = {e.partition: e for e in entries}
+    assert (by_partition[0].translated_offset, by_partition[1].translated_offset) == (1, 20)
+    kept = keep_returning_positions(topology, entries, returning_region="east")
+    assert [(k["partition"], k["translated"], k["kept"]) for k in kept] == [(f"{topic}[0]", 1, 10)]
+    assert "common prefix" in kept[0]["why"]
+    assert by_partition[0].usable and by_partition[0].translated_offset == 10  # the later of the two
+    assert by_partition[1].translated_offset == 20
+    # what the group would consume on east from there equals what it had not processed there
+    assert value_at(topology, "east", topic, 0, by_partition[0].translated_offset)[1] == b"v-0-10"
