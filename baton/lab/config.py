@@ -116,6 +116,8 @@ MIRROR_LAB_SETTINGS: dict[str, str] = {
     "checkpoints.topic.replication.factor": "1",
     "heartbeats.topic.replication.factor": "1",
     "offset-syncs.topic.replication.factor": "1",
+    # Offset syncs kept beside the mirror: with the owner dead they still prove exact positions.
+    "offset-syncs.topic.location": "target",
 }
 
 BROKER_HEAP = "-Xms128m -Xmx384m"

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 
-from baton.errors import ReplicationError, StepFailed, UsageError
+from baton.errors import RegionUnreachable, ReplicationError, StepFailed, UsageError
 from baton.kafka.reading import Partition, Rec, committed_offsets, read_ranges
 from baton.replication.engine import ReplicationEngine
 from baton.replication.lag import LagReport, Scope, latest_hint, measure_lag, resolve_scope
@@ -63,7 +63,7 @@ class Translation:
     partition: int
     owner_offset: int | None  # the group's committed offset on the owner
     translated_offset: int | None  # where it resumes on the secondary
-    method: str  # exact | checkpoint | end
+    method: str  # exact | checkpoint | exact-syncs (owner down, proven by offset syncs) | end
     status: str = "pending"  # ok | pending (not decided yet) | one of REFUSALS
     duplicates_bound: int | None = 0  # records the group may see again from there
     missing: int | None = 0  # records the group has not processed that the secondary lacks
@@ -156,6 +156,7 @@ def translate_offsets(topology: Topology, *, groups: list[str] | None = None,
         problems.append(f"owner region {scope.owner!r} is unreachable ({servers}): fell back to "
                         f"MM2 checkpoints read from {scope.secondary!r}")
         entries = _by_checkpoints(scope, groups, None, problems)
+        _exact_from_syncs(scope, entries, problems)
         return TranslationReport(scope.owner, scope.secondary, False, entries, problems)
     lag = measure_lag(topology, scope=scope)
     problems.extend(lag.problems)
@@ -434,6 +435,72 @@ def _by_checkpoints(scope: Scope, groups: list[str], exact: list[Translation] | 
                              "checkpointed it (groups pattern, or the group never committed)")
         entries.extend(rows)
     return entries
+
+
+def proven_segment(hints: list, upstream: int):
+    """The offset sync pair proving owner offset `upstream` maps one-to-one, or None.
+
+    MM2 writes a sync whenever the upstream skips an offset (a marker, an aborted or compacted
+    record), at the first record of every task lifetime, and at least every offset.lag.max
+    records (OffsetSyncWriter.PartitionState.update). So between two consecutive syncs of the
+    newest lifetime holding `upstream`, equal upstream and downstream deltas mean every offset
+    was copied once, in order: the copy of `upstream` is at d1 + (upstream - u1).
+    The newest-written sync at or below `upstream` must be the pair's first: a newer one would
+    belong to a later lifetime that copied it again.
+    """
+    index = next((i for i in range(len(hints) - 1, -1, -1) if hints[i].upstream_offset <= upstream), None)
+    if index is None or index + 1 >= len(hints):
+        return None
+    first, second = hints[index], hints[index + 1]
+    if second.upstream_offset < upstream:
+        return None
+    if second.upstream_offset - first.upstream_offset != second.downstream_offset - first.downstream_offset:
+        return None
+    return first, second
+
+
+def _exact_from_syncs(scope: Scope, entries: list[Translation], problems: list[str]) -> None:
+    """Owner unreachable: replace a checkpoint by the exact copy where offset syncs prove it.
+
+    The mirror segment between the two syncs must read back whole (no missing offset) and with
+    no record repeated (a replay would repeat fingerprints), else the checkpoint stands.
+    """
+    try:
+        hints = scope.engine.offset_hints(scope.owner, scope.secondary).items
+    except (ReplicationError, RegionUnreachable) as e:
+        problems.append(f"offset syncs unreadable ({e}); with the owner down they must live on the "
+                        "secondary (MM2 offset-syncs.topic.location=target): kept the checkpoints")
+        return
+    plan = []
+    for entry in entries:
+        if not entry.usable or entry.method != "checkpoint" or entry.owner_offset is None:
+            continue
+        pair = proven_segment(hints.get((entry.topic, entry.partition), []), entry.owner_offset)
+        if pair is None:
+            entry.note += "; offset syncs do not prove a one-to-one segment here: checkpoint kept"
+            continue
+        plan.append((entry, pair))
+    ranges: dict[Partition, list] = {}
+    for entry, (first, second) in plan:
+        ranges.setdefault((entry.mirror_topic, entry.partition), []).append(
+            (first.downstream_offset, second.downstream_offset + 1))
+    records = read_ranges(scope.config(scope.secondary), ranges, scope.secondary,
+                          timestamps=scope.timestamps, exclude_headers=scope.engine.replication_headers)
+    for entry, (first, second) in plan:
+        found = records[(entry.mirror_topic, entry.partition)]
+        segment = [found.get(o) for o in range(first.downstream_offset, second.downstream_offset + 1)]
+        if None in segment or len({r.fingerprint for r in segment}) != len(segment):
+            entry.note += (f"; mirror offsets {first.downstream_offset}..{second.downstream_offset} do not "
+                           "read back whole and distinct: checkpoint kept")
+            continue
+        checkpointed = entry.translated_offset
+        entry.resolve(first.downstream_offset + entry.owner_offset - first.upstream_offset, "exact-syncs")
+        entry.duplicates_bound = 0
+        entry.note = (f"owner unreachable: exact from offset syncs {first.upstream_offset}->"
+                      f"{first.downstream_offset} and {second.upstream_offset}->{second.downstream_offset} "
+                      "(one-to-one, mirror verified) for the checkpointed owner offset "
+                      f"{entry.owner_offset}; the checkpoint said {checkpointed}. Records the group "
+                      "consumed after that checkpoint are re-delivered")
 
 
 @dataclass

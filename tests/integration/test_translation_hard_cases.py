@@ -326,3 +326,30 @@ def test_failback_keeps_the_returning_regions_own_position_in_the_common_prefix(
     assert by_partition[1].translated_offset == 20
     # what the group would consume on east from there equals what it had not processed there
     assert value_at(topology, "east", topic, 0, by_partition[0].translated_offset)[1] == b"v-0-10"
+
+
+def test_owner_unreachable_translates_exactly_where_offset_syncs_prove_it(topology, lab, new_topic,
+                                                                         new_group):
+    """Issue item 6: with the owner dead, consecutive syncs with equal deltas prove the position."""
+    topic, group = new_topic(1), new_group()
+    produce(topology, topic, [(0, b"v-%d" % i) for i in range(1000)])
+    wait_mirrored(topology, topic)
+    committed = 537
+    commit(topology, "east", group, {(topic, 0): committed})
+    engine = engine_for(topology)
+    mirror = f"east.{topic}"
+    checkpoint = wait_until(lambda: (c := engine.checkpoints("east", "west").items.get((group, mirror, 0)))
+                            and c.upstream_offset == committed and c, 60, "MM2's checkpoint of the group")
+    lab.fault("hang", "east")
+    try:
+        report = translate_offsets(topology, groups=[group], topics=[topic])
+    finally:
+        lab.fault("resume", "east")
+    assert not report.owner_reachable
+    entry = report.entries[0]
+    assert entry.method == "exact-syncs" and entry.usable, entry
+    assert value_at(topology, "west", mirror, 0, entry.translated_offset)[1] == \
+        value_at(topology, "east", topic, 0, committed)[1]
+    assert remaining_duplicates(topology, entry) == 0
+    # the engine's own answer would re-deliver what the syncs proved was already processed
+    assert checkpoint.downstream_offset <= entry.translated_offset
