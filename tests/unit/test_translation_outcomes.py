@@ -60,3 +60,17 @@ def test_bounds_after_a_replay():
     hints = [hint(0, 0), hint(900, 900), hint(500, 1001), hint(1000, 1501)]
     found = plausible_bounds(hints, 600, 0, 1502)
     assert (found.low, found.high) == (1001, 1502)  # the newest copy, never the replayed-over one
+
+
+def test_proven_segment_needs_equal_deltas_and_the_newest_lifetime():
+    from baton.replication.translation import proven_segment
+
+    plain = [hint(0, 0), hint(101, 101), hint(202, 202)]
+    assert proven_segment(plain, 150) == (plain[1], plain[2])
+    assert proven_segment(plain, 202) is None  # nothing after the newest sync proves it
+    skipped = [hint(0, 0), hint(103, 101)]  # a marker or aborted records upstream
+    assert proven_segment(skipped, 50) is None
+    # a later lifetime replayed from 50: the older pair no longer holds the newest copy
+    replayed = [hint(0, 0), hint(101, 101), hint(50, 150)]
+    assert proven_segment(replayed, 70) is None
+    assert proven_segment([hint(10, 10), hint(20, 20)], 5) is None
