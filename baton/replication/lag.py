@@ -69,8 +69,11 @@ class Scope:
 
 def resolve_scope(topology: Topology, *, owner: str | None = None, topics: list[str] | None = None,
                   engine: ReplicationEngine | None = None, owner_required: bool = True,
-                  timeout: float | None = None) -> Scope:
-    """Check the topics and their mirrors exist with equal partition counts; bounded in time."""
+                  timeout: float | None = None, owner_known_unreachable: bool = False) -> Scope:
+    """Check the topics and their mirrors exist with equal partition counts; bounded in time.
+
+    owner_known_unreachable: an earlier step of the run declared the owner dead; do not probe it.
+    """
     owner = owner or topology.domain.initial_owner
     secondary = topology.other_region(owner)
     topics = list(topics or topology.domain.topics)
@@ -79,7 +82,8 @@ def resolve_scope(topology: Topology, *, owner: str | None = None, topics: list[
     secondary_admin = check_reachable(secondary, topology.regions[secondary], timeout=wait)
     owner_admin = None
     try:
-        owner_admin = check_reachable(owner, topology.regions[owner], timeout=wait)
+        if not owner_known_unreachable or owner_required:
+            owner_admin = check_reachable(owner, topology.regions[owner], timeout=wait)
     except RegionUnreachable:
         if owner_required:
             raise

@@ -68,6 +68,7 @@ class Translation:
     duplicates_bound: int | None = 0  # records the group may see again from there
     missing: int | None = 0  # records the group has not processed that the secondary lacks
     note: str = ""
+    checkpoint_offset: int | None = None  # the engine's checkpoint beside an exact-syncs answer
 
     def __setattr__(self, name: str, value) -> None:
         if name in ("status", "translated_offset") and "translated_offset" in self.__dict__:
@@ -493,7 +494,7 @@ def _exact_from_syncs(scope: Scope, entries: list[Translation], problems: list[s
             entry.note += (f"; mirror offsets {first.downstream_offset}..{second.downstream_offset} do not "
                            "read back whole and distinct: checkpoint kept")
             continue
-        checkpointed = entry.translated_offset
+        checkpointed = entry.checkpoint_offset = entry.translated_offset
         entry.resolve(first.downstream_offset + entry.owner_offset - first.upstream_offset, "exact-syncs")
         entry.duplicates_bound = 0
         entry.note = (f"owner unreachable: exact from offset syncs {first.upstream_offset}->"

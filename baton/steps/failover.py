@@ -43,10 +43,20 @@ class PairedEngine:
 
 
 def _reachable(ctx: RunContext, region: str, timeout: float | None = None):
+    """An admin client, or None when the region does not answer. Unplanned runs declare a dead
+    region once (ctx.state["unreachable"], in the step's evidence) and never wait on it again."""
+    declared = ctx.state.setdefault("unreachable", {})
+    if ctx.unplanned and region in declared:
+        return None
     try:
         return check_reachable(region, ctx.topology.regions[region], timeout=timeout)
-    except RegionUnreachable:
+    except RegionUnreachable as e:
+        declared[region] = {"at": datetime.now(UTC).isoformat(), "error": str(e)}
         return None
+
+
+def _declared_unreachable(ctx: RunContext, region: str) -> dict | None:
+    return ctx.state.get("unreachable", {}).get(region) if ctx.unplanned else None
 
 
 def _owner_partitions(ctx: RunContext, admin) -> list[tuple[str, int]]:
@@ -209,6 +219,7 @@ def stop_primary_producers(ctx: RunContext) -> dict:
                              "FENCED; re-run as an unplanned failover (--unplanned --reason)")
         evidence["acl_fence"] = {"applied": False,
                                  "why": f"{ctx.old_owner} unreachable; ACLs cannot be written there"}
+        evidence["declared_unreachable"] = {ctx.old_owner: _declared_unreachable(ctx, ctx.old_owner)}
     else:
         evidence["acl_fence"] = fence(ctx.topology, ctx.old_owner)
     if admin is not None and not ctx.unplanned:
@@ -293,9 +304,12 @@ def translate_consumer_offsets(ctx: RunContext) -> dict:
         pairs = {t: topology.replication.remote_topic(t, ctx.old_owner) for t in topology.domain.topics}
     native = {t: m for t, m in pairs.items() if m == topology.replication.remote_topic(t, ctx.old_owner)}
     upstream = {t: u for t, u in pairs.items() if t not in native}
+    declared = _declared_unreachable(ctx, ctx.old_owner)
+    if declared:
+        evidence["owner_declared_unreachable"] = declared  # by an earlier step: not probed again
     scope = resolve_scope(topology, owner=ctx.old_owner, topics=list(native),
                           engine=PairedEngine(engine_for(topology), native),
-                          owner_required=not ctx.unplanned,
+                          owner_required=not ctx.unplanned, owner_known_unreachable=bool(declared),
                           # unplanned: the owner is known to be down; do not wait long to hear it again
                           timeout=UNREACHABLE_PROBE_SECONDS if ctx.unplanned else None)
     method = "checkpoint" if ctx.unplanned else "exact"
