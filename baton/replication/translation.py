@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 
 from baton.errors import RegionUnreachable, ReplicationError, StepFailed, UsageError
-from baton.kafka.reading import Partition, Rec, committed_offsets, read_ranges
+from baton.kafka.reading import Partition, Rec, committed_offsets, read_ranges, watermarks
 from baton.replication.engine import ReplicationEngine
 from baton.replication.lag import LagReport, Scope, latest_hint, measure_lag, resolve_scope
 from baton.replication.matching import common_prefix, match_run
@@ -438,26 +438,32 @@ def _by_checkpoints(scope: Scope, groups: list[str], exact: list[Translation] | 
     return entries
 
 
-def proven_segment(hints: list, upstream: int):
-    """The offset sync pair proving owner offset `upstream` maps one-to-one, or None.
+def proven_segment(hints: list, upstream: int, mirror_end: int, lag_max: int):
+    """(sync, last mirror offset) of a segment proven one-to-one around owner offset `upstream`.
 
     MM2 writes a sync whenever the upstream skips an offset (a marker, an aborted or compacted
     record), at the first record of every task lifetime, and at least every offset.lag.max
-    records (OffsetSyncWriter.PartitionState.update). So between two consecutive syncs of the
-    newest lifetime holding `upstream`, equal upstream and downstream deltas mean every offset
-    was copied once, in order: the copy of `upstream` is at d1 + (upstream - u1).
-    The newest-written sync at or below `upstream` must be the pair's first: a newer one would
-    belong to a later lifetime that copied it again.
+    records (OffsetSyncWriter.PartitionState.update). So, from the newest-written sync at or
+    below `upstream` (a newer one would belong to a later lifetime that copied it again):
+    - to the next sync: equal upstream and downstream deltas mean every offset was copied once;
+    - past the newest sync of all: the mirror's tail, shorter than offset.lag.max, was copied
+      without a skip (a skip would have written a sync) - provided `upstream` is inside it.
+    The copy of `upstream` is then at sync.downstream + (upstream - sync.upstream). None: unproven.
     """
     index = next((i for i in range(len(hints) - 1, -1, -1) if hints[i].upstream_offset <= upstream), None)
-    if index is None or index + 1 >= len(hints):
+    if index is None:
         return None
-    first, second = hints[index], hints[index + 1]
-    if second.upstream_offset < upstream:
+    first = hints[index]
+    if index + 1 < len(hints):
+        second = hints[index + 1]
+        if second.upstream_offset < upstream or (second.upstream_offset - first.upstream_offset
+                                                 != second.downstream_offset - first.downstream_offset):
+            return None
+        return first, second.downstream_offset
+    tail = mirror_end - first.downstream_offset - 1
+    if tail >= lag_max or upstream - first.upstream_offset > tail + 1:
         return None
-    if second.upstream_offset - first.upstream_offset != second.downstream_offset - first.downstream_offset:
-        return None
-    return first, second
+    return first, mirror_end - 1
 
 
 def _exact_from_syncs(scope: Scope, entries: list[Translation], problems: list[str]) -> None:
@@ -472,34 +478,38 @@ def _exact_from_syncs(scope: Scope, entries: list[Translation], problems: list[s
         problems.append(f"offset syncs unreadable ({e}); with the owner down they must live on the "
                         "secondary (MM2 offset-syncs.topic.location=target): kept the checkpoints")
         return
+    ends = watermarks(scope.secondary_admin, {(e.mirror_topic, e.partition) for e in entries},
+                      scope.secondary, scope.timeout)
+    lag_max = scope.topology.replication.offset_lag_max
     plan = []
     for entry in entries:
         if not entry.usable or entry.method != "checkpoint" or entry.owner_offset is None:
             continue
-        pair = proven_segment(hints.get((entry.topic, entry.partition), []), entry.owner_offset)
+        pair = proven_segment(hints.get((entry.topic, entry.partition), []), entry.owner_offset,
+                              ends[(entry.mirror_topic, entry.partition)].end, lag_max)
         if pair is None:
             entry.note += "; offset syncs do not prove a one-to-one segment here: checkpoint kept"
             continue
         plan.append((entry, pair))
     ranges: dict[Partition, list] = {}
-    for entry, (first, second) in plan:
+    for entry, (first, last) in plan:
         ranges.setdefault((entry.mirror_topic, entry.partition), []).append(
-            (first.downstream_offset, second.downstream_offset + 1))
+            (first.downstream_offset, last + 1))
     records = read_ranges(scope.config(scope.secondary), ranges, scope.secondary,
                           timestamps=scope.timestamps, exclude_headers=scope.engine.replication_headers)
-    for entry, (first, second) in plan:
+    for entry, (first, last) in plan:
         found = records[(entry.mirror_topic, entry.partition)]
-        segment = [found.get(o) for o in range(first.downstream_offset, second.downstream_offset + 1)]
+        segment = [found.get(o) for o in range(first.downstream_offset, last + 1)]
         if None in segment or len({r.fingerprint for r in segment}) != len(segment):
-            entry.note += (f"; mirror offsets {first.downstream_offset}..{second.downstream_offset} do not "
-                           "read back whole and distinct: checkpoint kept")
+            entry.note += (f"; mirror offsets {first.downstream_offset}..{last} do not read back whole "
+                           "and distinct: checkpoint kept")
             continue
         checkpointed = entry.checkpoint_offset = entry.translated_offset
         entry.resolve(first.downstream_offset + entry.owner_offset - first.upstream_offset, "exact-syncs")
         entry.duplicates_bound = 0
-        entry.note = (f"owner unreachable: exact from offset syncs {first.upstream_offset}->"
-                      f"{first.downstream_offset} and {second.upstream_offset}->{second.downstream_offset} "
-                      "(one-to-one, mirror verified) for the checkpointed owner offset "
+        entry.note = (f"owner unreachable: exact from offset sync {first.upstream_offset}->"
+                      f"{first.downstream_offset}, one-to-one through mirror offset {last} (proven by the "
+                      "syncs, mirror read back whole) for the checkpointed owner offset "
                       f"{entry.owner_offset}; the checkpoint said {checkpointed}. Records the group "
                       "consumed after that checkpoint are re-delivered")
 
