@@ -472,19 +472,24 @@ def _exact_from_syncs(scope: Scope, entries: list[Translation], problems: list[s
     The mirror segment between the two syncs must read back whole (no missing offset) and with
     no record repeated (a replay would repeat fingerprints), else the checkpoint stands.
     """
+    checkpointed = [e for e in entries
+                    if e.usable and e.method == "checkpoint" and e.owner_offset is not None]
+    ends = watermarks(scope.secondary_admin, {(e.mirror_topic, e.partition) for e in checkpointed},
+                      scope.secondary, scope.timeout)
+    for entry in checkpointed:
+        # The group may have consumed past its last checkpoint on the dead owner: at most every
+        # record the mirror holds after the position. That, not the engine's lag max, is the bound.
+        mirror_end = ends[(entry.mirror_topic, entry.partition)].end
+        entry.duplicates_bound = max(0, mirror_end - entry.translated_offset)
     try:
         hints = scope.engine.offset_hints(scope.owner, scope.secondary).items
     except (ReplicationError, RegionUnreachable) as e:
         problems.append(f"offset syncs unreadable ({e}); with the owner down they must live on the "
                         "secondary (MM2 offset-syncs.topic.location=target): kept the checkpoints")
         return
-    ends = watermarks(scope.secondary_admin, {(e.mirror_topic, e.partition) for e in entries},
-                      scope.secondary, scope.timeout)
     lag_max = scope.topology.replication.offset_lag_max
     plan = []
-    for entry in entries:
-        if not entry.usable or entry.method != "checkpoint" or entry.owner_offset is None:
-            continue
+    for entry in checkpointed:
         pair = proven_segment(hints.get((entry.topic, entry.partition), []), entry.owner_offset,
                               ends[(entry.mirror_topic, entry.partition)].end, lag_max)
         if pair is None:
@@ -504,14 +509,16 @@ def _exact_from_syncs(scope: Scope, entries: list[Translation], problems: list[s
             entry.note += (f"; mirror offsets {first.downstream_offset}..{last} do not read back whole "
                            "and distinct: checkpoint kept")
             continue
-        checkpointed = entry.checkpoint_offset = entry.translated_offset
+        entry.checkpoint_offset = entry.translated_offset
         entry.resolve(first.downstream_offset + entry.owner_offset - first.upstream_offset, "exact-syncs")
-        entry.duplicates_bound = 0
+        mirror_end = ends[(entry.mirror_topic, entry.partition)].end
+        entry.duplicates_bound = max(0, mirror_end - entry.translated_offset)
         entry.note = (f"owner unreachable: exact from offset sync {first.upstream_offset}->"
                       f"{first.downstream_offset}, one-to-one through mirror offset {last} (proven by the "
                       "syncs, mirror read back whole) for the checkpointed owner offset "
-                      f"{entry.owner_offset}; the checkpoint said {checkpointed}. Records the group "
-                      "consumed after that checkpoint are re-delivered")
+                      f"{entry.owner_offset}; the checkpoint said {entry.checkpoint_offset}. Records the "
+                      "group consumed after that checkpoint are re-delivered: at most "
+                      f"{entry.duplicates_bound}, the mirror's records after this position")
 
 
 @dataclass

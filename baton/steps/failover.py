@@ -348,6 +348,9 @@ def translate_consumer_offsets(ctx: RunContext) -> dict:
         "groups": len(applied), "partitions": len(report.entries),
         "methods": sorted({e.method for e in report.entries}),
         "duplicates_bound": sum(e.duplicates_bound or 0 for e in report.entries),
+        # what this run states it may re-deliver per group (unplanned: after the last checkpoint)
+        "duplicates_bound_by_group": {g: sum(e.duplicates_bound or 0 for e in report.entries if e.group == g)
+                                      for g in sorted({e.group for e in report.entries})},
         "missing": sum(e.missing or 0 for e in report.entries),
     }
     return evidence

@@ -343,10 +343,11 @@ def test_owner_unreachable_falls_back_to_checkpoints_and_cli(topology, lab, new_
         entry = report.entries[0]
         assert entry.method in ("checkpoint", "exact-syncs") and entry.owner_offset == 140
         if entry.method == "exact-syncs":  # offset syncs proved the segment (test_translation_hard_cases)
-            assert (entry.translated_offset, entry.duplicates_bound) == (140, 0)
+            assert entry.translated_offset == 140
         else:
             assert entry.translated_offset <= 140
-            assert entry.duplicates_bound == topology.replication.offset_lag_max
+        # the group may have consumed past its checkpoint: at most the mirror's records after it
+        assert entry.duplicates_bound == 150 - entry.translated_offset
         lag = subprocess.run(baton + ["lag", "-t", topic], capture_output=True, text=True, env=env,
                              timeout=120)
         assert lag.returncode == 1 and "'east'" in lag.stderr and "metadata request" in lag.stderr
