@@ -33,6 +33,9 @@ def translation_of(store: AuditStore, run_id: str) -> dict:
         "checkpoint_extra_duplicates": sum(e["translated_offset"] - e["checkpoint_offset"] for e in entries
                                            if e.get("checkpoint_offset") is not None),
         "owner_declared_unreachable": bool(evidence.get("owner_declared_unreachable")),
+        "stated_duplicates_bound": evidence.get("summary", {}).get("duplicates_bound_by_group"),
+        "step_seconds": {s.name: round((s.ended_at - s.started_at).total_seconds(), 2)
+                         for s in store.run(run_id).steps if s.ended_at},
     }
 
 
@@ -56,7 +59,7 @@ def main() -> None:
             card = drill(config=str(lab.topology_file), unplanned=True, auto_approve=True, rate=args.rate,
                          settle_seconds=args.settle)
             runs.append({
-                "passed": card["passed"], "outcome": card["outcome"],
+                "run_id": card["runs"]["failover"], "passed": card["passed"], "outcome": card["outcome"],
                 "wall_seconds": round(time.monotonic() - started, 1),
                 "write_gap_seconds": card["failover"]["write_gap_seconds"],
                 "rto_seconds": card["failover"]["rto_seconds"],
