@@ -447,11 +447,21 @@ def proven_segment(hints: list, upstream: int, mirror_end: int, lag_max: int):
     below `upstream` (a newer one would belong to a later lifetime that copied it again):
     - to the next sync: equal upstream and downstream deltas mean every offset was copied once;
     - past the newest sync of all: the mirror's tail, shorter than offset.lag.max, was copied
-      without a skip (a skip would have written a sync) - provided `upstream` is inside it.
-    The copy of `upstream` is then at sync.downstream + (upstream - sync.upstream). None: unproven.
+      without a skip (a skip would have written a sync). A group past that tail consumed
+      everything the mirror holds: it resumes at the mirror's end.
+    The copy of `upstream` is then at sync.downstream + (upstream - sync.upstream), at most the
+    mirror's end. None: unproven.
     """
+    # A replay (a restarted task copying records again) shows as more mirror offsets than owner
+    # offsets between two syncs. The earlier lifetime copied owner offsets up to at most
+    # a.upstream + (b.downstream - 1 - a.downstream); if that reaches `upstream`, copies of the
+    # group's next records may sit before the newest ones: unproven.
+    for a, b in zip(hints, hints[1:], strict=False):
+        if b.downstream_offset - a.downstream_offset > b.upstream_offset - a.upstream_offset and \
+                a.upstream_offset + b.downstream_offset - 1 - a.downstream_offset >= upstream:
+            return None
     index = next((i for i in range(len(hints) - 1, -1, -1) if hints[i].upstream_offset <= upstream), None)
-    if index is None:
+    if index is None or len(hints) < 2:
         return None
     first = hints[index]
     if index + 1 < len(hints):
@@ -460,8 +470,7 @@ def proven_segment(hints: list, upstream: int, mirror_end: int, lag_max: int):
                                                  != second.downstream_offset - first.downstream_offset):
             return None
         return first, second.downstream_offset
-    tail = mirror_end - first.downstream_offset - 1
-    if tail >= lag_max or upstream - first.upstream_offset > tail + 1:
+    if mirror_end - first.downstream_offset - 1 >= lag_max:
         return None
     return first, mirror_end - 1
 
@@ -510,7 +519,8 @@ def _exact_from_syncs(scope: Scope, entries: list[Translation], problems: list[s
                            "and distinct: checkpoint kept")
             continue
         entry.checkpoint_offset = entry.translated_offset
-        entry.resolve(first.downstream_offset + entry.owner_offset - first.upstream_offset, "exact-syncs")
+        entry.resolve(min(first.downstream_offset + entry.owner_offset - first.upstream_offset, last + 1),
+                      "exact-syncs")
         mirror_end = ends[(entry.mirror_topic, entry.partition)].end
         entry.duplicates_bound = max(0, mirror_end - entry.translated_offset)
         entry.note = (f"owner unreachable: exact from offset sync {first.upstream_offset}->"

@@ -70,11 +70,16 @@ def test_proven_segment_needs_equal_deltas_and_the_newest_lifetime():
     assert proven_segment(plain, 202, 203, 100) == (plain[2], 202)  # the last copied record
     assert proven_segment(plain, 203, 203, 100) == (plain[2], 202)  # consumed it: the mirror's end
     assert proven_segment(plain, 230, 230, 100) == (plain[2], 229)  # a tail shorter than lag max
-    assert proven_segment(plain, 240, 230, 100) is None  # past what the mirror holds
+    assert proven_segment(plain, 240, 230, 100) == (plain[2], 229)  # past it: resumes at the end
     assert proven_segment(plain, 250, 400, 100) is None  # a tail that long would have had a sync
     skipped = [hint(0, 0), hint(103, 101)]  # a marker or aborted records upstream
     assert proven_segment(skipped, 50, 102, 100) is None
     # a later lifetime replayed from 50: the older pair no longer holds the newest copy
     replayed = [hint(0, 0), hint(101, 101), hint(50, 150)]
-    assert proven_segment(replayed, 70, 151, 100) is None  # 70 is past the replay's tail (50..50)
+    assert proven_segment(replayed, 70, 151, 100) is None  # 70..149 are only in the older copies
+    assert proven_segment([hint(0, 0), hint(101, 101), hint(120, 150)], 130, 160, 100) is None
+    assert proven_segment([hint(0, 0)], 5, 10, 100) is None  # one sync (compacted) proves nothing
+    # a replay long before: the old lifetime reached owner offset 149 at most, the group is past it
+    long_ago = [hint(0, 0), hint(101, 101), hint(120, 150), hint(221, 251), hint(322, 352)]
+    assert proven_segment(long_ago, 300, 353, 100) == (long_ago[3], 352)
     assert proven_segment([hint(10, 10), hint(20, 20)], 5, 21, 100) is None
