@@ -39,12 +39,83 @@ def translation_of(store: AuditStore, run_id: str) -> dict:
     }
 
 
+def lagging_groups(lab: Lab, groups: int = 6, records: int = 3000) -> dict:
+    """Owner dead, groups that lag: duplicates from MM2's checkpoints vs exact-from-syncs, measured.
+
+    Each group commits at a random offset of a fresh 3-partition topic; once MM2 checkpointed it the
+    owner is hung (SIGSTOP), translation runs, the owner resumes and each answer is checked by
+    counting what the group would consume on each side from its position.
+    """
+    import random
+    import uuid
+
+    from confluent_kafka import ConsumerGroupTopicPartitions, Producer, TopicPartition
+
+    from baton.kafka.admin import admin_client, ensure_topics
+    from baton.kafka.reading import watermarks
+    from baton.replication import engine_for
+    from baton.replication.currency import verify_currency
+    from baton.replication.translation import translate_offsets
+
+    topology = lab.topology()[0]
+    topic = f"orders.bench-{uuid.uuid4().hex[:8]}"
+    east = admin_client(topology.regions["east"])
+    ensure_topics(east, {topic: 3})
+    producer = Producer(topology.regions["east"].client_config("producer") | {"linger.ms": 20})
+    for p in range(3):
+        for i in range(records):
+            producer.produce(topic, value=b"%d-%d" % (p, i), partition=p)
+    producer.flush(60)
+    deadline = time.monotonic() + 120
+    while not verify_currency(topology, topics=[topic]).current and time.monotonic() < deadline:
+        time.sleep(1)
+    wanted = {f"orders-bench-{uuid.uuid4().hex[:6]}": {p: random.randrange(1, records) for p in range(3)}
+              for _ in range(groups)}
+    for group, offsets in wanted.items():
+        partitions = [TopicPartition(topic, p, o) for p, o in offsets.items()]
+        request = [ConsumerGroupTopicPartitions(group, partitions)]
+        east.alter_consumer_group_offsets(request)[group].result()
+    engine, mirror = engine_for(topology), f"east.{topic}"
+
+    def checkpointed():
+        items = engine.checkpoints("east", "west").items
+        return all(items.get((g, mirror, p)) and items[(g, mirror, p)].upstream_offset == o
+                   for g, offsets in wanted.items() for p, o in offsets.items())
+    while not checkpointed() and time.monotonic() < deadline + 60:
+        time.sleep(1)
+    lab.fault("hang", "east")
+    try:
+        started = time.monotonic()
+        report = translate_offsets(topology, groups=list(wanted), topics=[topic])
+        seconds = time.monotonic() - started
+    finally:
+        lab.fault("resume", "east")
+    owner_ends = watermarks(east, [(topic, p) for p in range(3)], "east")
+    mirror_ends = watermarks(admin_client(topology.regions["west"]), [(mirror, p) for p in range(3)], "west")
+    exact_dups = checkpoint_dups = 0
+    methods = {}
+    for e in report.entries:
+        methods[e.method] = methods.get(e.method, 0) + 1
+        owner_rest = owner_ends[(topic, e.partition)].end - e.owner_offset
+        exact_dups += (mirror_ends[(mirror, e.partition)].end - e.translated_offset) - owner_rest
+        checkpoint = e.checkpoint_offset if e.checkpoint_offset is not None else e.translated_offset
+        checkpoint_dups += (mirror_ends[(mirror, e.partition)].end - checkpoint) - owner_rest
+    return {"entries": len(report.entries), "methods": methods, "translate_seconds": round(seconds, 2),
+            "baton_duplicates": exact_dups, "checkpoint_duplicates": checkpoint_dups}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--rate", type=float, default=50)
     parser.add_argument("--settle", type=float, default=2)
+    parser.add_argument("--lagging-only", action="store_true", help="only the lagging-groups comparison")
     args = parser.parse_args()
+    if args.lagging_only:
+        lab = Lab()
+        lab.up()
+        print(json.dumps(lagging_groups(lab), indent=2))
+        return
     lab = Lab()
     lab.up()
     server = start_prefect_server()
