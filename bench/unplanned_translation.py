@@ -51,6 +51,7 @@ def lagging_groups(lab: Lab, groups: int = 6, records: int = 3000) -> dict:
 
     from confluent_kafka import ConsumerGroupTopicPartitions, Producer, TopicPartition
 
+    from baton.errors import BatonError
     from baton.kafka.admin import admin_client, ensure_topics
     from baton.kafka.reading import watermarks
     from baton.replication import engine_for
@@ -67,7 +68,13 @@ def lagging_groups(lab: Lab, groups: int = 6, records: int = 3000) -> dict:
             producer.produce(topic, value=b"%d-%d" % (p, i), partition=p)
     producer.flush(60)
     deadline = time.monotonic() + 120
-    while not verify_currency(topology, topics=[topic]).current and time.monotonic() < deadline:
+
+    def current():
+        try:
+            return verify_currency(topology, topics=[topic]).current
+        except BatonError:  # the mirror may not exist yet
+            return False
+    while not current() and time.monotonic() < deadline:
         time.sleep(1)
     wanted = {f"orders-bench-{uuid.uuid4().hex[:6]}": {p: random.randrange(1, records) for p in range(3)}
               for _ in range(groups)}
