@@ -38,7 +38,8 @@ TAIL, SEARCH = 16, 20_000
 MAX_VERIFY = 50_000
 # Missing spans up to this many offsets are read to count data records one by one (transaction
 # markers and aborted records are not data); longer spans report the offset count as a bound.
-COUNT_LIMIT = 20_000
+# As large as the longest divergent tail a failback lists one by one (steps/failback.MAX_LISTED).
+COUNT_LIMIT = 10_000
 
 
 @dataclass
@@ -284,8 +285,12 @@ def measure_lag(topology: Topology, *, owner: str | None = None, topics: list[st
     # stable offset: markers and aborted records are never replicated, so they are not missing.
     first_missing = {tp: max(r.replicated_through + 1, r.owner_start) for tp, r in results.items()
                      if r.replicated_through is not None}
-    need = {tp: [(start, min(results[tp].compared_end, start + COUNT_LIMIT))]
-            for tp, start in first_missing.items() if start < results[tp].compared_end}
+    need = {}
+    for tp, start in first_missing.items():
+        stable = results[tp].compared_end
+        if start < stable:  # past the count limit only the oldest missing record is read
+            span = COUNT_LIMIT if stable - start <= COUNT_LIMIT else TAIL
+            need[tp] = [(start, min(stable, start + span))]
     counted = read_ranges(scope.config(scope.owner), need, scope.owner)
     for tp, result in results.items():
         if tp not in first_missing:
@@ -294,14 +299,16 @@ def measure_lag(topology: Topology, *, owner: str | None = None, topics: list[st
             continue
         start, stable = first_missing[tp], result.compared_end
         records = counted.get(tp, {})
+        notes = []
         if stable - start > COUNT_LIMIT:
             result.missing_records = stable - start  # a bound: offsets, not counted one by one
+            notes.append(f"at most {stable - start} records: offsets {start}..{stable - 1} were not read "
+                         "one by one (transaction markers would count)")
         else:
             result.missing_records = len(records)
         if records and tp not in oldest:
             oldest[tp] = records[min(records)]
-        notes = []
-        if start < stable and not records:
+        if start < stable and not records and stable - start <= COUNT_LIMIT:
             notes.append(f"owner offsets {start}..{stable - 1} hold no committed data (transaction "
                          "markers or aborted records): nothing to replicate")
         if stable < result.owner_end:
