@@ -2,7 +2,7 @@
 
 The offset-syncs conditions are built on the real MM2 topic: compaction is reproduced by
 deleting every sync and writing back only the newest one per partition (what log compaction
-of `mm2-offset-syncs.west.internal`, keyed by topic-partition, leaves).
+of the offset-syncs topic, keyed by topic-partition, leaves).
 """
 
 from __future__ import annotations
