@@ -79,7 +79,10 @@ def translate(
     force: Annotated[bool, typer.Option(help="with --apply: allow moving a group backwards")] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Where each group resumes on the secondary, per partition (exact | checkpoint | end)."""
+    """Where each group resumes on the secondary, per partition (exact | checkpoint | end).
+
+    Exit 1 when any group-partition is not translated (a refusal: ambiguous, not-found, ...).
+    """
     from baton.replication.translation import apply_translation, translate_offsets
     from baton.settings import load_topology
 
@@ -91,7 +94,14 @@ def translate(
         if applied is not None:
             document["applied"] = [a.__dict__ for a in applied]
         print(json.dumps(document, indent=2))
-        return
+    else:
+        _print_translation(report, applied)
+    if report.untranslated:
+        # A refusal is an answer, but not a position: scripts must not treat it as success.
+        raise typer.Exit(1)
+
+
+def _print_translation(report, applied) -> None:
     for problem in report.problems:
         out.print(f"[yellow]warning:[/yellow] {problem}", highlight=False)
     for e in report.entries:
@@ -99,4 +109,7 @@ def translate(
                   f"{e.translated_offset} {e.method} {e.status} dup<={e.duplicates_bound} "
                   f"missing={e.missing}" + (f" ({e.note})" if e.note else ""), highlight=False)
     for a in applied or []:
-        out.print(f"applied {a.group} on {report.secondary}: {a.committed} (read back)", highlight=False)
+        out.print(f"applied {a.group} on {report.secondary}: {a.committed} (read back)"
+                  + (f"; deleted {a.deleted} (no commit on the owner)" if a.deleted else ""), highlight=False)
+    if report.untranslated:
+        out.print(f"NOT translated: {', '.join(e.where() for e in report.untranslated)}", highlight=False)

@@ -11,7 +11,14 @@ import time
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    ConsumerGroupTopicPartitions,
+    IsolationLevel,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, ConfigResource, OffsetSpec, ResourceType
 
 from baton.errors import RegionUnreachable
@@ -32,6 +39,7 @@ class Rec(NamedTuple):
 class Watermarks(NamedTuple):
     start: int  # log start offset (moves with retention)
     end: int  # high watermark: the next offset to be written
+    stable: int | None = None  # last stable offset: the first offset of the oldest open transaction
 
     @property
     def empty(self) -> bool:
@@ -77,21 +85,26 @@ def timestamp_types(admin: AdminClient, topics: Iterable[str], region: str,
 
 
 def watermarks(admin: AdminClient, partitions: Iterable[Partition], region: str,
-               timeout: float = 10) -> dict[Partition, Watermarks]:
-    """Log start and end offsets of many partitions, two batched requests."""
+               timeout: float = 10, *, stable: bool = False) -> dict[Partition, Watermarks]:
+    """Log start and end offsets of many partitions, two batched requests (three with `stable`)."""
     partitions = list(partitions)
     if not partitions:
         return {}
     found: dict[str, dict[Partition, int]] = {}
-    for name, spec in (("start", OffsetSpec.earliest()), ("end", OffsetSpec.latest())):
+    asks = [("start", OffsetSpec.earliest(), IsolationLevel.READ_UNCOMMITTED),
+            ("end", OffsetSpec.latest(), IsolationLevel.READ_UNCOMMITTED)]
+    if stable:
+        asks.append(("stable", OffsetSpec.latest(), IsolationLevel.READ_COMMITTED))
+    for name, spec, isolation in asks:
         request = {TopicPartition(t, p): spec for t, p in partitions}
-        futures = admin.list_offsets(request, request_timeout=timeout)
+        futures = admin.list_offsets(request, isolation_level=isolation, request_timeout=timeout)
         found[name] = {
             (tp.topic, tp.partition): _result(f, f"listing {name} offsets of {tp.topic}", region,
                                               timeout).offset
             for tp, f in futures.items()
         }
-    return {tp: Watermarks(found["start"][tp], found["end"][tp]) for tp in partitions}
+    return {tp: Watermarks(found["start"][tp], found["end"][tp], found.get("stable", {}).get(tp))
+            for tp in partitions}
 
 
 def offsets_for_times(admin: AdminClient, wanted: dict[Partition, int], region: str,

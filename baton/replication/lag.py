@@ -36,6 +36,10 @@ from baton.settings import Topology
 TAIL, SEARCH = 16, 20_000
 # Hinted segments longer than this are not verified record by record (the search is used).
 MAX_VERIFY = 50_000
+# Missing spans up to this many offsets are read to count data records one by one (transaction
+# markers and aborted records are not data); longer spans report the offset count as a bound.
+# As large as the longest divergent tail a failback lists one by one (steps/failback.MAX_LISTED).
+COUNT_LIMIT = 10_000
 
 
 @dataclass
@@ -66,8 +70,11 @@ class Scope:
 
 def resolve_scope(topology: Topology, *, owner: str | None = None, topics: list[str] | None = None,
                   engine: ReplicationEngine | None = None, owner_required: bool = True,
-                  timeout: float | None = None) -> Scope:
-    """Check the topics and their mirrors exist with equal partition counts; bounded in time."""
+                  timeout: float | None = None, owner_known_unreachable: bool = False) -> Scope:
+    """Check the topics and their mirrors exist with equal partition counts; bounded in time.
+
+    owner_known_unreachable: an earlier step of the run declared the owner dead; do not probe it.
+    """
     owner = owner or topology.domain.initial_owner
     secondary = topology.other_region(owner)
     topics = list(topics or topology.domain.topics)
@@ -76,7 +83,8 @@ def resolve_scope(topology: Topology, *, owner: str | None = None, topics: list[
     secondary_admin = check_reachable(secondary, topology.regions[secondary], timeout=wait)
     owner_admin = None
     try:
-        owner_admin = check_reachable(owner, topology.regions[owner], timeout=wait)
+        if not owner_known_unreachable or owner_required:
+            owner_admin = check_reachable(owner, topology.regions[owner], timeout=wait)
     except RegionUnreachable:
         if owner_required:
             raise
@@ -133,17 +141,25 @@ class PartitionLag:
     oldest_missing_age_seconds: float | None
     method: str  # offset-sync | search | empty
     note: str = ""
+    owner_stable_end: int | None = None  # last stable offset: an open transaction starts there
 
     @property
     def current(self) -> bool | None:
         return None if self.missing_records is None else self.missing_records == 0
 
+    @property
+    def compared_end(self) -> int:
+        """The owner offset the secondary is compared against: its last stable offset."""
+        return self.owner_end if self.owner_stable_end is None else self.owner_stable_end
+
     def missing_ranges(self) -> list[tuple[int, int]]:
-        """Owner offset ranges [start, end) not on the secondary."""
+        """Owner offset ranges [start, end) holding committed data not on the secondary."""
         if self.replicated_through is None:
             return [(self.owner_start, self.owner_end)] if self.owner_end > self.owner_start else []
+        if self.missing_records == 0:
+            return []  # what remains is transaction markers or aborted records
         start = max(self.replicated_through + 1, self.owner_start)
-        return [(start, self.owner_end)] if self.owner_end > start else []
+        return [(start, self.compared_end)] if self.compared_end > start else []
 
 
 @dataclass
@@ -216,7 +232,7 @@ def measure_lag(topology: Topology, *, owner: str | None = None, topics: list[st
     scope = scope or resolve_scope(topology, owner=owner, topics=topics, engine=engine)
     problems: list[str] = []
     pairs = scope.pairs()
-    owner_marks = watermarks(scope.owner_admin, pairs, scope.owner, scope.timeout)
+    owner_marks = watermarks(scope.owner_admin, pairs, scope.owner, scope.timeout, stable=True)
     mirror_marks = watermarks(scope.secondary_admin, [scope.mirror_of(tp) for tp in pairs],
                               scope.secondary, scope.timeout)
     hints = read_hints(scope, problems)
@@ -227,7 +243,8 @@ def measure_lag(topology: Topology, *, owner: str | None = None, topics: list[st
     for tp in pairs:
         own, mir = owner_marks[tp], mirror_marks[scope.mirror_of(tp)]
         result = results[tp] = PartitionLag(tp[0], scope.mirrors[tp[0]], tp[1], own.start, own.end,
-                                            mir.start, mir.end, None, None, None, "empty")
+                                            mir.start, mir.end, None, None, None, "empty",
+                                            owner_stable_end=own.stable)
         if own.empty:
             result.replicated_through = own.end - 1
         elif mir.end == 0:
@@ -242,7 +259,9 @@ def measure_lag(topology: Topology, *, owner: str | None = None, topics: list[st
     owner_ranges, mirror_ranges = {}, {}
     for tp, hint in hinted.items():
         n = mirror_marks[scope.mirror_of(tp)].end - hint.downstream_offset
-        owner_ranges[tp] = [(hint.upstream_offset, min(owner_marks[tp].end, hint.upstream_offset + n + 1))]
+        # Read further on the owner: transaction markers take offsets there, not on the mirror.
+        owner_ranges[tp] = [(hint.upstream_offset,
+                             min(owner_marks[tp].end, hint.upstream_offset + 2 * n + TAIL + 1))]
         mirror_ranges[scope.mirror_of(tp)] = [(hint.downstream_offset, hint.downstream_offset + n)]
     owner_recs = read_ranges(scope.config(scope.owner), owner_ranges, scope.owner,
                              timestamps=scope.timestamps, exclude_headers=scope.engine.replication_headers)
@@ -262,20 +281,41 @@ def measure_lag(topology: Topology, *, owner: str | None = None, topics: list[st
     _search(scope, [tp for tp, r in results.items() if r.replicated_through is None],
             owner_marks, mirror_marks, results, oldest)
 
-    # The oldest missing record, where the verified segment did not already include it.
+    # Count the owner's committed data records after the replicated position, up to its last
+    # stable offset: markers and aborted records are never replicated, so they are not missing.
     first_missing = {tp: max(r.replicated_through + 1, r.owner_start) for tp, r in results.items()
                      if r.replicated_through is not None}
-    need = {tp: [(start, min(owner_marks[tp].end, start + TAIL))] for tp, start in first_missing.items()
-            if start < owner_marks[tp].end and tp not in oldest}
-    for tp, records in read_ranges(scope.config(scope.owner), need, scope.owner).items():
-        if records:
-            oldest[tp] = records[min(records)]
+    need = {}
+    for tp, start in first_missing.items():
+        stable = results[tp].compared_end
+        if start < stable:  # past the count limit only the oldest missing record is read
+            span = COUNT_LIMIT if stable - start <= COUNT_LIMIT else TAIL
+            need[tp] = [(start, min(stable, start + span))]
+    counted = read_ranges(scope.config(scope.owner), need, scope.owner)
     for tp, result in results.items():
         if tp not in first_missing:
             if not result.note:
                 result.note = "the mirror's last records were not found on the owner"
             continue
-        result.missing_records = max(0, result.owner_end - first_missing[tp])
+        start, stable = first_missing[tp], result.compared_end
+        records = counted.get(tp, {})
+        notes = []
+        if stable - start > COUNT_LIMIT:
+            result.missing_records = stable - start  # a bound: offsets, not counted one by one
+            notes.append(f"at most {stable - start} records: offsets {start}..{stable - 1} were not read "
+                         "one by one (transaction markers would count)")
+        else:
+            result.missing_records = len(records)
+        if records and tp not in oldest:
+            oldest[tp] = records[min(records)]
+        if start < stable and not records and stable - start <= COUNT_LIMIT:
+            notes.append(f"owner offsets {start}..{stable - 1} hold no committed data (transaction "
+                         "markers or aborted records): nothing to replicate")
+        if stable < result.owner_end:
+            notes.append(f"an open transaction holds owner offsets {stable}..{result.owner_end - 1}: "
+                         f"compared against the owner's last stable offset {stable}")
+        if notes:
+            result.note = "; ".join(filter(None, [result.note, *notes]))
         if result.missing_records and tp in oldest:
             result.oldest_missing_age_seconds = max(0.0, now - oldest[tp].timestamp_ms / 1000)
         if result.replicated_through + 1 < result.owner_start and result.method != "empty":

@@ -31,13 +31,15 @@ class Match:
 
 
 def match_run(owner_run: list[Rec], owner_complete: bool, mirror: list[Rec], mirror_complete: bool,
-              mirror_current: bool) -> Match:
+              mirror_current: bool, starts_before: int | None = None) -> Match:
     """Find the mirror position whose following records copy `owner_run` record by record.
 
     owner_complete: the run reaches the owner's end offset; mirror_complete: the window
     reaches the mirror's end; mirror_current: the mirror holds every owner record.
     A candidate dies on a mismatch, when the mirror continues past a copy of the owner's
-    last record (those would be duplicates), or when a current mirror ends early. One
+    last record (those would be duplicates), or when a current mirror ends early. Only
+    positions below `starts_before` are candidates (the mirror may be read further so a run
+    starting just below it can complete). One
     survivor is the answer; several (identical runs longer than what was read) are
     reported as ambiguous, never guessed.
     """
@@ -46,6 +48,8 @@ def match_run(owner_run: list[Rec], owner_complete: bool, mirror: list[Rec], mir
     first = owner_run[0].fingerprint
     survivors = []
     for start, record in enumerate(mirror):
+        if starts_before is not None and record.offset >= starts_before:
+            break
         if record.fingerprint != first:
             continue
         length = common_prefix(owner_run, mirror[start:])

@@ -55,8 +55,7 @@ def translate_to_upstream(topology: Topology, *, mirror_region: str, upstream_re
         entries.append(entry)
         mirror_end = mirror_marks[(topic, partition)].end
         if offset >= mirror_end:
-            entry.translated_offset = upstream_marks[(upstream, partition)].end
-            entry.method = "end"
+            entry.resolve(upstream_marks[(upstream, partition)].end, "end")
             entry.note = "consumed the whole mirror: resumes after the upstream's divergent tail"
             continue
         candidates = [h for h in hints.get((upstream, partition), []) if h.downstream_offset <= offset]
@@ -78,9 +77,54 @@ def translate_to_upstream(topology: Topology, *, mirror_region: str, upstream_re
             # The upstream may continue past the run (unreplicated records): never "complete".
             match = match_run(run, False, window, high >= upstream_marks[upstream_tp].end, False)
             if match.status == "exact":
-                entry.translated_offset = match.offset
+                entry.resolve(match.offset)
             else:
-                entry.status = match.status
-                entry.note = (f"mirror record {start} not located in {upstream_tp[0]}[{upstream_tp[1]}] "
-                              f"{low}..{high} ({len(match.candidates)} candidates)")
+                entry.refuse(match.status, f"mirror record {start} not located in "
+                             f"{upstream_tp[0]}[{upstream_tp[1]}] {low}..{high} "
+                             f"(candidates {match.candidates[:10]})")
     return entries
+
+
+def keep_returning_positions(topology: Topology, entries: list[Translation], *,
+                             returning_region: str) -> list[dict]:
+    """Failback: never move a group behind what it committed on the returning region itself.
+
+    After an unplanned failover a group's position on the mirror may lag (checkpoints), so its
+    translation back can land before the offset it had committed on the returning region before
+    the outage. Inside the common prefix (returning-region records that reached the mirror, so
+    both logs hold them) that own commit is still true: the later of the two wins, and why is
+    returned for the evidence. Beyond the prefix (the divergent tail) the translation stands.
+    """
+    from baton.replication.lag import measure_lag
+
+    candidates = [e for e in entries if e.usable]
+    if not candidates:
+        return []
+    admin = check_reachable(returning_region, topology.regions[returning_region])
+    timeout = topology.regions[returning_region].request_timeout_seconds
+    own = {}
+    for group in {e.group for e in candidates}:
+        for tp, offset in committed_offsets(admin, group, returning_region, timeout).items():
+            own[(group, *tp)] = offset
+    ahead = [e for e in candidates
+             if own.get((e.group, e.mirror_topic, e.partition), -1) > e.translated_offset]
+    if not ahead:
+        return []
+    lag = measure_lag(topology, owner=returning_region, topics=sorted({e.mirror_topic for e in ahead}))
+    prefix = {(p.topic, p.partition): p.replicated_through for p in lag.partitions}
+    kept = []
+    for entry in ahead:
+        position = own[(entry.group, entry.mirror_topic, entry.partition)]
+        through = prefix.get((entry.mirror_topic, entry.partition))
+        if through is None or position > through + 1:
+            continue  # past the common prefix: the group's own commit is not on both sides
+        why = (f"kept {entry.group}'s own commit {position} on {returning_region}: inside the common prefix "
+               f"(both logs hold {entry.mirror_topic}[{entry.partition}] through offset {through}); the "
+               f"translation {entry.translated_offset} would re-deliver {position - entry.translated_offset} "
+               "records it had already committed")
+        kept.append({"group": entry.group, "partition": f"{entry.mirror_topic}[{entry.partition}]",
+                     "translated": entry.translated_offset, "kept": position, "why": why})
+        entry.resolve(position)
+        entry.duplicates_bound = 0
+        entry.note = why
+    return kept

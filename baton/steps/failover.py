@@ -21,7 +21,7 @@ from baton.replication import engine_for
 from baton.replication.currency import verify_currency
 from baton.replication.lag import measure_lag, resolve_scope
 from baton.replication.translation import TranslationReport, apply_translation, translate_offsets
-from baton.replication.upstream import translate_to_upstream
+from baton.replication.upstream import keep_returning_positions, translate_to_upstream
 from baton.steps.context import RunContext
 from baton.steps.topics import stream_pairs
 
@@ -43,10 +43,20 @@ class PairedEngine:
 
 
 def _reachable(ctx: RunContext, region: str, timeout: float | None = None):
+    """An admin client, or None when the region does not answer. Unplanned runs declare a dead
+    region once (ctx.state["unreachable"], in the step's evidence) and never wait on it again."""
+    declared = ctx.state.setdefault("unreachable", {})
+    if ctx.unplanned and region in declared:
+        return None
     try:
         return check_reachable(region, ctx.topology.regions[region], timeout=timeout)
-    except RegionUnreachable:
+    except RegionUnreachable as e:
+        declared[region] = {"at": datetime.now(UTC).isoformat(), "error": str(e)}
         return None
+
+
+def _declared_unreachable(ctx: RunContext, region: str) -> dict | None:
+    return ctx.state.get("unreachable", {}).get(region) if ctx.unplanned else None
 
 
 def _owner_partitions(ctx: RunContext, admin) -> list[tuple[str, int]]:
@@ -209,6 +219,7 @@ def stop_primary_producers(ctx: RunContext) -> dict:
                              "FENCED; re-run as an unplanned failover (--unplanned --reason)")
         evidence["acl_fence"] = {"applied": False,
                                  "why": f"{ctx.old_owner} unreachable; ACLs cannot be written there"}
+        evidence["declared_unreachable"] = {ctx.old_owner: _declared_unreachable(ctx, ctx.old_owner)}
     else:
         evidence["acl_fence"] = fence(ctx.topology, ctx.old_owner)
     if admin is not None and not ctx.unplanned:
@@ -293,9 +304,12 @@ def translate_consumer_offsets(ctx: RunContext) -> dict:
         pairs = {t: topology.replication.remote_topic(t, ctx.old_owner) for t in topology.domain.topics}
     native = {t: m for t, m in pairs.items() if m == topology.replication.remote_topic(t, ctx.old_owner)}
     upstream = {t: u for t, u in pairs.items() if t not in native}
+    declared = _declared_unreachable(ctx, ctx.old_owner)
+    if declared:
+        evidence["owner_declared_unreachable"] = declared  # by an earlier step: not probed again
     scope = resolve_scope(topology, owner=ctx.old_owner, topics=list(native),
                           engine=PairedEngine(engine_for(topology), native),
-                          owner_required=not ctx.unplanned,
+                          owner_required=not ctx.unplanned, owner_known_unreachable=bool(declared),
                           # unplanned: the owner is known to be down; do not wait long to hear it again
                           timeout=UNREACHABLE_PROBE_SECONDS if ctx.unplanned else None)
     method = "checkpoint" if ctx.unplanned else "exact"
@@ -309,28 +323,34 @@ def translate_consumer_offsets(ctx: RunContext) -> dict:
     else:
         report = TranslationReport(ctx.old_owner, ctx.new_owner, owner_admin is not None, [])
     # From the second hand-over on, groups also sit on mirrors whose upstream is the new owner.
-    report.entries += translate_to_upstream(topology, mirror_region=ctx.old_owner,
-                                            upstream_region=ctx.new_owner, groups=groups, pairs=upstream)
+    returning = translate_to_upstream(topology, mirror_region=ctx.old_owner,
+                                      upstream_region=ctx.new_owner, groups=groups, pairs=upstream)
+    if ctx.runbook == "failback":
+        evidence["kept_own_positions"] = keep_returning_positions(topology, returning,
+                                                                  returning_region=ctx.new_owner)
+    report.entries += returning
     evidence["translation"] = report.as_dict()
     evidence["method"] = method
-    unusable = [f"{e.group} {e.topic}[{e.partition}]: {e.status} {e.note}".strip()
-                for e in report.entries if not e.usable]
-    if unusable:
-        raise StepFailed("no trustworthy translation for: " + "; ".join(unusable)
+    if report.untranslated:
+        raise StepFailed("refusing to switch: not translated: " + report.refusal_text()
                          + ". Nothing was applied.")
     # In a failback the returning region's offsets date from before the failover; the current
-    # owner's positions are the truth even where they are lower (records re-delivered after an
-    # unplanned failover). A failover never moves a group backwards.
+    # owner's positions are the truth even where they are lower, except inside the common prefix
+    # where the group's own commit there is still true (keep_returning_positions above).
+    # A failover never moves a group backwards.
     force = ctx.runbook == "failback"
     evidence["force_backwards"] = force
     applied = apply_translation(topology, report, force=force)
-    evidence["applied"] = [{"group": a.group, "committed": a.committed, "previous": a.previous}
-                           for a in applied]
+    evidence["applied"] = [{"group": a.group, "committed": a.committed, "previous": a.previous,
+                            "deleted_no_commit_on_owner": a.deleted} for a in applied]
     ctx.state["applied_offsets"] = {a.group: a.committed for a in applied}
     evidence["summary"] = {
         "groups": len(applied), "partitions": len(report.entries),
         "methods": sorted({e.method for e in report.entries}),
         "duplicates_bound": sum(e.duplicates_bound or 0 for e in report.entries),
+        # what this run states it may re-deliver per group (unplanned: after the last checkpoint)
+        "duplicates_bound_by_group": {g: sum(e.duplicates_bound or 0 for e in report.entries if e.group == g)
+                                      for g in sorted({e.group for e in report.entries})},
         "missing": sum(e.missing or 0 for e in report.entries),
     }
     return evidence

@@ -83,6 +83,11 @@ def connector_config(topology: Topology, kind: str, source: str, target: str) ->
     }
     config |= client_settings(src, "source.cluster.")
     config |= client_settings(dst, "target.cluster.")
+    if kind == "source":
+        # Aborted records must never reach the mirror: a read_committed consumer after a
+        # failover would process them as real data. Markers are skipped too (MM2 then writes an
+        # offset sync at each gap, see OffsetSyncWriter.PartitionState).
+        config["consumer.isolation.level"] = "read_committed"
     if kind == "heartbeat":
         # Emit into the source region so the heartbeat travels the flow (module docstring).
         config |= client_settings(src, "target.cluster.")

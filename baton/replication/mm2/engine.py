@@ -42,8 +42,10 @@ class MirrorMakerEngine:
         separator = self.topology.replication.separator
         at_source = self._setting("offset-syncs.topic.location", "source") == "source"
         syncs_region = source if at_source else target
+        # MM2 names the topic after the *other* cluster (MirrorSourceConfig.offsetSyncsTopic).
+        other = target if at_source else source
         return {
-            "offset-syncs": (syncs_region, f"mm2-offset-syncs{separator}{target}{separator}internal"),
+            "offset-syncs": (syncs_region, f"mm2-offset-syncs{separator}{other}{separator}internal"),
             "checkpoints": (target, f"{source}{separator}checkpoints{separator}internal"),
             "heartbeats": (target, self.remote_topic("heartbeats", source)),
         }
