@@ -125,10 +125,14 @@ class AuditStore:
             if holder is None:  # released between our insert and this read: a true race, retry once
                 return self.start_run(domain, runbook, trigger=trigger, reason=reason,
                                       started_by=started_by, planned=planned, run_id=run_id)
+            holder_runbook = self.run(holder.run_id).run.runbook
+            way_out = (f"continue it with `baton {holder_runbook} --resume {holder.run_id}`"
+                       if holder_runbook in ("failover", "failback") else
+                       f"release it with `baton authority unlock --run {holder.run_id}`")
             raise RunLocked(
                 f"domain {domain!r} is locked by run {holder.run_id} (started by {holder.acquired_by} "
                 f"at {holder.acquired_at:%Y-%m-%d %H:%M:%S} UTC). Wait for it to finish, or if that "
-                f"run crashed, release it with `baton authority unlock --run {holder.run_id}`."
+                f"run crashed, {way_out}."
             ) from None
 
     def lock_holder(self, domain: str) -> RunLock | None:
