@@ -40,6 +40,10 @@ def _print_summary(summary: dict, as_json: bool) -> None:
 
 def _run_flow(flow, as_json: bool, **parameters) -> None:
     # A failed run raises its BatonError (exit 1); `baton runs` and `baton report` show its evidence.
+    # Prefect's tracebacks for it stay in the Prefect logs, off the terminal.
+    from flows.console import quiet_baton_refusals
+
+    quiet_baton_refusals()
     _print_summary(flow(**parameters), as_json)
 
 

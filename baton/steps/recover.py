@@ -121,7 +121,7 @@ def _replication_part(topology, source: str, target: str, log) -> Part:
         if state == "RUNNING":
             return Part(name, "ok", "RUNNING (read from Connect)")
         log(f"recover: replication {source} -> {target} is {state}; starting it")
-        status = engine.start(source, target, wait_seconds=REPLICATION_WAIT_SECONDS)
+        status = engine.start(source, target, wait_seconds=REPLICATION_WAIT_SECONDS, keep_config=True)
         return Part(name, "fixed", f"restarted replication {source} -> {target}: was {state}, "
                                    f"now {status.state} (read from Connect)")
     except (ReplicationError, OSError) as e:

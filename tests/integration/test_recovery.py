@@ -1,0 +1,183 @@
+"""Recovery to the last safe state on the real lab, after faults injected into real runs.
+
+Each test checks what is true afterwards, read back from where it lives: the authority record,
+the ACLs in each region, the connector states in Connect, and that the old owner accepts a
+record from a guarded producer. Each uses its own domain; the shared lab is restored after.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+
+import pytest
+from confluent_kafka import KafkaError
+
+from baton.audit import AuditStore
+from baton.authority import authority_store
+from baton.authority.keeper import LeaseKeeper
+from baton.client import GuardedProducer
+from baton.kafka.fencing import present_bindings
+from baton.replication import engine_for
+from baton.settings import load_topology
+from tests.conftest import wait_until
+from tests.integration.runbook_support import (
+    make_domain,
+    produce,
+    restore_lab,
+    resume,
+    wait_mirrored,
+    wait_paused_at,
+)
+from tests.integration.test_runbooks import authority_of, baton, seed, start_cli_failover
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def domain(topology, tmp_path, prefect_api):
+    """Factory for a private domain's topology file; the lab is restored afterwards."""
+    created = []
+
+    def create(**thresholds):
+        path = make_domain(topology, tmp_path, **thresholds)
+        created.append(path)
+        return path
+
+    yield create
+    for path in created:
+        restore_lab(load_topology(path))
+
+
+class Keeper:
+    """The lease keeper of a test domain, in a thread (as `baton authority keep` runs it)."""
+
+    def __init__(self, t):
+        self.keeper = LeaseKeeper(t, authority_store(t, AuditStore.for_topology(t)), interval=1.0)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.keeper.run, args=(self.stop,), daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self.keeper
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(30)
+        self.keeper.close()
+
+
+def guarded_write(t, region: str) -> KafkaError | None:
+    """Write one record with a guarded producer that can reach `region` only; the delivery error."""
+    producer = GuardedProducer(t, regions=[region], block_seconds=15)
+    errors: list = []
+    try:
+        producer.produce(t.domain.topics[0], value=b"after-recovery",
+                         on_delivery=lambda error, message: errors.append(error))
+        producer.flush(20)
+    finally:
+        producer.close()
+    assert errors, "the guarded producer got no delivery report"
+    return errors[0]
+
+
+def assert_replication_copies(t) -> None:
+    """Replication east -> west really copies (not just a RUNNING state): new records reach west."""
+    from baton.kafka.admin import admin_client, end_offsets
+
+    topic = t.domain.topics[0]
+    partitions = len(admin_client(t.regions["east"]).list_topics(topic).topics[topic].partitions)
+    total = sum(end_offsets(t.regions["east"].client_config("admin"), topic, partitions)) + 30
+    produce(t, "east", topic, 30, partitions, "after")
+    wait_mirrored(t, topic, total, timeout=90)
+
+
+def paused_at_switch_then_crash(path) -> str:
+    """A planned failover of the domain, approved to approve-switch, whose CLI is then killed."""
+    process = start_cli_failover(path)
+    try:
+        run = wait_paused_at("failover", "approve-failover", config=path)
+        resume(run, approved=True, approver="alice")
+        wait_paused_at("failover", "approve-switch", config=path)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    t = load_topology(path)
+    store = AuditStore.for_topology(t)
+    return store.runs(t.domain.name)[0].id
+
+
+def show(path) -> dict:
+    result = baton("authority", "show", "--json", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_switch_failing_after_replication_stopped_restarts_replication(domain):
+    """Case 1: the switch stops MM2, then cannot unfence west (wrong admin password)."""
+    path = domain()
+    t = load_topology(path)
+    seed(t)
+    run_id = paused_at_switch_then_crash(path)
+    assert engine_for(t).status("east", "west").state == "RUNNING"
+
+    env = os.environ | {"BATON_REGIONS__WEST__ADMIN__PASSWORD": "wrong"}
+    result = baton("failover", "--yes", "--resume", run_id, "--config", str(path), env=env)
+
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    view = AuditStore.for_topology(t).run(run_id)
+    switch = [s for s in view.steps if s.name == "switch_authority"]
+    assert [s.status for s in switch] == ["failed"]
+    # Replication the switch stopped runs again, read from Connect; east owns and is unfenced.
+    assert engine_for(t).status("east", "west").state == "RUNNING"
+    authority = authority_of(t)
+    assert (authority.owner, authority.state.value) == ("east", "ACTIVE")
+    assert present_bindings(t, "east") == []
+    compensation = json.loads(next(s.evidence for s in view.steps if s.name == "compensate"))
+    assert compensation["converged"] and compensation["pending"] == []
+    assert any(a.startswith("replication east -> west: restarted") for a in compensation["actions"])
+    assert "back in the last safe state" in result.stderr
+    assert_replication_copies(t)
+    with Keeper(t):
+        assert guarded_write(t, "east") is None
+    shown = show(path)
+    assert shown["regions"]["east"]["deny_acls"] == 0 and shown["pending_recoveries"] == {}
+
+
+def test_hung_owner_keeps_no_fence_once_it_answers_again(lab, domain):
+    """Case 2: east hangs after its deny ACLs were applied (during the quiesce)."""
+    path = domain(quiesce_seconds=20)
+    t = load_topology(path)
+    seed(t)
+    with Keeper(t):
+        process = start_cli_failover(path, "--yes")
+        try:
+            wait_until(lambda: present_bindings(t, "east"), 90, "the fence ACLs on east")
+            lab.fault("hang", "east")
+            try:
+                _, stderr = process.communicate(timeout=180)
+            finally:
+                lab.fault("resume", "east")
+        finally:
+            process.kill()
+        assert process.returncode == 1
+        assert "Traceback" not in stderr
+        store = AuditStore.for_topology(t)
+        run_id = store.runs(t.domain.name)[0].id
+        # The CLI says the truth: the fence on east could not be verified gone, and how to finish.
+        assert "NOT yet in the last safe state" in stderr and f"baton recover --run {run_id}" in stderr
+        compensation = json.loads(next(s.evidence for s in store.run(run_id).steps if s.name == "compensate"))
+        assert [p["part"] for p in compensation["pending"]] == ["acls on east", "authority"]
+        # East answers again: the keeper finishes the pending parts by itself.
+        wait_until(lambda: authority_of(t).state.value == "ACTIVE" and not present_bindings(t, "east"),
+                   90, "the keeper to unfence east and make it ACTIVE")
+        assert guarded_write(t, "east") is None
+    assert engine_for(t).status("east", "west").state == "RUNNING"
+    assert_replication_copies(t)
+    shown = show(path)
+    assert shown["regions"]["east"]["deny_acls"] == 0 and shown["pending_recoveries"] == {}
+    recovered = [s for s in store.run(run_id).steps if s.name == "recover"]
+    assert recovered and recovered[-1].status == "succeeded"
