@@ -181,3 +181,71 @@ def test_hung_owner_keeps_no_fence_once_it_answers_again(lab, domain):
     assert shown["regions"]["east"]["deny_acls"] == 0 and shown["pending_recoveries"] == {}
     recovered = [s for s in store.run(run_id).steps if s.name == "recover"]
     assert recovered and recovered[-1].status == "succeeded"
+
+
+def test_owner_hung_while_fencing_gets_a_true_message_and_recover_finishes(lab, domain):
+    """Case 3: east stops answering between approve-failover and the fence."""
+    path = domain()
+    t = load_topology(path)
+    seed(t)
+    process = start_cli_failover(path)
+    try:
+        run = wait_paused_at("failover", "approve-failover", config=path)
+        lab.fault("hang", "east")
+        try:
+            resume(run, approved=True, approver="alice")
+            _, stderr = process.communicate(timeout=180)
+            authority_while_hung = authority_of(t)
+        finally:
+            lab.fault("resume", "east")
+    finally:
+        process.kill()
+    assert process.returncode == 1 and "Traceback" not in stderr
+    run_id = AuditStore.for_topology(t).runs(t.domain.name)[0].id
+    # The message states the authority as read back, and names the one command that gets out.
+    assert "re-run as an unplanned failover" not in stderr
+    assert authority_while_hung.describe().split(",")[0] in stderr
+    assert f"baton recover --run {run_id}" in stderr
+
+    result = baton("recover", "--run", run_id, "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "back in the last safe state" in result.stdout
+    authority = authority_of(t)
+    assert (authority.owner, authority.state.value) == ("east", "ACTIVE")
+    assert present_bindings(t, "east") == []
+    assert engine_for(t).status("east", "west").state == "RUNNING"
+    # Idempotent: a second recovery changes nothing and says so.
+    again = baton("recover", "--run", run_id, "--config", str(path), "--json")
+    assert again.returncode == 0 and json.loads(again.stdout)["actions"] == [
+        "none: every part was already in its safe state"]
+    assert authority_of(t).epoch == authority.epoch
+    with Keeper(t):
+        assert guarded_write(t, "east") is None
+
+
+def test_crashed_run_has_one_way_out_and_unlock_never_strands_authority_fenced(domain):
+    """Case 4: the CLI is killed at approve-switch (east fenced, authority FENCED)."""
+    path = domain()
+    t = load_topology(path)
+    seed(t)
+    run_id = paused_at_switch_then_crash(path)
+    assert authority_of(t).state.value == "FENCED"
+
+    second = baton("failover", "--yes", "--config", str(path))
+    assert second.returncode == 1 and "Traceback" not in second.stderr
+    assert f"baton failover --resume {run_id}" in second.stderr
+    assert "authority unlock" not in second.stderr
+
+    unlocked = baton("authority", "unlock", "--run", run_id, "--config", str(path))
+    assert unlocked.returncode == 0, unlocked.stderr
+    authority = authority_of(t)
+    assert (authority.owner, authority.state.value) == ("east", "ACTIVE")
+    assert present_bindings(t, "east") == []
+    assert engine_for(t).status("east", "west").state == "RUNNING"
+
+    resumed = baton("failover", "--yes", "--resume", run_id, "--config", str(path))
+    assert resumed.returncode == 2 and "Traceback" not in resumed.stderr
+    assert f"run {run_id} is aborted" in resumed.stderr and "start a new run" in resumed.stderr
+    assert authority.describe().split(",")[0] in resumed.stderr
+    with Keeper(t):
+        assert guarded_write(t, "east") is None
