@@ -46,7 +46,13 @@ class RunLocked(BatonError):
 
 
 class WriteRefused(BatonError):
-    """A guarded client refused a record: no region holds write authority with a valid lease."""
+    """A guarded client refused a record. `reason` says why: "fenced" (a hand-over is in
+    progress), "lease lapsed", "acl denied" (the region's brokers deny the principal) or
+    "no authority" (no region's own record says it may write)."""
+
+    def __init__(self, message: str, reason: str = "no authority"):
+        super().__init__(message)
+        self.reason = reason
 
 
 class AuditError(BatonError):

@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import threading
+import time
 
 import pytest
 from confluent_kafka import KafkaError
@@ -249,3 +250,48 @@ def test_crashed_run_has_one_way_out_and_unlock_never_strands_authority_fenced(d
     assert authority.describe().split(",")[0] in resumed.stderr
     with Keeper(t):
         assert guarded_write(t, "east") is None
+
+
+def test_guarded_producer_refuses_acl_denied_writes_with_write_refused(domain_topology):
+    """Item 3: authority says east may write, but east's brokers deny the principal."""
+    from baton.errors import WriteRefused
+    from baton.kafka.fencing import fence, unfence
+
+    t = domain_topology(lease_ttl=3.0)
+    topic = t.domain.topics[0]
+    with Keeper(t):
+        producer = GuardedProducer(t, regions=["east"], block_seconds=10)
+        try:
+            producer.produce(topic, value=b"before")
+            assert producer.flush(15) == 0
+            fence(t, "east")
+            try:
+                outcomes: dict[str, int] = {}
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:
+                    try:
+                        producer.produce(topic, value=b"while fenced")
+                        outcomes["accepted"] = outcomes.get("accepted", 0) + 1
+                    except WriteRefused as e:
+                        outcomes[e.reason] = outcomes.get(e.reason, 0) + 1
+                    producer.poll(0.2)
+            finally:
+                unfence(t, "east")
+            # Every refusal is a WriteRefused naming the ACL (a raw KafkaException would fail the test).
+            assert outcomes.get("acl denied", 0) > 0 and set(outcomes) <= {"accepted", "acl denied"}
+            # Once unfenced, the same producer writes again (a fatal producer is replaced).
+            errors: list = []
+            wait_until(lambda: _try_write(producer, topic, errors), 30, "a write after unfencing")
+        finally:
+            producer.close()
+
+
+def _try_write(producer, topic, errors) -> bool:
+    from baton.errors import WriteRefused
+
+    try:
+        producer.produce(topic, value=b"after", on_delivery=lambda error, message: errors.append(error))
+    except WriteRefused:
+        return False
+    producer.flush(10)
+    return bool(errors) and errors[-1] is None
