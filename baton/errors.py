@@ -17,6 +17,10 @@ class RegionUnreachable(BatonError):
     """A region's brokers did not answer within the bounded timeout."""
 
 
+class AuthenticationFailed(RegionUnreachable):
+    """A region's brokers answered but refused the credentials (e.g. a wrong SASL password)."""
+
+
 class LabError(BatonError):
     """The embedded lab could not be started, stopped or inspected."""
 

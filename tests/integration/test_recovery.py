@@ -295,3 +295,15 @@ def _try_write(producer, topic, errors) -> bool:
         return False
     producer.flush(10)
     return bool(errors) and errors[-1] is None
+
+
+def test_config_check_connect_names_a_wrong_password_as_authentication_failure(topology):
+    """Item 4: within its 5 s probe, a refused SASL login is named as such (not "brokers down")."""
+    env = os.environ | {"BATON_REGIONS__WEST__ADMIN__PASSWORD": "wrong"}
+    result = baton("config", "check", "--connect", "--timeout", "5", "--json", env=env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    probes = {(p["region"], p["identity"]): p["result"] for p in json.loads(result.stdout)["connect"]}
+    assert probes[("west", "admin")] == "authentication failed"
+    assert probes[("east", "admin")] == "ok"
+    assert "refused the admin credentials" in result.stderr and "did not answer" not in result.stderr
+    assert baton("config", "check", "--connect", "--timeout", "5").returncode == 0

@@ -48,3 +48,17 @@ def test_a_converged_recovery_lists_only_what_it_changed():
         Part("authority", "ok", "ACTIVE")], authority="epoch 3: east ACTIVE")
     assert recovery.converged and recovery.as_dict()["actions"] == ["replication east -> west: restarted"]
     assert recovery.statement().startswith("back in the last safe state")
+
+
+def test_malformed_json_section_variable_exits_2_naming_it():
+    import os
+    import subprocess
+    import sys
+
+    env = os.environ | {"BATON_THRESHOLDS": '{"quiesce_seconds": 3'}
+    result = subprocess.run([sys.executable, "-m", "baton", "config", "check", "--config",
+                             "deployments/example-topology.yaml"], capture_output=True, text=True,
+                            env=env, timeout=60)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "environment variable BATON_THRESHOLDS could not be parsed" in result.stderr
