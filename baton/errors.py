@@ -61,3 +61,7 @@ class WriteRefused(BatonError):
 
 class AuditError(BatonError):
     """The audit database could not be opened or migrated, or its evidence chain is broken."""
+
+
+class AuditUnwritable(AuditError):
+    """The audit database refused a write, or is no longer the database the run wrote to."""

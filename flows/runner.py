@@ -18,7 +18,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from baton.audit import AuditStore
 from baton.audit.store import default_actor
 from baton.authority import State, authority_store, initialize_authority
-from baton.errors import BatonError, StepFailed, UsageError
+from baton.errors import AuditUnwritable, BatonError, StepFailed, UsageError
 from baton.settings import load_topology
 from baton.steps.context import DIVERGENT_POLICIES, RunContext
 from flows.gates import request_approval
@@ -170,13 +170,20 @@ def execute(runbook: Runbook, ctx: RunContext, *, auto_approve: bool = False, no
                                                         notifier=notifier, poll_seconds=poll_seconds)
             else:
                 STEP_TASKS[step.name](ctx)
+    except AuditUnwritable as error:
+        _stop_for_audit(ctx, error)
+        raise
     except BaseException as error:
         ctx.state["error"] = f"{type(error).__name__}: {error}"
-        if not ctx.state.get("switched"):
-            _compensate(ctx, str(error))
-            if notifier is not None:  # the request message says what compensation ran
-                notifier.mark_compensated(ctx)
-        ctx.audit.finish_run(ctx.run_id, "failed", actor=ctx.operator, detail=ctx.state["error"])
+        try:
+            if not ctx.state.get("switched"):
+                _compensate(ctx, str(error))
+                if notifier is not None:  # the request message says what compensation ran
+                    notifier.mark_compensated(ctx)
+            ctx.audit.finish_run(ctx.run_id, "failed", actor=ctx.operator, detail=ctx.state["error"])
+        except AuditUnwritable as audit_error:
+            _stop_for_audit(ctx, audit_error)
+            raise audit_error from error
         _publish_artifacts(ctx, "failed", time.monotonic() - started)
         outcome = ctx.state.get("compensation", {}).get("statement")
         if outcome and isinstance(error, BatonError):  # the operator's one line says where things stand
@@ -184,6 +191,14 @@ def execute(runbook: Runbook, ctx: RunContext, *, auto_approve: bool = False, no
         raise
     ctx.audit.finish_run(ctx.run_id, "succeeded", actor=ctx.operator)
     return _publish_artifacts(ctx, "succeeded", time.monotonic() - started)
+
+
+def _stop_for_audit(ctx: RunContext, error: AuditUnwritable) -> None:
+    """Evidence cannot be recorded: change nothing more (no compensation, which could not be
+    recorded either), keep the lock, and say how to continue."""
+    ctx.log(f"stopping: {error}")
+    error.args = (f"{error}. The run stopped here and changed nothing it could not record; it keeps "
+                  f"its lock. Fix the database, then `baton {ctx.runbook} --resume {ctx.run_id}`",)
 
 
 def _changed_anything(ctx: RunContext, runbook: Runbook) -> bool:
@@ -202,6 +217,8 @@ def _compensate(ctx: RunContext, why: str) -> None:
         return
     try:
         recovery = recover_task(ctx, why)
+    except AuditUnwritable:
+        raise
     except BatonError as e:  # recorded as a failed step `compensate`; the original error stays the headline
         ctx.state["compensation"] = {"failed": str(e), "statement": f"recovery FAILED: {e}. "
                                      f"Run `baton recover --run {ctx.run_id}` once that is fixed"}

@@ -13,16 +13,26 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlmodel import Session, select
 
 from baton.audit import chain
 from baton.audit.db import get_engine, session_scope
-from baton.audit.models import Approval, ApprovalAttempt, DrillReport, Run, RunEvent, RunLock, Step
-from baton.errors import RunLocked, UsageError
+from baton.audit.models import (
+    Approval,
+    ApprovalAttempt,
+    ChainHead,
+    DrillReport,
+    Run,
+    RunEvent,
+    RunLock,
+    Step,
+)
+from baton.errors import AuditUnwritable, RunLocked, UsageError
 
 RUN_STATUSES = ("succeeded", "failed", "aborted")
 DECISIONS = ("approved", "rejected", "timed_out", "refused")
@@ -94,15 +104,58 @@ class AuditStore:
 
     def __init__(self, database_url: str):
         self.engine = get_engine(database_url)
+        # What identifies the database this store writes to: a SQLite file's inode, and the chain
+        # head after this store's last write. Either changing under a run means its evidence is gone.
+        database = self.engine.url.database if self.engine.url.get_backend_name() == "sqlite" else None
+        self._file = Path(database) if database and database != ":memory:" else None
+        self._inode = self._file_identity()
+        self._head: tuple[int, str] | None = None
 
     @classmethod
     def for_topology(cls, topology) -> AuditStore:
         return cls(topology.audit.database_url)
 
+    def _file_identity(self) -> tuple[int, int] | None:
+        if self._file is None:
+            return None
+        try:
+            stat = self._file.stat()
+        except OSError:
+            return None
+        return stat.st_dev, stat.st_ino
+
+    def _check_same_database(self, session: Session) -> None:
+        where = self.engine.url.render_as_string(hide_password=True)
+        if self._file is not None and self._file_identity() != self._inode:
+            raise AuditUnwritable(f"the audit database {where} disappeared or was replaced while in use: "
+                                  "evidence written now would not be where the run's evidence is")
+        if self._head is not None:
+            head = session.get(ChainHead, 1)
+            seq, digest = (head.seq, head.hash) if head else (0, "")
+            if seq < self._head[0] or (seq == self._head[0] and digest != self._head[1]):
+                raise AuditUnwritable(
+                    f"the audit database {where} no longer holds what this process wrote: its chain head "
+                    f"is seq {seq}, this process wrote up to seq {self._head[0]} (replaced or restored "
+                    "from a backup?)")
+
     @contextmanager
     def transaction(self) -> Iterator[Session]:
-        with session_scope(self.engine) as session:
-            yield session
+        """A transaction; a database that refuses it, or is not the one this store wrote to,
+        raises AuditUnwritable (the run stops where it is: nothing unrecorded is changed)."""
+        try:
+            with session_scope(self.engine) as session:
+                self._check_same_database(session)
+                yield session
+                if session.new or session.dirty or session.deleted:
+                    session.flush()
+                    head = session.get(ChainHead, 1)
+                    if head is not None:
+                        self._head = (head.seq, head.hash)
+        except IntegrityError:
+            raise
+        except DBAPIError as e:
+            where = self.engine.url.render_as_string(hide_password=True)
+            raise AuditUnwritable(f"the audit database is not writable: {e.orig} ({where})") from e
 
     # -- runs and the one-run-per-domain lock -------------------------------------------------
 

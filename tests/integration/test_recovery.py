@@ -307,3 +307,65 @@ def test_config_check_connect_names_a_wrong_password_as_authentication_failure(t
     assert probes[("east", "admin")] == "ok"
     assert "refused the admin credentials" in result.stderr and "did not answer" not in result.stderr
     assert baton("config", "check", "--connect", "--timeout", "5").returncode == 0
+
+
+def test_audit_database_not_writable_stops_the_run_and_resume_finishes_it(domain):
+    """Case 5: the audit DB becomes immutable while paused at approve-switch; then approved."""
+    import subprocess
+
+    path = domain()
+    t = load_topology(path)
+    seed(t)
+    # The database file and its write-ahead log immutable: every write fails ("disk I/O error").
+    database = t.audit.database_url.removeprefix("sqlite:///")
+    files = [database, database + "-wal"]
+    process = start_cli_failover(path)
+    try:
+        run = wait_paused_at("failover", "approve-failover", config=path)
+        resume(run, approved=True, approver="alice")
+        run = wait_paused_at("failover", "approve-switch", config=path)
+        subprocess.run(["chattr", "+i", *files], check=True)
+        try:
+            resume(run, approved=True, approver="bob")
+            _, stderr = process.communicate(timeout=120)
+        finally:
+            subprocess.run(["chattr", "-i", *files], check=True)
+    finally:
+        process.kill()
+    assert process.returncode == 1 and "Traceback" not in stderr
+    assert "the audit database is not writable" in stderr
+    run_id = AuditStore.for_topology(t).runs(t.domain.name)[0].id
+    assert f"then `baton failover --resume {run_id}`" in stderr
+    # Stopped at a safe point: nothing half-done; the run still holds its lock, east stays fenced.
+    store = AuditStore.for_topology(t)
+    assert store.run(run_id).status == "running"
+    assert authority_of(t).state.value == "FENCED" and present_bindings(t, "east") != []
+    assert engine_for(t).status("east", "west").state == "RUNNING"
+
+    result = baton("failover", "--yes", "--json", "--resume", run_id, "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["owner_after"] == "west"
+    assert store.verify().ok
+
+
+def test_audit_database_replaced_mid_run_is_detected(domain):
+    """Case 5b: the SQLite file is replaced while the run is paused: the run notices."""
+    import shutil
+
+    path = domain()
+    t = load_topology(path)
+    seed(t)
+    database = t.audit.database_url.removeprefix("sqlite:///")
+    process = start_cli_failover(path)
+    try:
+        run = wait_paused_at("failover", "approve-failover", config=path)
+        shutil.copy(database, database + ".saved")
+        os.replace(database + ".saved", database)  # same content, another file: writes would go astray
+        resume(run, approved=True, approver="alice")
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 1 and "Traceback" not in stderr
+    assert "disappeared or was replaced while in use" in stderr and "--resume" in stderr
+    # It stopped before fencing anything.
+    assert authority_of(t).state.value == "ACTIVE" and present_bindings(t, "east") == []
