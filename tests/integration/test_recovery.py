@@ -369,3 +369,76 @@ def test_audit_database_replaced_mid_run_is_detected(domain):
     assert "disappeared or was replaced while in use" in stderr and "--resume" in stderr
     # It stopped before fencing anything.
     assert authority_of(t).state.value == "ACTIVE" and present_bindings(t, "east") == []
+
+
+def test_gate_waits_out_a_prefect_server_outage_until_its_own_timeout(domain, tmp_path):
+    """Case 6: the Prefect server goes away while the run is paused; the gate outlives the
+    client's retry budget (cut to one retry here) and takes the answer once it is back."""
+    import subprocess
+    import sys
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from baton.lab.prefect_server import start_prefect_server
+
+    path = domain(gate_timeout_seconds=300)
+    t = load_topology(path)
+    seed(t)
+    server = start_prefect_server()
+    port = int(server.url.rsplit(":", 1)[1].split("/")[0])
+    log = tmp_path / "cli.err"
+    env = os.environ | {"BATON_CONFIG": str(path), "PREFECT_API_URL": server.url,
+                        "PREFECT_CLIENT_MAX_RETRIES": "1"}
+    with open(log, "w") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "baton", "failover", "--json"],
+                                   stdout=subprocess.PIPE, stderr=stderr, text=True, env=env,
+                                   start_new_session=True)
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: server.url}):
+            wait_paused_at("failover", "approve-failover", config=path)
+            os.killpg(server.process.pid, signal.SIGTERM)
+            server.process.wait(30)
+            wait_until(lambda: "the Prefect API failed" in log.read_text(), 120,
+                       "the gate to notice the Prefect API is gone")
+            wait_until(lambda: "still waiting" in log.read_text(), 60, "the gate to keep waiting")
+            assert process.poll() is None, log.read_text()
+            server = start_prefect_server(home=server.home, port=port)
+            run = wait_paused_at("failover", "approve-failover", config=path)
+            resume(run, approved=True, approver="alice")
+            run = wait_paused_at("failover", "approve-switch", config=path)
+            resume(run, approved=True, approver="bob")
+            stdout, _ = process.communicate(timeout=180)
+    finally:
+        process.kill()
+        server.stop()
+    assert process.returncode == 0, log.read_text()[-3000:]
+    assert json.loads(stdout)["owner_after"] == "west"
+    view = AuditStore.for_topology(t).run(json.loads(stdout)["run_id"])
+    assert [(a.gate, a.decision) for a in view.approvals] == [("approve-failover", "approved"),
+                                                              ("approve-switch", "approved")]
+
+
+def test_an_answer_after_the_run_was_recovered_is_refused_and_recorded(domain):
+    """Case 6b: while paused, the run is given up (`baton recover`); a later approval changes nothing."""
+    path = domain()
+    t = load_topology(path)
+    seed(t)
+    process = start_cli_failover(path)
+    try:
+        run = wait_paused_at("failover", "approve-failover", config=path)
+        run_id = AuditStore.for_topology(t).runs(t.domain.name)[0].id
+        recovered = baton("recover", "--run", run_id, "--config", str(path))
+        assert recovered.returncode == 0, recovered.stderr
+        resume(run, approved=True, approver="alice")
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 1 and "Traceback" not in stderr
+    assert "recorded as refused and nothing was applied" in stderr
+    view = AuditStore.for_topology(t).run(run_id)
+    assert [(a.gate, a.decision, a.approver) for a in view.approvals] == [
+        ("approve-failover", "refused", "alice")]
+    assert "stop_primary_producers" not in [s.name for s in view.steps]
+    authority = authority_of(t)
+    assert (authority.epoch, authority.owner, authority.state.value) == (1, "east", "ACTIVE")
+    assert present_bindings(t, "east") == []
