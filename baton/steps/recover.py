@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, timedelta
 
 from sqlmodel import select
 
@@ -33,6 +34,7 @@ from baton.replication import engine_for
 RECOVERY_STEPS = ("compensate", "recover")
 PROBE_SECONDS = 3.0  # how long to ask a region that may be down before calling a part pending
 REPLICATION_WAIT_SECONDS = 60.0
+STOP_SETTLE_SECONDS = 90.0  # how long a stop request Connect did not answer may still be applied
 
 
 @dataclass
@@ -113,20 +115,38 @@ def _acl_part(topology, region: str, log) -> Part:
                                      f"{_first_line(e)}", where=region)
 
 
-def _replication_part(topology, source: str, target: str, log) -> Part:
+def _unanswered_stop(audit, run_id: str):
+    """When a stop request of this run went unanswered (Connect may still apply it later), the
+    time its step ended; None if every stop this run sent was answered. Read from the audit DB."""
+    ended = [s.ended_at for s in audit.run(run_id).steps if s.status == "failed" and s.error
+             and ("/stop" in s.error or "did not reach STOPPED" in s.error)]
+    return max(ended) if ended else None
+
+
+def _replication_part(topology, audit, run_id: str, source: str, target: str, log) -> Part:
     name = f"replication {source} -> {target}"
     try:
         engine = engine_for(topology)
         state = engine.status(source, target).state
         if state == "RUNNING":
-            return Part(name, "ok", "RUNNING (read from Connect)")
-        log(f"recover: replication {source} -> {target} is {state}; starting it")
-        status = engine.start(source, target, wait_seconds=REPLICATION_WAIT_SECONDS, keep_config=True)
-        return Part(name, "fixed", f"restarted replication {source} -> {target}: was {state}, "
-                                   f"now {status.state} (read from Connect)")
+            part = Part(name, "ok", "RUNNING (read from Connect)")
+        else:
+            log(f"recover: replication {source} -> {target} is {state}; starting it")
+            status = engine.start(source, target, wait_seconds=REPLICATION_WAIT_SECONDS, keep_config=True)
+            part = Part(name, "fixed", f"restarted replication {source} -> {target}: was {state}, "
+                                       f"now {status.state} (read from Connect)")
     except (ReplicationError, OSError) as e:
         return Part(name, "pending", f"not RUNNING and could not be started: {_first_line(e)}",
                     where="connect")
+    stop = _unanswered_stop(audit, run_id)
+    if stop is not None:
+        settled = stop.replace(tzinfo=stop.tzinfo or UTC) + timedelta(seconds=STOP_SETTLE_SECONDS)
+        if utcnow() < settled:
+            # Connect queues a stop it did not answer and may apply it after this start.
+            part.status, part.where = "pending", "connect"
+            part.detail += (f"; a stop request this run sent went unanswered and Connect may still apply "
+                            f"it: checked again until {settled:%H:%M:%S} UTC")
+    return part
 
 
 def _first_line(error: Exception) -> str:
@@ -146,7 +166,7 @@ def reconcile_to_safe_state(topology, audit, store, run_id: str, *, actor: str, 
         return recovery
     acls = _acl_part(topology, old, log)
     recovery.parts.append(acls)
-    recovery.parts.append(_replication_part(topology, old, new, log))
+    recovery.parts.append(_replication_part(topology, audit, run_id, old, new, log))
     recovery.parts.append(_authority_part(topology, store, run_id, old, acls, actor, why, log))
     recovery.authority = store.current(domain).describe()
     return recovery

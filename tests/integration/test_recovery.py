@@ -23,6 +23,7 @@ from baton.client import GuardedProducer
 from baton.kafka.fencing import present_bindings
 from baton.replication import engine_for
 from baton.settings import load_topology
+from baton.steps.recover import pending_recoveries
 from tests.conftest import wait_until
 from tests.integration.runbook_support import (
     make_domain,
@@ -442,3 +443,42 @@ def test_an_answer_after_the_run_was_recovered_is_refused_and_recorded(domain):
     authority = authority_of(t)
     assert (authority.epoch, authority.owner, authority.state.value) == (1, "east", "ACTIVE")
     assert present_bindings(t, "east") == []
+
+
+def test_target_killed_at_the_last_gate_leaves_no_connector_acl_or_lock_behind(lab, domain):
+    """Item 7: west is killed while the run pauses at approve-switch; then the switch is approved."""
+    path = domain()
+    t = load_topology(path)
+    seed(t)
+    process = start_cli_failover(path)
+    try:
+        run = wait_paused_at("failover", "approve-failover", config=path)
+        resume(run, approved=True, approver="alice")
+        run = wait_paused_at("failover", "approve-switch", config=path)
+        lab.fault("kill", "west")
+        try:
+            resume(run, approved=True, approver="bob")
+            _, stderr = process.communicate(timeout=300)
+        finally:
+            lab.fault("restart", "west")
+    finally:
+        process.kill()
+    assert process.returncode == 1 and "Traceback" not in stderr
+    print(stderr.splitlines()[-1])  # the operator's line, for the record
+    store = AuditStore.for_topology(t)
+    run_id = store.runs(t.domain.name)[0].id
+    assert store.lock_holder(t.domain.name) is None and store.run(run_id).status == "failed"
+    # Whatever compensation could not finish while west was down, recovery finishes now.
+    with Keeper(t):
+        wait_until(lambda: not pending_recoveries(store, t.domain.name), 240,
+                   "the keeper to finish the pending recovery")
+        result = baton("recover", "--run", run_id, "--config", str(path))
+        assert result.returncode == 0 and "back in the last safe state" in result.stdout, result.stderr
+        authority = authority_of(t)
+        assert (authority.owner, authority.state.value) == ("east", "ACTIVE")
+        assert present_bindings(t, "east") == [] and present_bindings(t, "west") == []
+        status = engine_for(t).status("east", "west")
+        assert status.state == "RUNNING" and all(c.running for c in status.components)
+        assert engine_for(t).status("west", "east").state in ("STOPPED", "MISSING")
+        assert guarded_write(t, "east") is None
+    assert_replication_copies(t)
