@@ -45,6 +45,7 @@ class Part:
     status: str
     detail: str
     where: str = ""  # the region (or "connect") that must answer before a pending part can be done
+    action: str = ""  # what was changed, in a few words (for a `fixed` part)
 
     def as_dict(self) -> dict:
         return {"part": self.name, "status": self.status, "detail": self.detail, "where": self.where}
@@ -85,7 +86,7 @@ class Recovery:
         return {"run_id": self.run_id, "old_owner": self.old_owner, "new_owner": self.new_owner,
                 "authority": self.authority, "moved": self.moved, "converged": self.converged,
                 "parts": [p.as_dict() for p in self.parts],
-                "actions": [f"{p.name}: {p.detail}" for p in self.parts if p.status == "fixed"]
+                "actions": [p.action for p in self.parts if p.action]
                 or ["none: every part was already in its safe state"],
                 "pending": [p.as_dict() for p in self.pending], "statement": self.statement()}
 
@@ -109,7 +110,8 @@ def _acl_part(topology, region: str, log) -> Part:
             return Part(name, "ok", "no fence ACLs (read back)")
         result = unfence(topology, region)
         log(f"recover: removed {result['changed']} fence ACL(s) on {region}")
-        return Part(name, "fixed", f"unfenced {region}: removed {result['changed']} DENY ACL(s), read back")
+        return Part(name, "fixed", f"removed {result['changed']} DENY ACL(s), read back",
+                    action=f"unfenced {region}")
     except BatonError as e:  # RegionUnreachable, FencingError: the fence may still be there
         return Part(name, "pending", f"{region} did not answer, its fence cannot be verified gone: "
                                      f"{_first_line(e)}", where=region)
@@ -133,8 +135,8 @@ def _replication_part(topology, audit, run_id: str, source: str, target: str, lo
         else:
             log(f"recover: replication {source} -> {target} is {state}; starting it")
             status = engine.start(source, target, wait_seconds=REPLICATION_WAIT_SECONDS, keep_config=True)
-            part = Part(name, "fixed", f"restarted replication {source} -> {target}: was {state}, "
-                                       f"now {status.state} (read from Connect)")
+            part = Part(name, "fixed", f"was {state}, now {status.state} (read from Connect)",
+                        action=f"restarted replication {source} -> {target}")
     except (ReplicationError, OSError) as e:
         return Part(name, "pending", f"not RUNNING and could not be started: {_first_line(e)}",
                     where="connect")
@@ -188,8 +190,9 @@ def _authority_part(topology, store, run_id, old, acls: Part, actor, why, log) -
                               reason=f"recovery to the last safe state: {why}", store=store)
     unpublished = {r: e for r, e in result.published.items() if e}
     log(f"recover: authority {result.authority.describe()}")
-    return Part("authority", "fixed", f"authority ACTIVE on {old} at epoch {result.authority.epoch}"
-                + (f" (not yet published to {', '.join(unpublished)})" if unpublished else ""))
+    return Part("authority", "fixed", f"ACTIVE on {old} at epoch {result.authority.epoch}"
+                + (f" (not yet published to {', '.join(unpublished)})" if unpublished else ""),
+                action=f"authority ACTIVE on {old} at epoch {result.authority.epoch}")
 
 
 def record_recovery(audit, recovery: Recovery, name: str, started_at) -> None:

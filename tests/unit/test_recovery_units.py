@@ -44,9 +44,10 @@ def test_a_recovery_with_pending_parts_is_not_success_and_names_the_command():
 
 def test_a_converged_recovery_lists_only_what_it_changed():
     recovery = Recovery("run-1", "failover", "east", "west", [
-        Part("acls on east", "ok", "none"), Part("replication east -> west", "fixed", "restarted"),
+        Part("acls on east", "ok", "none"),
+        Part("replication east -> west", "fixed", "was STOPPED", action="restarted replication east -> west"),
         Part("authority", "ok", "ACTIVE")], authority="epoch 3: east ACTIVE")
-    assert recovery.converged and recovery.as_dict()["actions"] == ["replication east -> west: restarted"]
+    assert recovery.converged and recovery.as_dict()["actions"] == ["restarted replication east -> west"]
     assert recovery.statement().startswith("back in the last safe state")
 
 
