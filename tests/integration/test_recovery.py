@@ -23,7 +23,6 @@ from baton.client import GuardedProducer
 from baton.kafka.fencing import present_bindings
 from baton.replication import engine_for
 from baton.settings import load_topology
-from baton.steps.recover import pending_recoveries
 from tests.conftest import wait_until
 from tests.integration.runbook_support import (
     make_domain,
@@ -447,6 +446,8 @@ def test_an_answer_after_the_run_was_recovered_is_refused_and_recorded(domain):
 
 def test_target_killed_at_the_last_gate_leaves_no_connector_acl_or_lock_behind(lab, domain):
     """Item 7: west is killed while the run pauses at approve-switch; then the switch is approved."""
+    from baton.steps.recover import pending_recoveries
+
     path = domain()
     t = load_topology(path)
     seed(t)
