@@ -21,6 +21,7 @@ from baton.authority import State, authority_store, initialize_authority
 from baton.errors import AuditUnwritable, BatonError, StepFailed, UsageError
 from baton.settings import load_topology
 from baton.steps.context import DIVERGENT_POLICIES, RunContext
+from baton.steps.recover import replication_state
 from flows.gates import request_approval
 from runbooks import RUNBOOKS
 from runbooks.model import Kind, Runbook, Step
@@ -73,7 +74,9 @@ def open_run(runbook: Runbook, *, config: str | None, unplanned: bool = False, r
         record.evidence = {"old_owner": ctx.old_owner, "new_owner": ctx.new_owner,
                            "unplanned": unplanned, "reason": reason, "operator": operator,
                            "divergent_policy": divergent_policy, "lag_override_reason": lag_override_reason,
-                           "epoch_at_start": current.epoch, "steps": [s.name for s in runbook.steps]}
+                           "epoch_at_start": current.epoch, "steps": [s.name for s in runbook.steps],
+                           # what the last safe state restores (baton/steps/recover.py)
+                           "replication_at_start": replication_state(topology, ctx.old_owner, ctx.new_owner)}
     log(f"run {run.id}: {runbook.name} of {topology.domain.name} from {ctx.old_owner} to {ctx.new_owner}")
     return ctx
 

@@ -2,11 +2,12 @@
 
 The last safe state of a run that did not hand authority over is: its old owner ACTIVE (at a
 new epoch if the run fenced it), no fence ACLs on the old owner, and replication old owner ->
-new owner RUNNING. Each part is read from where it lives (the authority record in the audit
-DB, the ACLs in the old owner region, the connector states in Connect), changed only when it
-differs, and read back. Nothing comes from in-memory flags, so the reconciler is idempotent
-and can run again at any time: from the runner's compensation, from `baton recover --run RUN`,
-from `baton authority unlock`, and from the lease keeper while parts are pending.
+new owner RUNNING (if it ran when the run started, as a failover requires, or the run started
+it). Each part is read from where it lives (the authority record in the audit DB, the ACLs in
+the old owner region, the connector states in Connect), changed only when it differs, and read
+back. Nothing comes from in-memory flags, so the reconciler is idempotent and can run again at
+any time: from the runner's compensation, from `baton recover --run RUN`, from `baton authority
+unlock`, and from the lease keeper while parts are pending.
 
 A part that cannot be read or changed now (a region or Connect unreachable) is `pending`,
 with the reason; the authority stays FENCED while the old owner's fence cannot be verified
@@ -91,14 +92,32 @@ class Recovery:
                 "pending": [p.as_dict() for p in self.pending], "statement": self.statement()}
 
 
-def run_owners(audit, run_id: str) -> tuple[str, str, str]:
-    """(runbook, old owner, new owner) of a run, from its recorded plan."""
+def run_plan(audit, run_id: str) -> tuple[str, dict]:
+    """(runbook, recorded plan) of a run: its owners and the replication state it started from."""
     view = audit.run(run_id)
     plan = next((json.loads(s.evidence) for s in view.steps if s.name == "run_plan"), None)
     if plan is None:
         raise UsageError(f"run {run_id} is a {view.run.runbook} run with no recorded plan: it never "
                          "changed authority, so there is nothing to recover")
-    return view.run.runbook, plan["old_owner"], plan["new_owner"]
+    return view.run.runbook, plan
+
+
+def replication_state(topology, source: str, target: str) -> str:
+    """The flow's state as Connect reports it now (UNKNOWN if Connect does not answer)."""
+    try:
+        return engine_for(topology).status(source, target).state
+    except (ReplicationError, OSError):
+        return "UNKNOWN"
+
+
+def _replication_wanted(audit, run_id: str, runbook: str, plan: dict) -> bool:
+    """Replication old -> new belongs to the safe state if it ran when the run started, or this
+    run started it (a failback's reverse replication). A failover requires it running anyway;
+    a failback must not start it before the returning region's divergent tail is handled."""
+    started = any(s.name == "start_reverse_replication" and s.status == "succeeded"
+                  for s in audit.run(run_id).steps)
+    at_start = plan.get("replication_at_start", "RUNNING" if runbook == "failover" else "UNKNOWN")
+    return started or at_start == "RUNNING"
 
 
 def _acl_part(topology, region: str, log) -> Part:
@@ -159,7 +178,8 @@ def reconcile_to_safe_state(topology, audit, store, run_id: str, *, actor: str, 
                             log: Callable[[str], None] | None = None) -> Recovery:
     """Converge the domain to the run's last safe state (see the module docstring); idempotent."""
     log = log or (lambda message: None)
-    runbook, old, new = run_owners(audit, run_id)
+    runbook, plan = run_plan(audit, run_id)
+    old, new = plan["old_owner"], plan["new_owner"]
     recovery = Recovery(run_id, runbook, old, new)
     domain = topology.domain.name
     current = store.current(domain)
@@ -168,7 +188,12 @@ def reconcile_to_safe_state(topology, audit, store, run_id: str, *, actor: str, 
         return recovery
     acls = _acl_part(topology, old, log)
     recovery.parts.append(acls)
-    recovery.parts.append(_replication_part(topology, audit, run_id, old, new, log))
+    if _replication_wanted(audit, run_id, runbook, plan):
+        recovery.parts.append(_replication_part(topology, audit, run_id, old, new, log))
+    else:
+        was = plan.get("replication_at_start", "not recorded")
+        recovery.parts.append(Part(f"replication {old} -> {new}", "ok",
+                                   f"left as it is: it was {was} when the run started"))
     recovery.parts.append(_authority_part(topology, store, run_id, old, acls, actor, why, log))
     recovery.authority = store.current(domain).describe()
     return recovery
