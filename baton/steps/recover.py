@@ -27,7 +27,7 @@ from baton.audit.models import Run
 from baton.audit.models import Step as StepRow
 from baton.audit.store import utcnow
 from baton.authority import State, change_authority
-from baton.errors import BatonError, RegionUnreachable, ReplicationError, UsageError
+from baton.errors import BatonError, RegionUnreachable, ReplicationError, StepFailed, UsageError
 from baton.kafka.admin import check_reachable
 from baton.kafka.fencing import present_bindings, unfence
 from baton.replication import engine_for
@@ -231,6 +231,12 @@ def record_recovery(audit, recovery: Recovery, name: str, started_at) -> None:
 def recover_run(topology, audit, store, run_id: str, *, actor: str, why: str, step: str = "recover",
                 log: Callable[[str], None] | None = None) -> Recovery:
     """Reconcile and record the outcome as a step of the run (the CLI, unlock and the keeper)."""
+    holder = audit.lock_holder(topology.domain.name)
+    if holder is not None and holder.run_id != run_id:
+        # Another run is changing the domain now: undoing fences or epochs under it would be unsafe.
+        raise StepFailed(f"run {holder.run_id} holds the lock of domain {topology.domain.name!r}: "
+                         f"recovering run {run_id} now could undo its changes. Wait for it to finish, "
+                         f"then run `baton recover --run {run_id}` if anything is still pending")
     started = utcnow()
     try:
         recovery = reconcile_to_safe_state(topology, audit, store, run_id, actor=actor, why=why, log=log)
