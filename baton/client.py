@@ -23,7 +23,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import NamedTuple
 
-from confluent_kafka import Consumer, KafkaException, Message, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 
 from baton.authority.control import ControlReader
 from baton.authority.record import Authority, State
@@ -53,8 +53,15 @@ def choose_writable(domain: str, seen: dict[str, Authority],
         if authority.epoch == top and authority.accepts_writes_in(region, now):
             return region, authority
     views = "; ".join(f"{region} says {a.describe(now)}" for region, a in sorted(seen.items()))
+    newest = [a for a in seen.values() if a.epoch == top]
+    if any(a.state == State.FENCED for a in newest):
+        reason = "fenced"
+    elif any(a.state == State.ACTIVE and a.lease_left(now) <= 0 for a in newest):
+        reason = "lease lapsed"
+    else:
+        reason = "no authority"
     raise WriteRefused(f"no region holds write authority for domain {domain!r} with a valid "
-                       f"lease ({views}); records are refused until one does")
+                       f"lease ({views}); records are refused until one does", reason)
 
 
 class AuthorityView:
@@ -114,6 +121,20 @@ class AuthorityView:
             reader.close()
 
 
+_AUTHORIZATION_CODES = frozenset({KafkaError.TOPIC_AUTHORIZATION_FAILED,
+                                  KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+                                  KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED})
+
+
+def _authorization_failure(error: KafkaException) -> bool:
+    """The brokers deny the principal (a DENY ACL), directly or as the cause of a fatal error."""
+    kafka_error = error.args[0] if error.args and isinstance(error.args[0], KafkaError) else None
+    if kafka_error is None:
+        return False
+    return kafka_error.code() in _AUTHORIZATION_CODES or (
+        kafka_error.fatal() and "authorization" in kafka_error.str().lower())
+
+
 class GuardedProducer:
     """A Producer that writes only to the region holding write authority with a valid lease.
 
@@ -148,7 +169,8 @@ class GuardedProducer:
                 partition: int | None = None) -> Grant:
         """Queue a record in the authoritative region; returns the Grant it was accepted under.
 
-        Raises WriteRefused (after `block_seconds`) when no region holds a valid lease.
+        Raises WriteRefused (after `block_seconds`) when no region holds a valid lease, and
+        (reason "acl denied") when the region's brokers deny the principal.
         """
         region, authority = self.view.wait_writable(self.block_seconds)
         record_headers = dict(headers or {}) | {EPOCH_HEADER: str(authority.epoch).encode(),
@@ -159,8 +181,18 @@ class GuardedProducer:
         if partition is not None:
             arguments["partition"] = partition
         producer = self._producer(region)
-        producer.produce(topic, **arguments)
-        producer.poll(0)
+        try:
+            producer.produce(topic, **arguments)
+            producer.poll(0)
+        except KafkaException as e:
+            if not _authorization_failure(e):
+                raise
+            if e.args[0].fatal():  # an idempotent producer in a fatal state never recovers: replace it
+                self._producers.pop(region, None)
+            raise WriteRefused(
+                f"{region} refused the record for {topic}: its brokers deny {self.who}'s principal "
+                f"({e.args[0].str()}); the region is fenced by ACL although its authority record says "
+                f"{authority.describe()} (`baton authority show` compares both)", "acl denied") from e
         return Grant(region, authority.epoch, authority.lease_expires_at)
 
     def poll(self, timeout: float = 0) -> int:

@@ -17,6 +17,10 @@ class RegionUnreachable(BatonError):
     """A region's brokers did not answer within the bounded timeout."""
 
 
+class AuthenticationFailed(RegionUnreachable):
+    """A region's brokers answered but refused the credentials (e.g. a wrong SASL password)."""
+
+
 class LabError(BatonError):
     """The embedded lab could not be started, stopped or inspected."""
 
@@ -46,7 +50,13 @@ class RunLocked(BatonError):
 
 
 class WriteRefused(BatonError):
-    """A guarded client refused a record: no region holds write authority with a valid lease."""
+    """A guarded client refused a record. `reason` says why: "fenced" (a hand-over is in
+    progress), "lease lapsed", "acl denied" (the region's brokers deny the principal) or
+    "no authority" (no region's own record says it may write)."""
+
+    def __init__(self, message: str, reason: str = "no authority"):
+        super().__init__(message)
+        self.reason = reason
 
 
 class AuditError(BatonError):
@@ -55,3 +65,7 @@ class AuditError(BatonError):
 
 class AlreadyDecided(BatonError):
     """A gate's one decision was already taken (by another click or another service replica)."""
+
+
+class AuditUnwritable(AuditError):
+    """The audit database refused a write, or is no longer the database the run wrote to."""

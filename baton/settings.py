@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from baton.errors import ConfigError
 
@@ -301,3 +301,17 @@ def load_topology(path: str | Path | None = None) -> Topology:
         return Topology(**data)
     except ValidationError as e:
         raise ConfigError(_format_validation_error(str(file), e)) from e
+    except SettingsError as e:  # a BATON_* variable that does not parse (e.g. malformed JSON)
+        raise ConfigError(_format_settings_error(e)) from None
+
+
+def _format_settings_error(error: SettingsError) -> str:
+    match = re.search(r'field "([^"]+)"', str(error))
+    field = match.group(1) if match else None
+    names = [n for n in os.environ if field and n.upper() == f"BATON_{field}".upper()]
+    variable = names[0] if names else (f"BATON_{field.upper()}" if field else "a BATON_* variable")
+    cause = error.__cause__ or error.__context__
+    detail = f": {cause}" if cause else ""
+    return (f"environment variable {variable} could not be parsed as the `{field or '?'}` section "
+            f"(a JSON object){detail}. Fix it, or unset it to use the file's values "
+            f"(single fields can be set with {variable}__FIELD=VALUE).")

@@ -11,14 +11,15 @@ from __future__ import annotations
 import threading
 import time
 
-from prefect.exceptions import FlowPauseTimeout
+import httpx
+from prefect.exceptions import FlowPauseTimeout, PrefectHTTPStatusError
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from pydantic import Field
 
 from baton.approvals.policy import is_unverified, may_auto_approve
 from baton.audit.models import Approval, GateDecisionSlot
-from baton.errors import ApprovalRejected
+from baton.errors import ApprovalRejected, StepFailed
 from baton.steps.context import RunContext
 from runbooks.model import Step
 
@@ -100,6 +101,58 @@ def _schedule_reminder(notifier, message, ctx: RunContext, step: Step, deadline:
     return timer
 
 
+# What the Prefect client raises once its own retries are spent: the API is down or failing.
+API_ERRORS = (httpx.HTTPError, PrefectHTTPStatusError, OSError)
+
+
+def _decision_after_outage(ctx: RunContext, gate: str, key: str, deadline: float,
+                           poll_seconds: float) -> GateDecision | None:
+    """The Prefect API failed while the gate waited: keep waiting for the same pause until the
+    gate's own deadline, however long the API is away. None: the pause never reached the server
+    (pause again); FlowPauseTimeout at the deadline."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+    from prefect.input.run_input import keyset_from_base_key
+    from prefect.runtime import flow_run
+
+    last_note = 0.0
+    while time.monotonic() < deadline:
+        try:
+            with get_client(sync_client=True) as client:
+                state = client.read_flow_run(flow_run.id).state
+            if state is not None and state.is_running():
+                try:  # resumed while we could not look: the answer is stored under this pause's key
+                    return GateDecision.load(keyset_from_base_key(f"paused-{key}"))
+                except ObjectNotFound:
+                    return None
+            if state is None or not state.is_paused():
+                return None
+        except API_ERRORS as e:
+            if time.monotonic() - last_note > 15:
+                ctx.log(f"gate {gate}: the Prefect API does not answer ({type(e).__name__}); still waiting "
+                        f"for a decision ({deadline - time.monotonic():.0f} s left)")
+                last_note = time.monotonic()
+        time.sleep(max(0.5, min(poll_seconds, deadline - time.monotonic())))
+    raise FlowPauseTimeout("the gate's timeout passed while the Prefect API was unavailable")
+
+
+def _refuse_if_returned(ctx: RunContext, gate: str, decision: GateDecision, channel: str) -> None:
+    """A decision that arrives after the run was returned to its last safe state (by `baton
+    recover` or `authority unlock` while this flow waited) is recorded as refused, not applied."""
+    from baton.steps.recover import RECOVERY_STEPS
+
+    view = ctx.audit.run(ctx.run_id)
+    recovered = [s for s in view.steps if s.name in RECOVERY_STEPS]
+    if view.status == "running" and not recovered:
+        return
+    why = (f"run {ctx.run_id} is {view.status}" + (f" and was returned to its last safe state by "
+           f"`{recovered[-1].name}` at {recovered[-1].ended_at:%H:%M:%S} UTC" if recovered else ""))
+    ctx.audit.record_approval(ctx.run_id, gate, "refused", decision.approver, channel=channel,
+                              comment=f"refused: arrived after {why}; nothing was applied")
+    raise StepFailed(f"gate {gate}: the answer of {decision.approver} arrived after {why}; it was recorded "
+                     "as refused and nothing was applied. Start a new run if the hand-over is still wanted.")
+
+
 def _wait_for_decision(ctx: RunContext, step: Step, gate: str, deadline: float, timeout: float,
                        slack_only: bool, poll_seconds: float, notifier, message) -> dict:
     attempt = 0
@@ -107,11 +160,19 @@ def _wait_for_decision(ctx: RunContext, step: Step, gate: str, deadline: float, 
         attempt += 1
         remaining = int(deadline - time.monotonic())
         ctx.log(f"gate {gate}: waiting for approval ({remaining} s left)")
+        key = f"{gate}-{attempt}"
         try:
             if remaining < 1:
                 raise FlowPauseTimeout("no time left")
-            decision = pause_flow_run(wait_for_input=GateDecision, timeout=remaining,
-                                      poll_interval=poll_seconds, key=f"{gate}-{attempt}")
+            try:
+                decision = pause_flow_run(wait_for_input=GateDecision, timeout=remaining,
+                                          poll_interval=poll_seconds, key=key)
+            except API_ERRORS as e:
+                ctx.log(f"gate {gate}: the Prefect API failed ({type(e).__name__}: {e}); the gate keeps "
+                        "waiting until its own timeout")
+                decision = _decision_after_outage(ctx, gate, key, deadline, poll_seconds)
+                if decision is None:
+                    continue  # the pause itself was lost: ask again
         except FlowPauseTimeout:
             ctx.audit.record_approval(ctx.run_id, gate, "timed_out", "-", channel="timeout",
                                       comment=f"no decision within {timeout:.0f} s")
@@ -120,6 +181,7 @@ def _wait_for_decision(ctx: RunContext, step: Step, gate: str, deadline: float, 
             raise ApprovalRejected(f"gate {gate} timed out after {timeout:.0f} s without a decision"
                                    ) from None
         verified = _verified_slack_approval(ctx, gate, decision)
+        _refuse_if_returned(ctx, gate, decision, "slack" if verified else "prefect-ui")
         if verified is None:
             if slack_only:
                 ctx.audit.record_approval(

@@ -1,7 +1,8 @@
 """Execute a runbook inside a Prefect flow: steps as tasks, gates as pauses, evidence always.
 
 A run that fails before write authority moved (a rejected or timed-out gate, a failed step)
-is returned to the last safe state by `return_to_safe_state`, recorded as step `compensate`.
+is returned to the last safe state by the reconciler (baton/steps/recover.py), recorded as
+step `compensate`; the operator's error line says what it read back.
 A run can be resumed by its run id: steps that succeeded and gates that were approved are
 not repeated, and irreversible steps check their own postcondition anyway.
 """
@@ -19,15 +20,16 @@ from baton.approvals.policy import auto_approve_refusal, unverified
 from baton.audit import AuditStore
 from baton.audit.store import default_actor
 from baton.authority import State, authority_store, initialize_authority
-from baton.errors import BatonError, StepFailed, UsageError
+from baton.errors import AuditUnwritable, BatonError, StepFailed, UsageError
 from baton.settings import load_topology
 from baton.steps.context import DIVERGENT_POLICIES, RunContext
-from baton.steps.failover import return_to_safe_state
+from baton.steps.recover import replication_state
 from flows.gates import request_approval
 from runbooks import RUNBOOKS
 from runbooks.model import Kind, Runbook, Step
 from tasks.failback import TASKS as FAILBACK_TASKS
 from tasks.failover import TASKS as FAILOVER_TASKS
+from tasks.recover import recover_task
 
 STEP_TASKS = FAILOVER_TASKS | FAILBACK_TASKS
 PLAN_STEP = "run_plan"
@@ -76,9 +78,8 @@ def open_run(runbook: Runbook, *, config: str | None, unplanned: bool = False, r
     run = audit.start_run(topology.domain.name, runbook.name, trigger=trigger or _trigger(),
                           reason=reason, started_by=operator, planned=not unplanned)
     if current.state != State.ACTIVE:
-        message = (f"authority is {current.describe()}: an earlier hand-over did not finish. "
-                   f"Resume it with --resume {current.run_id}, or inspect it with "
-                   f"`baton audit show {current.run_id}`.")
+        message = (f"authority is {current.describe()} and no run holds the lock: an earlier hand-over "
+                   f"did not finish. {_way_out(topology, store, current.run_id)}")
         audit.finish_run(run.id, "aborted", actor=operator, detail=message)
         raise StepFailed(message)
     ctx = RunContext(topology=topology, runbook=runbook.name, run_id=run.id, old_owner=current.owner,
@@ -89,9 +90,21 @@ def open_run(runbook: Runbook, *, config: str | None, unplanned: bool = False, r
         record.evidence = {"old_owner": ctx.old_owner, "new_owner": ctx.new_owner,
                            "unplanned": unplanned, "reason": reason, "operator": operator,
                            "divergent_policy": divergent_policy, "lag_override_reason": lag_override_reason,
-                           "epoch_at_start": current.epoch, "steps": [s.name for s in runbook.steps]}
+                           "epoch_at_start": current.epoch, "steps": [s.name for s in runbook.steps],
+                           # what the last safe state restores (baton/steps/recover.py)
+                           "replication_at_start": replication_state(topology, ctx.old_owner, ctx.new_owner)}
     log(f"run {run.id}: {runbook.name} of {topology.domain.name} from {ctx.old_owner} to {ctx.new_owner}")
     return ctx
+
+
+def _way_out(topology, store, run_id: str | None) -> str:
+    """The one command that gets out, from the authority as read now."""
+    current = store.current(topology.domain.name)
+    if current is not None and current.state == State.FENCED:
+        who = f"run {current.run_id}" if current.run_id else current.changed_by
+        return (f"Authority is {current.describe()} (set by {who}): return to the last safe state with "
+                f"`baton recover --run {current.run_id or run_id}`, then start a new run.")
+    return f"Authority is {current.describe() if current else 'not recorded'}: start a new run instead."
 
 
 def _reopen(runbook, topology, audit, store, run_id: str, log) -> RunContext:
@@ -99,7 +112,8 @@ def _reopen(runbook, topology, audit, store, run_id: str, log) -> RunContext:
     if view.run.runbook != runbook.name:
         raise UsageError(f"run {run_id} is a {view.run.runbook} run, not {runbook.name}")
     if view.status != "running":
-        raise UsageError(f"run {run_id} is {view.status}; only a run that still holds its lock can resume")
+        raise UsageError(f"run {run_id} is {view.status}: it no longer holds the domain's lock and cannot "
+                         f"continue. {_way_out(topology, store, run_id)}")
     plan = next(json.loads(s.evidence) for s in view.steps if s.name == PLAN_STEP)
     ctx = RunContext(topology=topology, runbook=runbook.name, run_id=run_id, old_owner=plan["old_owner"],
                      new_owner=plan["new_owner"], audit=audit, authority=store,
@@ -119,8 +133,6 @@ def _reopen(runbook, topology, audit, store, run_id: str, log) -> RunContext:
         ctx.state["fenced"] = True
     if "switch_authority" in done:
         ctx.state["switched"] = True
-    if "start_reverse_replication" in done:
-        ctx.state["replication_started"] = [(ctx.old_owner, ctx.new_owner)]
     applied = ctx.state.get("translate_consumer_offsets", {}).get("applied", [])
     ctx.state["applied_offsets"] = {a["group"]: a["committed"] for a in applied}
     ctx.state["_done"] = done
@@ -177,28 +189,62 @@ def execute(runbook: Runbook, ctx: RunContext, *, auto_approve: bool = False, no
                                                         notifier=notifier, poll_seconds=poll_seconds)
             else:
                 STEP_TASKS[step.name](ctx)
+    except AuditUnwritable as error:
+        _stop_for_audit(ctx, error)
+        raise
     except BaseException as error:
         ctx.state["error"] = f"{type(error).__name__}: {error}"
-        if not ctx.state.get("switched"):
-            _compensate(ctx, str(error))
-            if notifier is not None:  # the request message says what compensation ran
-                notifier.mark_compensated(ctx)
-        ctx.audit.finish_run(ctx.run_id, "failed", actor=ctx.operator, detail=ctx.state["error"])
+        try:
+            if not ctx.state.get("switched"):
+                _compensate(ctx, str(error))
+                if notifier is not None:  # the request message says what compensation ran
+                    notifier.mark_compensated(ctx)
+            ctx.audit.finish_run(ctx.run_id, "failed", actor=ctx.operator, detail=ctx.state["error"])
+        except AuditUnwritable as audit_error:
+            _stop_for_audit(ctx, audit_error)
+            raise audit_error from error
         _publish_artifacts(ctx, "failed", time.monotonic() - started)
+        outcome = ctx.state.get("compensation", {}).get("statement")
+        if outcome and isinstance(error, BatonError):  # the operator's one line says where things stand
+            error.args = (f"{error}. Compensation (read back): {outcome}",)
         raise
     ctx.audit.finish_run(ctx.run_id, "succeeded", actor=ctx.operator)
     return _publish_artifacts(ctx, "succeeded", time.monotonic() - started)
 
 
+def _stop_for_audit(ctx: RunContext, error: AuditUnwritable) -> None:
+    """Evidence cannot be recorded: change nothing more (no compensation, which could not be
+    recorded either), keep the lock, and say how to continue."""
+    ctx.log(f"stopping: {error}")
+    error.args = (f"{error}. The run stopped here and changed nothing it could not record; it keeps "
+                  f"its lock. Fix the database, then `baton {ctx.runbook} --resume {ctx.run_id}`",)
+
+
+def _changed_anything(ctx: RunContext, runbook: Runbook) -> bool:
+    """Whether the run began a step that changes state (read from the audit DB, not from flags)."""
+    changing = {s.name for s in runbook.steps if s.kind in (Kind.CHANGE, Kind.IRREVERSIBLE)}
+    return any(s.name in changing for s in ctx.audit.run(ctx.run_id).steps)
+
+
 def _compensate(ctx: RunContext, why: str) -> None:
-    try:
+    """Return to the last safe state with the one reconciler (baton/steps/recover.py)."""
+    if not _changed_anything(ctx, RUNBOOKS[ctx.runbook]):
         with ctx.audit.step(ctx.run_id, "compensate", region=ctx.old_owner) as record:
-            record.evidence = return_to_safe_state(ctx, why)
+            record.evidence = {"why": why, "actions": ["none: the run had changed nothing"],
+                               "pending": []}
         ctx.state["compensation"] = record.evidence
-        ctx.log("compensation: " + "; ".join(record.evidence["actions"]))
-    except BatonError as e:  # recorded by the evidence wrapper; the original error stays the headline
-        ctx.state["compensation"] = {"failed": str(e)}
-        ctx.log(f"compensation FAILED: {e}; the system may not be in a safe state, see the evidence")
+        return
+    try:
+        recovery = recover_task(ctx, why)
+    except AuditUnwritable:
+        raise
+    except BatonError as e:  # recorded as a failed step `compensate`; the original error stays the headline
+        ctx.state["compensation"] = {"failed": str(e), "statement": f"recovery FAILED: {e}. "
+                                     f"Run `baton recover --run {ctx.run_id}` once that is fixed"}
+        ctx.log(f"compensation FAILED: {e}")
+        return
+    ctx.state["compensation"] = recovery.as_dict()
+    ctx.log("compensation: " + recovery.statement())
 
 
 def run_summary(ctx: RunContext, status: str, seconds: float) -> dict:

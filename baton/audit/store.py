@@ -13,10 +13,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlmodel import Session, select
 
 from baton.audit import chain
@@ -34,7 +35,7 @@ from baton.audit.models import (
     RunLock,
     Step,
 )
-from baton.errors import AlreadyDecided, RunLocked, UsageError
+from baton.errors import AlreadyDecided, AuditUnwritable, RunLocked, UsageError
 
 RUN_STATUSES = ("succeeded", "failed", "aborted")
 MAX_TEXT = 2000  # characters kept of a free-text field that came from outside (reason, comment)
@@ -117,6 +118,12 @@ class AuditStore:
     def __init__(self, database_url: str, chain_key: bytes | None = None):
         self.engine = get_engine(database_url)
         self.chain_key = chain_key  # signs the chain head (baton/audit/anchor.py); never stored
+        # What identifies the database this store writes to: a SQLite file's inode, and the chain
+        # head after this store's last write. Either changing under a run means its evidence is gone.
+        database = self.engine.url.database if self.engine.url.get_backend_name() == "sqlite" else None
+        self._file = Path(database) if database and database != ":memory:" else None
+        self._inode = self._file_identity()
+        self._head: tuple[int, str] | None = None
 
     @classmethod
     def for_topology(cls, topology) -> AuditStore:
@@ -124,11 +131,48 @@ class AuditStore:
 
         return cls(topology.audit.database_url, chain_key(topology))
 
+    def _file_identity(self) -> tuple[int, int] | None:
+        if self._file is None:
+            return None
+        try:
+            stat = self._file.stat()
+        except OSError:
+            return None
+        return stat.st_dev, stat.st_ino
+
+    def _check_same_database(self, session: Session) -> None:
+        where = self.engine.url.render_as_string(hide_password=True)
+        if self._file is not None and self._file_identity() != self._inode:
+            raise AuditUnwritable(f"the audit database {where} disappeared or was replaced while in use: "
+                                  "evidence written now would not be where the run's evidence is")
+        if self._head is not None:
+            head = session.get(ChainHead, 1)
+            seq, digest = (head.seq, head.hash) if head else (0, "")
+            if seq < self._head[0] or (seq == self._head[0] and digest != self._head[1]):
+                raise AuditUnwritable(
+                    f"the audit database {where} no longer holds what this process wrote: its chain head "
+                    f"is seq {seq}, this process wrote up to seq {self._head[0]} (replaced or restored "
+                    "from a backup?)")
+
     @contextmanager
     def transaction(self) -> Iterator[Session]:
-        with session_scope(self.engine) as session:
-            session.info["chain_key"] = self.chain_key
-            yield session
+        """A transaction; a database that refuses it, or is not the one this store wrote to,
+        raises AuditUnwritable (the run stops where it is: nothing unrecorded is changed)."""
+        try:
+            with session_scope(self.engine) as session:
+                session.info["chain_key"] = self.chain_key
+                self._check_same_database(session)
+                yield session
+                if session.new or session.dirty or session.deleted:
+                    session.flush()
+                    head = session.get(ChainHead, 1)
+                    if head is not None:
+                        self._head = (head.seq, head.hash)
+        except IntegrityError:
+            raise
+        except DBAPIError as e:
+            where = self.engine.url.render_as_string(hide_password=True)
+            raise AuditUnwritable(f"the audit database is not writable: {e.orig} ({where})") from e
 
     # -- runs and the one-run-per-domain lock -------------------------------------------------
 
@@ -151,10 +195,14 @@ class AuditStore:
             if holder is None:  # released between our insert and this read: a true race, retry once
                 return self.start_run(domain, runbook, trigger=trigger, reason=reason,
                                       started_by=started_by, planned=planned, run_id=run_id)
+            holder_runbook = self.run(holder.run_id).run.runbook
+            way_out = (f"continue it with `baton {holder_runbook} --resume {holder.run_id}`"
+                       if holder_runbook in ("failover", "failback") else
+                       f"release it with `baton authority unlock --run {holder.run_id}`")
             raise RunLocked(
                 f"domain {domain!r} is locked by run {holder.run_id} (started by {holder.acquired_by} "
                 f"at {holder.acquired_at:%Y-%m-%d %H:%M:%S} UTC). Wait for it to finish, or if that "
-                f"run crashed, release it with `baton authority unlock --run {holder.run_id}`."
+                f"run crashed, {way_out}."
             ) from None
 
     def lock_holder(self, domain: str) -> RunLock | None:

@@ -1,13 +1,16 @@
 """The lease keeper: renews the owner's lease while the owner region answers.
 
-It never moves authority. If the owner cannot be reached it stops renewing, so the lease
-lapses and guarded clients everywhere stop writing: an isolated owner fences itself.
+It never moves authority on its own. If the owner cannot be reached it stops renewing, so the
+lease lapses and guarded clients everywhere stop writing: an isolated owner fences itself. It
+also finishes recoveries to a run's last safe state that were left pending because a region did
+not answer (baton/steps/recover.py), once that region answers.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaException
@@ -21,6 +24,7 @@ from baton.kafka.admin import check_reachable
 from baton.settings import Topology
 
 log = logging.getLogger("baton.keeper")
+RECOVERY_RETRY_SECONDS = 10.0  # between attempts at one run's pending recovery
 
 
 @dataclass
@@ -41,6 +45,8 @@ class LeaseKeeper:
         self.interval = interval if interval is not None else self.ttl / 3
         self.changed_by = changed_by
         self.publisher = ControlPublisher(topology, timeout=max(1.0, min(5.0, self.interval)))
+        self._recovery_thread: threading.Thread | None = None
+        self._recovery_attempts: dict[str, float] = {}
 
     def tick(self) -> Tick:
         """Renew once (initializing the domain if it has no authority yet) and publish."""
@@ -60,9 +66,41 @@ class LeaseKeeper:
             return Tick(authority, "not_renewed", {}, str(e))
         return Tick(authority, "renewed", self.publisher.publish(authority))
 
+    def recover_pending(self) -> list:
+        """Finish recoveries left pending by an unreachable region once it answers again
+        (baton/steps/recover.py; each attempt is recorded as step `recover` of its run)."""
+        from baton.steps.recover import can_retry, pending_recoveries, recover_run
+
+        done = []
+        for run_id, parts in pending_recoveries(self.store.audit, self.topology.domain.name).items():
+            last = self._recovery_attempts.get(run_id, float("-inf"))
+            if time.monotonic() - last < RECOVERY_RETRY_SECONDS or not can_retry(self.topology, parts):
+                continue
+            self._recovery_attempts[run_id] = time.monotonic()
+            recovery = recover_run(self.topology, self.store.audit, self.store, run_id, actor=self.changed_by,
+                                   why="lease keeper: the parts left pending can be retried")
+            log.warning("recovery of run %s: %s", run_id, recovery.statement())
+            done.append(recovery)
+        return done
+
+    def _recover_in_background(self) -> None:
+        # Recovery may wait for connectors; renewals must not wait for it.
+        if self._recovery_thread is not None and self._recovery_thread.is_alive():
+            return
+
+        def attempt():
+            try:
+                self.recover_pending()
+            except (BatonError, SQLAlchemyError, KafkaException) as e:
+                log.warning("retrying pending recovery failed: %s", e)
+
+        self._recovery_thread = threading.Thread(target=attempt, name="baton-keeper-recovery", daemon=True)
+        self._recovery_thread.start()
+
     def run(self, stop: threading.Event, on_tick=None) -> None:
-        """Tick every `interval` seconds until `stop` is set."""
+        """Tick every `interval` seconds until `stop` is set; retry pending recoveries beside it."""
         while not stop.is_set():
+            self._recover_in_background()
             try:
                 tick = self.tick()
             except (BatonError, SQLAlchemyError, KafkaException) as e:

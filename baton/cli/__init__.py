@@ -16,6 +16,7 @@ from baton.cli.authority import authority_app
 from baton.cli.config import config_app
 from baton.cli.drill import register as register_drill
 from baton.cli.lab import lab_app
+from baton.cli.recover import register as register_recover
 from baton.cli.replication import replication_app
 from baton.cli.runbook import register as register_runbooks
 
@@ -27,5 +28,6 @@ app.add_typer(authority_app, name="authority")
 app.add_typer(replication_app)  # top level: lag, currency, offsets
 register_runbooks(app)  # top level: failover, failback, runs, report
 register_drill(app)  # top level: drill
+register_recover(app)  # top level: recover
 app.add_typer(approvals_app, name="approvals")
 # Further command families register here, one line each.

@@ -39,22 +39,29 @@ def _region(topology, region: str) -> str:
 def authority_show(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """The authority in the audit DB and what each region's control topic says."""
     from baton.authority import control
-    from baton.errors import RegionUnreachable
+    from baton.errors import BatonError, RegionUnreachable
+    from baton.kafka.fencing import present_bindings
+    from baton.steps.recover import pending_recoveries
 
-    topology, _audit, store = _load(config)
+    topology, audit, store = _load(config)
     current = store.current(topology.domain.name)
     regions: dict[str, dict] = {}
     for region in topology.regions:
         try:
             seen = control.read(topology, region, timeout=3)
+            # What the brokers enforce, read back: a DENY ACL refuses writes whatever the record says.
+            principals = topology.regions[region].producer_principals
+            deny = len(present_bindings(topology, region)) if principals else 0
             regions[region] = {"control_topic": seen.model_dump(mode="json") if seen else None,
-                               "accepts_writes": bool(seen and seen.accepts_writes_in(region))}
-        except RegionUnreachable as e:
+                               "deny_acls": deny,
+                               "accepts_writes": bool(seen and seen.accepts_writes_in(region)) and not deny}
+        except (RegionUnreachable, BatonError) as e:
             regions[region] = {"error": str(e)}
+    pending = pending_recoveries(audit, topology.domain.name)
     if as_json:
         print(json.dumps({"domain": topology.domain.name,
                           "authority": current.model_dump(mode="json") if current else None,
-                          "regions": regions}, indent=2))
+                          "regions": regions, "pending_recoveries": pending}, indent=2))
         return
     if current is None:
         out.print(f"domain {topology.domain.name}: no authority recorded yet (`baton authority init` "
@@ -71,7 +78,12 @@ def authority_show(config: ConfigOption = None, as_json: JsonOption = False) -> 
         else:
             seen = control.Authority.model_validate(view["control_topic"])
             mark = "accepts writes" if view["accepts_writes"] else "refuses writes"
-            out.print(f"  {region}: control topic says {seen.describe()} -> {mark}", highlight=False)
+            acls = f"; {view['deny_acls']} fence ACL(s) in force" if view["deny_acls"] else ""
+            out.print(f"  {region}: control topic says {seen.describe()}{acls} -> {mark}", highlight=False)
+    for run_id, parts in pending.items():
+        out.print(f"  recovery of run {run_id} pending: "
+                  + "; ".join(f"{p['part']}: {p['detail']}" for p in parts)
+                  + f" -> `baton recover --run {run_id}`", highlight=False)
 
 
 @authority_app.command("history")
@@ -180,10 +192,15 @@ def authority_unfence(region: Annotated[str, typer.Argument(help="the region to 
 @handles_errors
 def authority_unlock(run_id: Annotated[str, typer.Option("--run", help="the run holding the lock")],
                      config: ConfigOption = None, reason: ReasonOption = "") -> None:
-    """Release the domain lock a crashed run left behind (recorded)."""
-    _topology, audit, _store = _load(config)
+    """Release the domain lock a crashed run left behind (recorded), then return the domain to
+    that run's last safe state (`baton recover`), so authority is never left FENCED."""
+    from baton.cli.recover import recover_and_report
+
+    topology, audit, store = _load(config)
     event = audit.unlock(run_id, reason=reason)
     out.print(f"released the lock of run {run_id} (recorded as event seq {event.seq})", highlight=False)
+    if any(s.name == "run_plan" for s in audit.run(run_id).steps):
+        recover_and_report(topology, audit, store, run_id, why=reason or "baton authority unlock")
 
 
 @authority_app.command("keep")

@@ -59,8 +59,10 @@ def drill(config: ConfigOption = None,
         from baton.settings import load_topology
 
         load_topology(config)  # a bad file fails here, before Prefect starts
+    from flows.console import quiet_baton_refusals
     from flows.drill import drill as flow
 
+    quiet_baton_refusals()  # Baton's refusals: one `error:` line; tracebacks stay in Prefect's logs
     err.print("starting the drill flow (Prefect)...")
     card = flow(config=config, unplanned=unplanned, auto_approve=lab, divergent_policy=policy, rate=rate,
                 settle_seconds=settle, report_dir=str(report_dir))

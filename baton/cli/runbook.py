@@ -51,6 +51,10 @@ def _check_auto_approve(topology, runbook) -> None:
 
 def _run_flow(flow, as_json: bool, **parameters) -> None:
     # A failed run raises its BatonError (exit 1); `baton runs` and `baton report` show its evidence.
+    # Prefect's tracebacks for it stay in the Prefect logs, off the terminal.
+    from flows.console import quiet_baton_refusals
+
+    quiet_baton_refusals()
     _print_summary(flow(**parameters), as_json)
 
 

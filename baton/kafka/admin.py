@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AclBinding, AdminClient, NewTopic
 
-from baton.errors import RegionUnreachable
+from baton.errors import AuthenticationFailed, RegionUnreachable
 from baton.settings import RegionSettings
 
 
@@ -16,8 +17,13 @@ def client_config(region: RegionSettings, who: str = "admin") -> dict:
     return region.client_config(who) | {"socket.connection.setup.timeout.ms": 5000}
 
 
-def admin_client(region: RegionSettings) -> AdminClient:
-    return AdminClient(client_config(region) | {"logger": _quiet_logger()})
+def admin_client(region: RegionSettings, errors: deque | None = None, who: str = "admin") -> AdminClient:
+    """An admin client (as `who`); librdkafka's client-level errors (e.g. SASL authentication)
+    go to `errors`."""
+    config = client_config(region, who) | {"logger": _quiet_logger()}
+    if errors is not None:
+        config["error_cb"] = errors.append
+    return AdminClient(config)
 
 
 def _quiet_logger():
@@ -29,18 +35,37 @@ def _quiet_logger():
     return logger
 
 
-def check_reachable(name: str, region: RegionSettings, timeout: float | None = None) -> AdminClient:
-    """An admin client for a region that answered a metadata request, or RegionUnreachable."""
-    admin = admin_client(region)
+AUTH_SLICE_SECONDS = 1.0  # how often a slow metadata request is interrupted to look for an auth failure
+
+
+def check_reachable(name: str, region: RegionSettings, timeout: float | None = None,
+                    who: str = "admin") -> AdminClient:
+    """An admin client for a region that answered a metadata request; AuthenticationFailed when
+    its brokers refused the credentials (reported by librdkafka only through its error callback),
+    else RegionUnreachable."""
+    errors: deque = deque(maxlen=20)
+    admin = admin_client(region, errors, who)
     wait = timeout if timeout is not None else region.request_timeout_seconds
-    try:
-        admin.list_topics(timeout=wait)
-    except KafkaException as e:
-        raise RegionUnreachable(
-            f"region {name!r} ({region.bootstrap_servers}) did not answer a metadata request "
-            f"within {wait:g}s: {e.args[0]}. Check that its brokers are up and reachable."
-        ) from e
-    return admin
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            admin.list_topics(timeout=max(0.1, min(AUTH_SLICE_SECONDS, deadline - time.monotonic())))
+            return admin
+        except KafkaException as e:
+            admin.poll(0)  # serves the error callback
+            refused = next((x for x in list(errors) if x.code() == KafkaError._AUTHENTICATION), None)
+            if refused is not None:
+                creds = getattr(region, who)
+                raise AuthenticationFailed(
+                    f"region {name!r} ({region.bootstrap_servers}) refused the {who} credentials "
+                    f"(user {creds.username if creds else None!r}): SASL authentication failed: "
+                    f"{refused.str()}. Check regions.{name}.{who} in the topology file and "
+                    f"BATON_REGIONS__{name.upper()}__{who.upper()}__* in the environment.") from e
+            if time.monotonic() >= deadline:
+                raise RegionUnreachable(
+                    f"region {name!r} ({region.bootstrap_servers}) did not answer a metadata request "
+                    f"within {wait:g}s: {e.args[0]}. Check that its brokers are up and reachable."
+                ) from e
 
 
 # A broker that just started (or a busy machine) answers admin requests with "Failed while waiting

@@ -8,6 +8,7 @@ both read the ACLs back before they report success.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from confluent_kafka import KafkaException
@@ -25,6 +26,7 @@ from baton.kafka.admin import check_reachable
 from baton.settings import Topology
 
 CLUSTER = "kafka-cluster"
+READ_BACK_SECONDS = 10.0
 
 
 def fence_bindings(topology: Topology, region: str) -> list[AclBinding]:
@@ -104,8 +106,13 @@ def _apply(topology: Topology, region: str, fencing: bool) -> dict[str, Any]:
         action = "fencing" if fencing else "unfencing"
         raise FencingError(f"{action} {region} failed while changing ACLs: {e}. Run it again "
                            "(it is idempotent) once the region answers.") from e
-    after = {_key(b) for b in present_bindings(topology, region)}
     expected = {_key(b) for b in bindings} if fencing else set()
+    # A broker that has just (re)started serves ACLs from a metadata image that can trail the
+    # controller by a moment: read back until it shows the change, within a bound.
+    deadline = time.monotonic() + READ_BACK_SECONDS
+    while (after := {_key(b) for b in present_bindings(topology, region)}) != expected \
+            and time.monotonic() < deadline:
+        time.sleep(0.2)
     if after != expected:
         wrong = [_text(b) for b in bindings if (_key(b) in after) != (_key(b) in expected)]
         raise FencingError(

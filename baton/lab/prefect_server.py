@@ -36,10 +36,12 @@ class PrefectServer:
             self.process.kill()
 
 
-def start_prefect_server(timeout: float = 90) -> PrefectServer:
-    """A Prefect server on a free loopback port with its own PREFECT_HOME (SQLite)."""
-    home = Path(tempfile.mkdtemp(prefix="baton-prefect-"))
-    port = free_port()
+def start_prefect_server(timeout: float = 90, *, home: Path | None = None,
+                         port: int | None = None) -> PrefectServer:
+    """A Prefect server on a free loopback port with its own PREFECT_HOME (SQLite); `home` and
+    `port` restart an earlier one with its database (tests of an orchestrator outage)."""
+    home = home or Path(tempfile.mkdtemp(prefix="baton-prefect-"))
+    port = port or free_port()
     url = f"http://127.0.0.1:{port}/api"
     env = os.environ | {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                         "PREFECT_UI_ENABLED": "false", "PREFECT_SERVER_LOGGING_LEVEL": "WARNING"}

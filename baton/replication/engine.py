@@ -92,7 +92,8 @@ class ReplicationEngine(Protocol):
     def status(self, source: str, target: str) -> ReplicationStatus:
         """Health of the flow source -> target."""
 
-    def start(self, source: str, target: str, *, wait_seconds: float = 60) -> ReplicationStatus:
+    def start(self, source: str, target: str, *, wait_seconds: float = 60,
+              keep_config: bool = False) -> ReplicationStatus:
         """Create or resume the flow source -> target; idempotent; waits until it runs."""
 
     def stop(self, source: str, target: str, *, wait_seconds: float = 60) -> ReplicationStatus:

@@ -82,7 +82,6 @@ def handle_divergent_tail(ctx: RunContext) -> dict:
 def start_reverse_replication(ctx: RunContext) -> dict:
     """Replication current owner -> returning region, so the returning region catches up."""
     status = engine_for(ctx.topology).start(ctx.old_owner, ctx.new_owner, wait_seconds=120)
-    ctx.state.setdefault("replication_started", []).append((ctx.old_owner, ctx.new_owner))
     return {"replication": status.as_dict()}
 
 

@@ -104,12 +104,16 @@ class MirrorMakerEngine:
             components.append(ConnectorState(name, state, tasks, trace))
         return ReplicationStatus(self.name, source, target, tuple(components))
 
-    def start(self, source: str, target: str, *, wait_seconds: float = 60) -> ReplicationStatus:
+    def start(self, source: str, target: str, *, wait_seconds: float = 60,
+              keep_config: bool = False) -> ReplicationStatus:
+        """Connectors configured from the topology and RUNNING. With `keep_config`, existing
+        connectors are only resumed as they were (recovery restarts what a run stopped, and
+        must not rewrite it with credentials that may be the very thing that is wrong)."""
         for kind in KINDS:
             name = connector_name(self.topology, kind, source, target)
             wanted = connector_config(self.topology, kind, source, target)
             current = self.connect.config(name)
-            if current is None or {k: current.get(k) for k in wanted} != wanted:
+            if current is None or (not keep_config and {k: current.get(k) for k in wanted} != wanted):
                 self.connect.put_config(name, wanted)
             status = self.connect.status(name)
             if status and status["connector"]["state"] in ("STOPPED", "PAUSED"):
