@@ -159,3 +159,30 @@ def _max(values):
 def _min(values):
     present = [v for v in values if v is not None]
     return min(present) if present else None
+
+
+def data_at_risk(audit: AuditStore, topology, owner: str, secondary: str) -> dict:
+    """What an unplanned failover can say about the data at risk: the watch's newest sample of
+    this very flow (owner -> secondary), with its age; stated plainly when none is fresh."""
+    interval = topology.watch.interval_seconds
+    flow = f"{owner} -> {secondary}"
+    try:
+        newest = SampleStore(audit).newest(topology.domain.name, owner, secondary, measured=True)
+    except Exception as e:  # noqa: BLE001 - the statement must be made even without the table
+        newest, why = None, f" (samples not read: {str(e).splitlines()[0][:200]})"
+    else:
+        why = ""
+    if newest is None:
+        return {"records": None, "seconds": None, "source": "watch", "fresh": False,
+                "statement": f"unknown: no watch sample of {flow} for domain {topology.domain.name}"
+                             f"{why}; is `baton watch` running?"}
+    row, age = newest.row, newest.age_seconds
+    fresh = age <= 3 * interval
+    statement = newest.statement()
+    if not fresh:
+        statement = (f"NO FRESH WATCH SAMPLE of {flow} (newest {age:.1f} s old, more than 3 intervals of "
+                     f"{interval:g} s): {statement}, plus whatever was written since")
+    return {"records": row.records_at_risk, "seconds": row.seconds_at_risk, "source": "watch",
+            "flow": flow, "as_of": row.taken_at.isoformat(), "sample_age_seconds": round(age, 1),
+            "fresh": fresh, "unknown_partitions": row.unknown_partitions,
+            "replication_state": row.replication_state, "statement": statement}
