@@ -32,18 +32,19 @@ PENDING_MAX = 2000  # samples kept while the database is away (~2.8 h at 5 s)
 PRUNE_EVERY_SECONDS = 300.0
 
 
+def _reach(topology: Topology, region: str):
+    try:
+        return check_reachable(region, topology.regions[region],
+                               timeout=max(2.0, topology.watch.interval_seconds))
+    except RegionUnreachable:
+        return None
+
+
 def readiness_of(sampler: Sampler, sample: Sample) -> Readiness:
     """The readiness checks for a sample, reusing the sampler's clients where it has them."""
-    scope = sampler._scope
-    owner_admin = scope.owner_admin if scope else None
-    secondary_admin = scope.secondary_admin if scope else None
-    topology = sampler.topology
-    if secondary_admin is None:
-        try:
-            secondary_admin = check_reachable(sample.secondary, topology.regions[sample.secondary],
-                                              timeout=max(2.0, topology.watch.interval_seconds))
-        except RegionUnreachable:
-            secondary_admin = None
+    scope, topology = sampler._scope, sampler.topology
+    owner_admin = scope.owner_admin if scope else _reach(topology, sample.owner)
+    secondary_admin = scope.secondary_admin if scope else _reach(topology, sample.secondary)
     return assess(topology, sample, engine=sampler.engine, owner_admin=owner_admin,
                   secondary_admin=secondary_admin)
 

@@ -115,3 +115,172 @@ def test_unplanned_check_lag_says_plainly_when_no_sample_exists(lab, topology, t
     stated = data_at_risk(AuditStore.for_topology(t), t, "east", "west")
     assert stated["records"] is None and stated["fresh"] is False
     assert "no watch sample of east -> west" in stated["statement"]
+
+
+# -- readiness: each check broken for real, then restored ----------------------------------------
+
+
+@contextmanager
+def lease_keeper(t):
+    """The lease keeper renewing the domain's lease (in a thread), as `baton authority keep` does."""
+    import threading
+
+    from baton.authority import authority_store
+    from baton.authority.keeper import LeaseKeeper
+
+    keeper = LeaseKeeper(t, authority_store(t), interval=0.5)
+    stop = threading.Event()
+    thread = threading.Thread(target=keeper.run, args=(stop,), daemon=True)
+    thread.start()
+    wait_until(lambda: (a := authority_store(t).current(t.domain.name)) and a.lease_left() > 0, 30,
+               "the keeper's first renewal")
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(10)
+        keeper.close()
+
+
+def statuses(t) -> dict[str, str]:
+    from baton.watch.service import check_now
+
+    _sample, readiness = check_now(t)
+    return {c.name: c.status for c in readiness.checks} | {"_evidence": {c.name: c.evidence
+                                                                        for c in readiness.checks}}
+
+
+def ready_domain(topology, tmp_path, **watch):
+    path = with_watch_settings(make_domain(topology, tmp_path), **watch)
+    t = load_topology(path)
+    topic = t.domain.topics[0]
+    produce(t, "east", topic, 12, 3, "base")
+    wait_mirrored(t, topic, 12)
+    return path, t
+
+
+def test_ready_cli_passes_then_fails_when_replication_stops(lab, topology, tmp_path):
+    path, t = ready_domain(topology, tmp_path, heartbeat_max_age_seconds=4)
+    environment = os.environ | {"BATON_CONFIG": str(path)}
+    try:
+        with lease_keeper(t):
+            result = subprocess.run([BATON, "ready", "--json"], capture_output=True, text=True,
+                                    env=environment, timeout=120)
+            document = json.loads(result.stdout)
+            assert result.returncode == 0, document["summary"]
+            assert document["ready"] is True
+            assert {c["name"]: c["status"] for c in document["checks"]} == dict.fromkeys(
+                [c["name"] for c in document["checks"]], "pass")
+            assert len(document["checks"]) == 10
+
+            lab.fault("stop", "replication")
+            # The heartbeat ages past 4 s once the heartbeat connector stopped.
+            wait_until(lambda: statuses(t)["heartbeat_fresh"] == "fail", 60, "heartbeat stale")
+            result = subprocess.run([BATON, "ready", "--json"], capture_output=True, text=True,
+                                    env=environment, timeout=120)
+            document = json.loads(result.stdout)
+            checks = {c["name"]: c for c in document["checks"]}
+            assert result.returncode == 1 and document["ready"] is False
+            assert checks["replication_running"]["status"] == "fail"
+            assert "STOPPED" in checks["replication_running"]["evidence"]
+            assert checks["heartbeat_fresh"]["status"] == "fail"
+        usage = subprocess.run([BATON, "ready", "--config", str(tmp_path / "missing.yaml")],
+                               capture_output=True, text=True, timeout=60)
+        assert usage.returncode == 2 and "missing.yaml" in usage.stderr
+    finally:
+        restore_lab(t)
+        wait_until(lambda: lab.status()["replication"]["state"] == "RUNNING", 90, "replication RUNNING")
+
+
+def test_ready_reads_the_acls_on_the_secondary(lab, topology, tmp_path):
+    from confluent_kafka.admin import (
+        AclBindingFilter,
+        AclOperation,
+        AclPermissionType,
+        ResourcePatternType,
+        ResourceType,
+    )
+
+    from baton.kafka.admin import admin_client, ensure_acls
+    from baton.kafka.fencing import fence, unfence
+    from baton.lab.lab import lab_acls
+
+    _path, t = ready_domain(topology, tmp_path)
+    west = admin_client(t.regions["west"])
+    try:
+        with lease_keeper(t):
+            before = statuses(t)
+            assert before["producers_can_write"] == "pass" and before["consumers_can_read"] == "pass"
+            # Fencing west adds Baton's own DENY: producers can still write there once unfenced.
+            fence(t, "west")
+            assert statuses(t)["producers_can_write"] == "pass"
+            unfence(t, "west")
+            # Remove the producer principal's WRITE on orders.* in west.
+            for future in west.delete_acls([AclBindingFilter(
+                    ResourceType.TOPIC, "orders.", ResourcePatternType.PREFIXED, "User:orders-app", "*",
+                    AclOperation.WRITE, AclPermissionType.ALLOW)]).values():
+                assert future.result(), "the lab's WRITE ACL was there to delete"
+            after = statuses(t)
+            assert after["producers_can_write"] == "fail"
+            assert f"User:orders-app WRITE {t.domain.topics[0]}" in after["_evidence"]["producers_can_write"]
+            ensure_acls(west, lab_acls())
+            # Remove the consumer principal's READ on the domain's groups in west.
+            for future in west.delete_acls([AclBindingFilter(
+                    ResourceType.GROUP, "orders-", ResourcePatternType.PREFIXED, "User:orders-consumer", "*",
+                    AclOperation.READ, AclPermissionType.ALLOW)]).values():
+                assert future.result()
+            after = statuses(t)
+            assert after["consumers_can_read"] == "fail" and after["producers_can_write"] == "pass"
+            assert f"READ group {t.domain.consumer_groups[0]}" in after["_evidence"]["consumers_can_read"]
+    finally:
+        ensure_acls(west, lab_acls())
+        unfence(t, "west")
+    assert statuses(t)["consumers_can_read"] == "pass"
+
+
+def test_ready_fails_on_mirror_parity_checkpoints_transactions_and_lease(lab, topology, tmp_path):
+    from confluent_kafka.admin import (
+        AlterConfigOpType,
+        ConfigEntry,
+        ConfigResource,
+        NewPartitions,
+        ResourceType,
+    )
+
+    from baton.kafka.admin import admin_client
+
+    path, t = ready_domain(topology, tmp_path)
+    topic = t.domain.topics[0]
+    mirror = t.replication.remote_topic(topic, "east")
+    west = admin_client(t.regions["west"])
+    with lease_keeper(t):
+        assert statuses(t)["topic_parity"] == "pass"
+        resource = ConfigResource(ResourceType.TOPIC, mirror, incremental_configs=[
+            ConfigEntry("min.insync.replicas", "2", incremental_operation=AlterConfigOpType.SET)])
+        for future in west.incremental_alter_configs([resource]).values():
+            future.result()
+        found = statuses(t)
+        assert found["topic_parity"] == "fail"
+        assert f"min.insync.replicas: {topic} 1 vs {mirror} 2" in found["_evidence"]["topic_parity"]
+        for future in west.create_partitions([NewPartitions(mirror, 4)]).values():
+            future.result()
+        found = statuses(t)
+        assert f"partitions: {topic} 3 vs {mirror} 4" in found["_evidence"]["topic_parity"]
+        assert found["lag_within_thresholds"] == "fail"  # partition-wise lag is impossible now
+
+    # A domain group MM2 does not checkpoint (outside its groups pattern), with a position on east.
+    (tmp_path / "second").mkdir()
+    path2, t2 = ready_domain(topology, tmp_path / "second", transactional_topics=[])
+    group = f"baton-t-{t2.domain.name}"
+    document = yaml.safe_load(path2.read_text())
+    document["domain"]["consumer_groups"] = [group]
+    document["watch"]["transactional_topics"] = document["domain"]["topics"]
+    path2.write_text(yaml.safe_dump(document))
+    t2 = load_topology(path2)
+    commit(t2, "east", group, t2.domain.topics[0], {0: 2, 1: 2, 2: 2})
+    found = statuses(t2)  # no keeper for this domain: its lease never started
+    assert found["checkpoints_fresh"] == "fail"
+    assert f"{group}: no checkpoint for {t2.domain.topics[0]}[0]" in found["_evidence"]["checkpoints_fresh"]
+    assert found["transactions_read_committed"] == "fail"
+    assert "read_uncommitted" in found["_evidence"]["transactions_read_committed"]
+    assert found["lease_renewing"] == "fail"
