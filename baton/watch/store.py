@@ -25,6 +25,7 @@ def row_of(sample: Sample, readiness: Readiness | None) -> WatchSample:
     detail = sample.detail()
     if readiness is not None:
         detail["readiness"] = {c.name: c.status for c in readiness.checks}
+        detail["readiness_summary"] = readiness.summary()[:1500]
     authority = sample.authority
     return WatchSample(
         domain=sample.domain, owner=sample.owner, secondary=sample.secondary, resolution=RAW,
@@ -186,3 +187,18 @@ def data_at_risk(audit: AuditStore, topology, owner: str, secondary: str) -> dic
             "flow": flow, "as_of": row.taken_at.isoformat(), "sample_age_seconds": round(age, 1),
             "fresh": fresh, "unknown_partitions": row.unknown_partitions,
             "replication_state": row.replication_state, "statement": statement}
+
+
+def readiness_line(audit: AuditStore, topology, owner: str, secondary: str) -> str:
+    """The readiness the watch last judged for the flow owner -> secondary, for a gate's evidence."""
+    try:
+        newest = SampleStore(audit).newest(topology.domain.name, owner, secondary)
+    except Exception as e:  # noqa: BLE001 - a gate must still show something
+        return f"unknown: watch samples not read ({str(e).splitlines()[0][:200]})"
+    if newest is None or not newest.row.readiness:
+        return f"unknown: no watch sample of {owner} -> {secondary} (is `baton watch` running?)"
+    detail = json.loads(newest.row.detail)
+    summary = detail.get("readiness_summary") or newest.row.readiness
+    stale = newest.age_seconds > 3 * topology.watch.interval_seconds
+    return (f"{summary} (watch sample {newest.age_seconds:.0f} s old"
+            + (", NOT FRESH)" if stale else ")"))

@@ -100,6 +100,9 @@ def test_unplanned_check_lag_states_the_newest_watch_sample_of_the_flow(lab, top
         # The statement matches the sample as stored (not an earlier run's check_lag).
         newest = store.newest(t.domain.name, "east", "west", measured=True)
         assert newest.row.taken_at.isoformat() == stated["as_of"]
+        # The approve-failover gate showed the watch's readiness: not ready (replication stopped).
+        assert "NOT READY" in steps["approve-failover"]["shown"]["readiness"]
+        assert "watch sample" in steps["approve-failover"]["shown"]["readiness"]
     finally:
         if lab.status()["regions"]["east"]["process"] != "running":
             lab.fault("restart", "east")
@@ -284,3 +287,103 @@ def test_ready_fails_on_mirror_parity_checkpoints_transactions_and_lease(lab, to
     assert found["transactions_read_committed"] == "fail"
     assert "read_uncommitted" in found["_evidence"]["transactions_read_committed"]
     assert found["lease_renewing"] == "fail"
+
+
+# -- metrics and Slack alerts ----------------------------------------------------------------------
+
+
+def scrape(port: int) -> dict[tuple, float]:
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def series(metrics: dict, name: str, **labels) -> float | None:
+    for (found, pairs), value in metrics.items():
+        if found == name and labels.items() <= dict(pairs).items():
+            return value
+    return None
+
+
+def test_watch_serves_metrics_and_alerts_once_per_cause_then_recovers(lab, topology, tmp_path):
+    import socket
+
+    from baton.authority import authority_store
+    from tests.slack_standin import BOT_TOKEN, CHANNEL, SlackStandIn
+
+    slack = SlackStandIn().start()
+    path, t = ready_domain(topology, tmp_path, interval_seconds=1, heartbeat_max_age_seconds=4)
+    document = yaml.safe_load(path.read_text())
+    document["approvals"] |= {"slack_channel": CHANNEL, "slack_bot_token": BOT_TOKEN,
+                              "slack_api_url": slack.api_url}
+    path.write_text(yaml.safe_dump(document))
+    t = load_topology(path)
+    domain = t.domain.name
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def alerts() -> list[str]:
+        return [a["text"] for a in slack.called("chat.postMessage")]
+
+    try:
+        with lease_keeper(t), watch_process(path, extra=("--metrics-port", str(port)),
+                                            log=tmp_path / "watch.log"):
+            healthy = wait_until(lambda: _scraped_ready(port, domain), 60, "a ready sample in the metrics")
+            epoch = authority_store(t).current(domain).epoch
+            assert series(healthy, "baton_replication_up", domain=domain, owner="east", secondary="west") == 1
+            assert series(healthy, "baton_at_risk_records", domain=domain) == 0
+            for p in range(3):
+                assert series(healthy, "baton_partition_at_risk_records", domain=domain,
+                              topic=t.domain.topics[0], partition=str(p)) == 0
+            assert series(healthy, "baton_authority_epoch", domain=domain) == epoch
+            assert series(healthy, "baton_authority_owner_info", domain=domain, owner="east",
+                          state="ACTIVE") == 1
+            assert series(healthy, "baton_lease_remaining_seconds", domain=domain) > 0
+            assert series(healthy, "baton_heartbeat_age_seconds", domain=domain) < 4
+            assert series(healthy, "baton_watch_samples_total", domain=domain, outcome="measured") >= 1
+            for check in ("replication_running", "topic_parity", "lease_renewing"):
+                assert series(healthy, "baton_readiness_check_status", domain=domain, check=check,
+                              status="pass") == 1
+            assert alerts() == []
+
+            lab.fault("stop", "replication")
+            wait_until(lambda: len(alerts()) >= 2, 90, "alerts for replication and heartbeat")
+            broken = scrape(port)
+            assert series(broken, "baton_replication_up", domain=domain) == 0
+            assert series(broken, "baton_ready", domain=domain) == 0
+            assert series(broken, "baton_readiness_check_status", domain=domain, check="replication_running",
+                          status="fail") == 1
+            # Several more samples while broken: still one alert per cause.
+            samples = series(broken, "baton_watch_samples_total", domain=domain, outcome="measured")
+            wait_until(lambda: series(scrape(port), "baton_watch_samples_total", domain=domain,
+                                      outcome="measured") >= samples + 3, 60, "three more samples")
+            texts = alerts()
+            assert len([a for a in texts if "replication_running failing" in a]) == 1
+            assert len([a for a in texts if "heartbeat_fresh failing" in a]) == 1
+            assert all(domain in a and "NOT READY" in a for a in texts)
+            assert "STOPPED" in next(a for a in texts if "replication_running" in a)  # the evidence
+
+            lab.fault("start", "replication")
+            wait_until(lambda: len([a for a in alerts() if "recovered" in a]) >= 2, 90, "recovery posts")
+            wait_until(lambda: _scraped_ready(port, domain), 60, "ready again in the metrics")
+            texts = alerts()
+            assert len([a for a in texts if "replication_running recovered" in a]) == 1
+            assert len([a for a in texts if "heartbeat_fresh recovered" in a]) == 1
+            assert len(texts) == 4
+            assert all(a["channel"] == CHANNEL for a in slack.called("chat.postMessage"))
+    finally:
+        slack.stop()
+        restore_lab(t)
+        wait_until(lambda: lab.status()["replication"]["state"] == "RUNNING", 90, "replication RUNNING")
+
+
+def _scraped_ready(port: int, domain: str):
+    try:
+        metrics = scrape(port)
+    except Exception:  # noqa: BLE001 - not listening yet
+        return None
+    return metrics if series(metrics, "baton_ready", domain=domain) == 1 else None
