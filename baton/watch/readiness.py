@@ -175,6 +175,8 @@ def _partition_counts(admin: AdminClient, topics: list[str], timeout: float) -> 
 
 
 def _topic_configs(admin: AdminClient, topics: list[str], timeout: float) -> dict[str, dict[str, str]]:
+    if not topics:
+        return {}
     resources = [ConfigResource(ResourceType.TOPIC, t) for t in topics]
     configs = {}
     for resource, future in admin.describe_configs(resources, request_timeout=timeout).items():

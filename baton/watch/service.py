@@ -84,7 +84,13 @@ class Watch:
         while not stop.is_set():
             started = time.monotonic()
             for domain in self.domains:
-                self.run_once(domain)
+                try:
+                    self.run_once(domain)
+                except Exception:  # noqa: BLE001 - one bad sample must not end the service
+                    log.exception("%s: sample failed unexpectedly; next sample in %g s",
+                                  domain.topology.domain.name, self.interval)
+                    domain.sampler.drop_clients()
+                    continue
                 if on_sample:
                     on_sample(domain)
             stop.wait(max(0.0, self.interval - (time.monotonic() - started)))

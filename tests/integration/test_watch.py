@@ -53,14 +53,7 @@ def watch_process(*configs: Path, extra: tuple[str, ...] = (), log: Path | None 
 
 
 def samples_after(store: SampleStore, domain: str, after: float) -> list:
-    from sqlmodel import select
-
-    from baton.audit.models import WatchSample
-
-    with store.audit.transaction() as session:
-        rows = session.exec(select(WatchSample).where(WatchSample.domain == domain)
-                            .order_by(WatchSample.taken_at)).all()
-    return [r for r in rows if r.taken_at.timestamp() > after and r.records_at_risk is not None]
+    return [r for r in samples_after_all(store, domain, after) if r.records_at_risk is not None]
 
 
 def test_unplanned_check_lag_states_the_newest_watch_sample_of_the_flow(lab, topology, tmp_path, prefect_api):
@@ -387,3 +380,84 @@ def _scraped_ready(port: int, domain: str):
     except Exception:  # noqa: BLE001 - not listening yet
         return None
     return metrics if series(metrics, "baton_ready", domain=domain) == 1 else None
+
+
+# -- hiccups: a broker restart and a database restart ----------------------------------------------
+
+
+def _pg_ctl(url: str, action: str) -> None:
+    """Stop or start the test PostgreSQL server behind `url` (the conftest's throwaway cluster)."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    from tests.conftest import _postgres_bin
+
+    server = make_url(url)
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if action == "stop":
+        dsn = server.set(drivername="postgresql").render_as_string(hide_password=False)
+        with psycopg.connect(dsn, autocommit=True) as connection:
+            data = connection.execute("SHOW data_directory").fetchone()[0]
+            sockets = connection.execute("SHOW unix_socket_directories").fetchone()[0]
+        _pg_ctl.started = (data, f"-p {server.port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off")
+        subprocess.run([*as_user, str(_postgres_bin() / "pg_ctl"), "-D", data, "-m", "fast", "-w", "stop"],
+                       check=True, capture_output=True)
+    else:
+        data, options = _pg_ctl.started
+        subprocess.run([*as_user, str(_postgres_bin() / "pg_ctl"), "-D", data, "-l", f"{data}/../log",
+                        "-o", options, "-w", "-t", "60", "start"], check=True, capture_output=True)
+
+
+@pytest.mark.parametrize("audit_url", ["postgresql"], indirect=True)
+def test_watch_keeps_sampling_through_a_broker_restart_and_a_database_restart(lab, topology, tmp_path,
+                                                                               audit_url):
+    path = with_watch_settings(make_domain(topology, tmp_path), interval_seconds=1)
+    document = yaml.safe_load(path.read_text())
+    document["audit"] = {"database_url": audit_url}
+    path.write_text(yaml.safe_dump(document))
+    t = load_topology(path)
+    store = SampleStore(AuditStore.for_topology(t))
+    log = tmp_path / "watch.log"
+    started = time.time()
+
+    def stored(after: float, measured: bool | None = True) -> list:
+        rows = samples_after_all(store, t.domain.name, after)
+        return [r for r in rows if measured is None or (r.records_at_risk is not None) == measured]
+
+    try:
+        with watch_process(path, extra=("--no-alerts",), log=log) as process:
+            wait_until(lambda: len(stored(started)) >= 2, 60, "two measured samples")
+            lab.fault("kill", "east")
+            wait_until(lambda: stored(started, measured=False), 60, "a sample of the unreachable owner")
+            failed = stored(started, measured=False)[-1]
+            assert "east" in failed.detail and failed.replication_state
+            lab.fault("restart", "east")
+            back = time.time()
+            wait_until(lambda: len(stored(back)) >= 2, 120, "measured samples after east restarted")
+
+            _pg_ctl(audit_url, "stop")
+            stopped = time.time()
+            wait_until(lambda: log.read_text().count("audit database unavailable") >= 3, 60,
+                       "the watch logging the database outage for three samples")
+            _pg_ctl(audit_url, "start")
+            restarted = time.time()
+            wait_until(lambda: "audit database back" in log.read_text(), 60, "the watch logging recovery")
+            kept = [r for r in stored(stopped, measured=None) if r.taken_at.timestamp() < restarted]
+            assert len(kept) >= 3  # samples taken while the database was down, written once it was back
+            wait_until(lambda: stored(restarted), 30, "a sample after the database restart")
+            assert process.poll() is None  # the watch never stopped
+    finally:
+        if lab.status()["regions"]["east"]["process"] != "running":
+            lab.fault("restart", "east")
+        restore_lab(t)
+
+
+def samples_after_all(store: SampleStore, domain: str, after: float) -> list:
+    from sqlmodel import select
+
+    from baton.audit.models import WatchSample
+
+    with store.audit.transaction() as session:
+        rows = session.exec(select(WatchSample).where(WatchSample.domain == domain)
+                            .order_by(WatchSample.taken_at)).all()
+    return [r for r in rows if r.taken_at.timestamp() > after]
