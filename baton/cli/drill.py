@@ -59,6 +59,9 @@ def drill(config: ConfigOption = None,
         from baton.settings import load_topology
 
         load_topology(config)  # a bad file fails here, before Prefect starts
+    from baton.cli.runbook import use_lab_prefect
+
+    use_lab_prefect()
     from flows.drill import drill as flow
 
     err.print("starting the drill flow (Prefect)...")

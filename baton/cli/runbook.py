@@ -38,6 +38,17 @@ def _print_summary(summary: dict, as_json: bool) -> None:
         out.print(f"  {step['name']:28} {step['status']:10} {step['seconds']:7.2f} s")
 
 
+def use_lab_prefect() -> None:
+    """Without PREFECT_API_URL, use the running lab's Prefect server (not a temporary one)."""
+    import os
+
+    from baton.lab.lab import lab_prefect_api_url
+
+    if not os.environ.get("PREFECT_API_URL") and (url := lab_prefect_api_url()):
+        os.environ["PREFECT_API_URL"] = url
+        err.print(f"using the lab's Prefect server {url.removesuffix('/api')}", highlight=False)
+
+
 def _run_flow(flow, as_json: bool, **parameters) -> None:
     # A failed run raises its BatonError (exit 1); `baton runs` and `baton report` show its evidence.
     _print_summary(flow(**parameters), as_json)
@@ -61,6 +72,7 @@ def failover(config: ConfigOption = None, plan: PlanOption = False,
         return
     load_topology(config)  # a bad file fails here, before Prefect starts
     config = str(resolve_config_path(config))  # the flow run's parameters name the file used
+    use_lab_prefect()
     from flows.failover import failover as flow
 
     err.print("starting the failover flow (Prefect)...")
@@ -88,6 +100,7 @@ def failback(config: ConfigOption = None, plan: PlanOption = False,
         return
     load_topology(config)
     config = str(resolve_config_path(config))
+    use_lab_prefect()
     from flows.failback import failback as flow
 
     err.print("starting the failback flow (Prefect)...")

@@ -461,3 +461,52 @@ def samples_after_all(store: SampleStore, domain: str, after: float) -> list:
         rows = session.exec(select(WatchSample).where(WatchSample.domain == domain)
                             .order_by(WatchSample.taken_at)).all()
     return [r for r in rows if r.taken_at.timestamp() > after]
+
+
+# -- the lab as a complete system -------------------------------------------------------------------
+
+
+def test_lab_runs_prefect_keeper_and_watch_and_runbooks_use_its_prefect(lab, topology, tmp_path):
+    import httpx
+
+    status = lab.status()
+    services = status["services"]
+    assert {name: s["process"] for name, s in services.items()} == dict.fromkeys(
+        ("prefect", "keeper", "watch"), "running")
+    assert httpx.get(f"{services['prefect']['api']}/health", timeout=10).status_code == 200
+    environment = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "BATON_CONFIG")}
+
+    # The lab's own domain: ACTIVE with a live lease (the lab's keeper), ready, measured by the watch.
+    shown = subprocess.run([BATON, "authority", "show", "--json"], capture_output=True, text=True,
+                           env=environment, timeout=60)
+    authority = json.loads(shown.stdout)["authority"]
+    from datetime import UTC, datetime
+
+    assert authority["state"] == "ACTIVE" and authority["owner"] == topology.domain.initial_owner
+    assert datetime.fromisoformat(authority["lease_expires_at"]) > datetime.now(UTC)
+    domain = topology.domain.name
+    metrics = wait_until(lambda: _scraped_ready(lab.ports.metrics, domain), 60, "the lab watch's metrics")
+    assert series(metrics, "baton_at_risk_records", domain=domain) is not None
+    assert series(metrics, "baton_lease_remaining_seconds", domain=domain) > 0
+
+    # A runbook command without PREFECT_API_URL runs on the lab's Prefect server, visible there.
+    path = make_domain(topology, tmp_path)
+    t = load_topology(path)
+    produce(t, "east", t.domain.topics[0], 12, 3, "lab")
+    for group in t.domain.consumer_groups:
+        commit(t, "east", group, t.domain.topics[0], {0: 2, 1: 2, 2: 2})
+    wait_mirrored(t, t.domain.topics[0], 12)
+    engine = engine_for(t)
+    wait_until(lambda: len([k for k in engine.checkpoints("east", "west").items
+                            if k[0] in t.domain.consumer_groups]) == 6, 60, "MM2 checkpoints")
+    try:
+        result = subprocess.run([BATON, "failover", "--config", str(path), "--yes", "--json"],
+                                capture_output=True, text=True, env=environment, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "using the lab's Prefect server" in result.stderr
+        runs = httpx.post(f"{services['prefect']['api']}/flow_runs/filter", json={"limit": 50},
+                          timeout=10).json()
+        assert any(r["parameters"].get("config") == str(path) and r["state_type"] == "COMPLETED"
+                   for r in runs)
+    finally:
+        restore_lab(t)
