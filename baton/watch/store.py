@@ -19,6 +19,7 @@ from baton.watch.readiness import Readiness
 from baton.watch.sampler import Sample
 
 RAW, MINUTE = "raw", "1m"
+INSERT_CHUNK = 500  # rows per INSERT: 16 bound values each, below SQLite's variable limit
 
 
 def row_of(sample: Sample, readiness: Readiness | None) -> WatchSample:
@@ -51,9 +52,11 @@ def insert_ignoring_duplicates(session, rows: list[WatchSample]) -> int:
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
-    values = [r.model_dump(exclude={"id"}) for r in rows]
-    result = session.execute(insert(WatchSample).values(values).on_conflict_do_nothing())
-    return result.rowcount or 0
+    inserted = 0
+    for start in range(0, len(rows), INSERT_CHUNK):
+        values = [r.model_dump(exclude={"id"}) for r in rows[start:start + INSERT_CHUNK]]
+        inserted += session.execute(insert(WatchSample).values(values).on_conflict_do_nothing()).rowcount or 0
+    return inserted
 
 
 @dataclass
