@@ -82,11 +82,13 @@ class Sample:
 
     def detail(self) -> dict:
         """What is stored beside the aggregate columns: compact, only partitions at risk."""
-        return {"partitions": self.partitions, "at_risk": self.at_risk,
-                "offset_sync_gaps": {k: v for k, v in self.offset_sync_gaps.items() if v},
-                "checkpoints": [c.as_dict() for c in self.checkpoints],
-                "problems": self.problems[:20], "error": self.error,
-                "duration_seconds": round(self.duration_seconds, 3)}
+        detail = {"partitions": self.partitions, "duration_seconds": round(self.duration_seconds, 3),
+                  "at_risk": self.at_risk,
+                  "offset_sync_gaps": {k: v for k, v in self.offset_sync_gaps.items() if v},
+                  "checkpoints": [c.as_dict() for c in self.checkpoints if c.missing or c.stale],
+                  "problems": self.problems[:20], "error": self.error}
+        # A healthy sample stores ~60 bytes of detail: empty entries are left out.
+        return {k: v for k, v in detail.items() if v or k in ("partitions", "duration_seconds")}
 
     def as_dict(self) -> dict:
         authority = self.authority

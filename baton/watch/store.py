@@ -25,8 +25,10 @@ INSERT_CHUNK = 500  # rows per INSERT: 16 bound values each, below SQLite's vari
 def row_of(sample: Sample, readiness: Readiness | None) -> WatchSample:
     detail = sample.detail()
     if readiness is not None:
-        detail["readiness"] = {c.name: c.status for c in readiness.checks}
-        detail["readiness_summary"] = readiness.summary()[:1500]
+        failing = {c.name: c.status for c in readiness.checks if c.status != "pass"}
+        if failing:  # the status column says "pass" when every check passed
+            detail["readiness"] = failing
+            detail["readiness_summary"] = readiness.summary()[:1500]
     authority = sample.authority
     return WatchSample(
         domain=sample.domain, owner=sample.owner, secondary=sample.secondary, resolution=RAW,
@@ -201,7 +203,9 @@ def readiness_line(audit: AuditStore, topology, owner: str, secondary: str) -> s
     if newest is None or not newest.row.readiness:
         return f"unknown: no watch sample of {owner} -> {secondary} (is `baton watch` running?)"
     detail = json.loads(newest.row.detail)
-    summary = detail.get("readiness_summary") or newest.row.readiness
+    summary = detail.get("readiness_summary") or (
+        f"{secondary} READY to take over {topology.domain.name}" if newest.row.readiness == "pass"
+        else newest.row.readiness)
     stale = newest.age_seconds > 3 * topology.watch.interval_seconds
     return (f"{summary} (watch sample {newest.age_seconds:.0f} s old"
             + (", NOT FRESH)" if stale else ")"))
