@@ -52,23 +52,26 @@ def domain(topology, partitions: int):
         "name": f"wbench-{partitions}", "topics": [topic], "consumer_groups": groups})})
 
 
-def wait_measured(t, partitions: int) -> None:
+def wait_measured(t, partitions: int) -> int:
+    """Until every record is mirrored and MM2's checkpoint count for the groups stops growing."""
     engine = engine_for(t)
     sampler = Sampler(t)
     deadline = time.monotonic() + 900
+    previous = -1
     while time.monotonic() < deadline:
         sample = sampler.sample()
         checkpoints = len([k for k in engine.checkpoints("east", "west").items
                            if k[0] in t.domain.consumer_groups])
-        if sample.records_at_risk == 0 and sample.partitions == partitions and checkpoints == 2 * partitions:
-            return
-        time.sleep(5)
-    raise SystemExit(f"{partitions} partitions not mirrored and checkpointed in time")
+        if sample.records_at_risk == 0 and sample.partitions == partitions and checkpoints == previous:
+            return checkpoints
+        previous = checkpoints
+        time.sleep(15)
+    raise SystemExit(f"{partitions} partitions not mirrored in time")
 
 
 def cost(partitions: int, topology) -> dict:
     t = domain(topology, partitions)
-    wait_measured(t, partitions)
+    checkpoints = wait_measured(t, partitions)
     sampler = Sampler(t)
     sampler.sample()  # resolve the scope once, as a running watch has
     walls, cpus, ready_walls = [], [], []
@@ -82,7 +85,8 @@ def cost(partitions: int, topology) -> dict:
         ready_walls.append(time.perf_counter() - started)
     return {"partitions": partitions, "wall_median": statistics.median(walls), "wall_max": max(walls),
             "cpu_median": statistics.median(cpus), "readiness_median": statistics.median(ready_walls),
-            "records_at_risk": sample.records_at_risk, "ready": readiness.status}
+            "records_at_risk": sample.records_at_risk, "checkpoints": checkpoints,
+            "failing": [c.name for c in readiness.checks if c.status == "fail"]}
 
 
 def month(detail: str) -> dict:
@@ -144,7 +148,8 @@ def main() -> None:
         r = cost(partitions, topology)
         print(f"{r['partitions']:5} partitions: sample wall median {r['wall_median']:.3f} s "
               f"(max {r['wall_max']:.3f}), CPU median {r['cpu_median']:.3f} s; readiness "
-              f"{r['readiness_median']:.3f} s; at risk {r['records_at_risk']}, readiness {r['ready']}",
+              f"{r['readiness_median']:.3f} s; at risk {r['records_at_risk']}; MM2 checkpoints "
+              f"{r['checkpoints']} of {2 * partitions}; failing {r['failing']}",
               flush=True)
 
 

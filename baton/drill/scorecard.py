@@ -130,6 +130,8 @@ def build_scorecard(session: DrillSession, *, failover_run: str, failback_run: s
         # what the runbooks themselves said: the unplanned check_lag's statement, the failback's tail
         legs["failover"]["runbook_data_at_risk"] = (
             evidence["failover"].get("check_lag", {}).get("data_at_risk", {}).get("statement"))
+        legs["failover"]["runbook_data_at_risk_records"] = (  # the watch's sample, beside rpo_records
+            evidence["failover"].get("check_lag", {}).get("data_at_risk", {}).get("records"))
         if "failback" in evidence:
             legs["failover"]["runbook_divergent_tail"] = (
                 evidence["failback"].get("find_divergent_tail", {}).get("count"))
