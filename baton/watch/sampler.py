@@ -10,6 +10,7 @@ broker or a changed partition count is picked up at the next sample.
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaException
@@ -112,6 +113,7 @@ class Sampler:
         self._scope: Scope | None = None
         self._scope_at = 0.0
         self.last_owner = topology.domain.initial_owner
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="baton-watch-read")
 
     @property
     def audit(self) -> AuditStore:
@@ -148,6 +150,9 @@ class Sampler:
         secondary = self.topology.other_region(owner)
         sample = Sample(self.topology.domain.name, owner, secondary, time.time(),
                         self.topology.watch.interval_seconds, authority=authority, problems=problems)
+        # The checkpoints are read while the lag is measured: both wait on brokers, not on CPU.
+        checkpoints = (self._pool.submit(self.engine.checkpoints, owner, secondary)
+                       if self.topology.domain.consumer_groups else None)
         try:
             scope = self.scope(owner)
             lag = measure_lag(self.topology, scope=scope)
@@ -157,7 +162,7 @@ class Sampler:
             self._engine_only(sample)
         else:
             self._from_lag(sample, lag)
-            self._checkpoints(sample, scope)
+            self._checkpoints(sample, scope, checkpoints)
         sample.duration_seconds = time.monotonic() - started
         sample.cpu_seconds = time.process_time() - cpu
         return sample
@@ -195,13 +200,13 @@ class Sampler:
                 sample.offset_sync_gaps[f"{p.topic}[{p.partition}]"] = (
                     None if newest is None else max(0, p.replicated_through - newest))
 
-    def _checkpoints(self, sample: Sample, scope: Scope) -> None:
+    def _checkpoints(self, sample: Sample, scope: Scope, pending: Future | None) -> None:
         groups = self.topology.domain.consumer_groups
-        if not groups:
+        if not groups or pending is None:
             return
         try:
-            reading = self.engine.checkpoints(sample.owner, sample.secondary)
-        except BatonError as e:
+            reading = pending.result()
+        except (BatonError, KafkaException) as e:
             sample.problems.append(f"checkpoints not read: {_short(e)}")
             return
         now_ms = time.time() * 1000
