@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
 from confluent_kafka import KafkaException
 from sqlalchemy.exc import SQLAlchemyError
@@ -20,7 +20,7 @@ from baton.audit import AuditStore
 from baton.authority.record import Authority
 from baton.authority.store import AuthorityStore
 from baton.errors import BatonError
-from baton.kafka.reading import committed_offsets
+from baton.kafka.reading import committed_offsets, watermarks
 from baton.replication import engine_for
 from baton.replication.lag import LagReport, Scope, measure_lag, resolve_scope
 from baton.settings import Topology
@@ -112,6 +112,8 @@ class Sampler:
         self._audit = audit
         self._scope: Scope | None = None
         self._scope_at = 0.0
+        self._cache: dict = {}  # (topic, partition) -> (offsets key, PartitionLag, hints, measured at)
+        self._cache_scope: Scope | None = None
         self.last_owner = topology.domain.initial_owner
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="baton-watch-read")
 
@@ -155,7 +157,7 @@ class Sampler:
                        if self.topology.domain.consumer_groups else None)
         try:
             scope = self.scope(owner)
-            lag = measure_lag(self.topology, scope=scope)
+            lag = self._measure(scope)
         except (BatonError, KafkaException) as e:
             self.drop_clients()
             sample.error = _short(e)
@@ -167,18 +169,66 @@ class Sampler:
         sample.cpu_seconds = time.process_time() - cpu
         return sample
 
+    def _measure(self, scope: Scope) -> LagReport:
+        """The exact lag of `baton lag`, re-verified only where something moved.
+
+        A partition whose owner and mirror start and end offsets are the ones of the previous
+        sample has the same records missing (its oldest missing record only aged), so it keeps
+        its measurement; the rest go through measure_lag. Everything is re-verified whenever
+        the scope is re-resolved (at least every SCOPE_MAX_AGE_SECONDS).
+        """
+        pairs = scope.pairs()
+        owner_marks = watermarks(scope.owner_admin, pairs, scope.owner, scope.timeout)
+        mirror_marks = watermarks(scope.secondary_admin, [scope.mirror_of(tp) for tp in pairs],
+                                  scope.secondary, scope.timeout)
+        keys = {tp: (owner_marks[tp].start, owner_marks[tp].end, mirror_marks[scope.mirror_of(tp)].start,
+                     mirror_marks[scope.mirror_of(tp)].end) for tp in pairs}
+        if self._cache_scope is not scope:
+            self._cache, self._cache_scope = {}, scope
+        changed = [tp for tp in pairs if tp not in self._cache or self._cache[tp][0] != keys[tp]
+                   or self._cache[tp][1].missing_records is None]
+        if changed:
+            measured = measure_lag(self.topology, scope=_Subset.of(scope, changed))
+        else:  # nothing moved: the engine's view alone (no offset-sync read)
+            measured = LagReport(scope.owner, scope.secondary, time.time(), [], None)
+            self._engine_view(measured)
+        now = measured.measured_at
+        fresh = measured.by_partition()
+        partitions, hints = [], {}
+        for tp in pairs:
+            if tp in fresh:
+                self._cache[tp] = (keys[tp], fresh[tp], measured.hints.get(tp, []), now)
+                partitions.append(fresh[tp])
+                hints[tp] = measured.hints.get(tp, [])
+                continue
+            _key, kept, kept_hints, at = self._cache[tp]
+            age = kept.oldest_missing_age_seconds
+            aged = None if age is None else age + now - at
+            partitions.append(replace(kept, oldest_missing_age_seconds=aged))
+            hints[tp] = kept_hints
+        return LagReport(measured.owner, measured.secondary, now, partitions, measured.heartbeat_age_seconds,
+                         measured.problems, hints, measured.replication_state)
+
+    def _engine_view(self, report: LagReport) -> None:
+        """Heartbeat age and engine state, as measure_lag reports them."""
+        try:
+            report.heartbeat_age_seconds = self.engine.heartbeat_age(report.owner, report.secondary,
+                                                                     int(report.measured_at * 1000))
+        except BatonError as e:
+            report.problems.append(_short(e))
+        try:
+            report.replication_state = self.engine.status(report.owner, report.secondary).state
+        except BatonError as e:
+            report.replication_state = "DOWN"
+            report.problems.append(_short(e))
+
     def _engine_only(self, sample: Sample) -> None:
         """The owner or the mirror cannot be measured: what the engine alone still says."""
-        try:
-            sample.replication_state = self.engine.status(sample.owner, sample.secondary).state
-        except BatonError as e:
-            sample.replication_state = "DOWN"
-            sample.problems.append(_short(e))
-        try:
-            sample.heartbeat_age_seconds = self.engine.heartbeat_age(sample.owner, sample.secondary,
-                                                                     int(time.time() * 1000))
-        except BatonError as e:
-            sample.problems.append(_short(e))
+        view = LagReport(sample.owner, sample.secondary, time.time(), [], None)
+        self._engine_view(view)
+        sample.replication_state = view.replication_state
+        sample.heartbeat_age_seconds = view.heartbeat_age_seconds
+        sample.problems.extend(view.problems)
 
     def _from_lag(self, sample: Sample, lag: LagReport) -> None:
         sample.lag = lag
@@ -234,6 +284,20 @@ class Sampler:
                 freshness.oldest_age_seconds = max(age, freshness.oldest_age_seconds or 0.0)
                 if age > max_age:
                     freshness.stale.append(name)
+
+
+@dataclass
+class _Subset(Scope):
+    """The scope, narrowed to some of its partitions (measure_lag measures scope.pairs())."""
+
+    only: list = field(default_factory=list)
+
+    @classmethod
+    def of(cls, scope: Scope, only: list) -> _Subset:
+        return cls(**{f.name: getattr(scope, f.name) for f in fields(Scope)}, only=list(only))
+
+    def pairs(self) -> list:
+        return self.only
 
 
 def _short(error: Exception, limit: int = 300) -> str:
