@@ -45,7 +45,8 @@ def watch(
     if len(set(names)) != len(names):
         raise UsageError(f"domain listed twice: {names}; pass each topology file once")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Connect REST call otherwise
+    for noisy in ("httpx", "alembic"):  # one line per Connect REST call or migration check otherwise
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     metrics = WatchMetrics()
     service = Watch(topologies, metrics=metrics, alerts=alerts)
     if metrics_port is not None:
