@@ -73,7 +73,7 @@ def wait_measured(t, partitions: int) -> int:
 
 def timed(sampler: Sampler, *, full: bool) -> tuple[float, float, object]:
     if full:
-        sampler._cache_scope = None  # as after a scope refresh, or when every partition moved
+        sampler.forget_measurements()  # as after a scope refresh, or when every partition moved
     started, cpu = time.perf_counter(), time.process_time()
     sample = sampler.sample()
     return time.perf_counter() - started, time.process_time() - cpu, sample

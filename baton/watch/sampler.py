@@ -139,8 +139,17 @@ class Sampler:
             self._scope_at = time.monotonic()
         return self._scope
 
+    @property
+    def current_scope(self) -> Scope | None:
+        """The scope (and its admin clients) of the newest successful sample, if any."""
+        return self._scope
+
     def drop_clients(self) -> None:
         self._scope = None
+
+    def forget_measurements(self) -> None:
+        """Re-verify every partition at the next sample."""
+        self._cache_scope = None
 
     def sample(self) -> Sample:
         """Measure now. Never raises for a broker, engine or database failure: it is in the sample."""

@@ -42,7 +42,7 @@ def _reach(topology: Topology, region: str):
 
 def readiness_of(sampler: Sampler, sample: Sample) -> Readiness:
     """The readiness checks for a sample, reusing the sampler's clients where it has them."""
-    scope, topology = sampler._scope, sampler.topology
+    scope, topology = sampler.current_scope, sampler.topology
     owner_admin = scope.owner_admin if scope else _reach(topology, sample.owner)
     secondary_admin = scope.secondary_admin if scope else _reach(topology, sample.secondary)
     return assess(topology, sample, engine=sampler.engine, owner_admin=owner_admin,
