@@ -119,7 +119,8 @@ class LabProcess:
         if self.pid() is not None:
             raise LabError(f"{self.name} is already running (pid {self.pid()})")
         self.directory.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-X", self.python_marker, *args]
+        # faulthandler: a native crash (librdkafka) leaves its traceback in process.log.
+        command = [sys.executable, "-X", self.python_marker, "-X", "faulthandler", *args]
         with open(self.log_file, "ab") as log:
             process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
