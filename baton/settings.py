@@ -210,6 +210,23 @@ class ApprovalSettings(Strict):
         return api[: -len("/api")] if api.endswith("/api") else api
 
 
+class WatchSettings(Strict):
+    """The continuous watch (`baton watch`) and the readiness check (`baton ready`)."""
+
+    interval_seconds: float = Field(5.0, gt=0, le=3600, description="one sample per domain this often")
+    heartbeat_max_age_seconds: float = Field(
+        30.0, gt=0, description="readiness fails when the newest replicated heartbeat is older")
+    checkpoint_max_age_seconds: float = Field(
+        60.0, gt=0, description="a group checkpoint behind the group's position is stale after this")
+    alert_after_samples: int = Field(
+        3, ge=1, description="lag must exceed a threshold this many samples in a row before an alert")
+    raw_retention_hours: float = Field(24.0, gt=0, description="raw samples are kept this long")
+    downsampled_retention_days: float = Field(30.0, gt=0, description="1-minute maxima kept this long")
+    transactional_topics: list[str] = Field(
+        default_factory=list, description="domain topics written in transactions: must be mirrored "
+                                          "read_committed (connector consumer.isolation.level)")
+
+
 class AuditSettings(Strict):
     database_url: str = Field("sqlite:///.baton/audit.db", pattern=r"^(sqlite|postgresql)")
     chain_key: SecretStr | None = Field(
@@ -231,6 +248,7 @@ class Topology(BaseSettings):
     thresholds: Thresholds = Thresholds()
     approvals: ApprovalSettings = ApprovalSettings()
     audit: AuditSettings = AuditSettings()
+    watch: WatchSettings = WatchSettings()
 
     @classmethod
     def settings_customise_sources(

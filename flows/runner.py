@@ -24,6 +24,7 @@ from baton.errors import AuditUnwritable, BatonError, StepFailed, UsageError
 from baton.settings import load_topology
 from baton.steps.context import DIVERGENT_POLICIES, RunContext
 from baton.steps.recover import replication_state
+from baton.watch.store import readiness_line
 from flows.gates import request_approval
 from runbooks import RUNBOOKS
 from runbooks.model import Kind, Runbook, Step
@@ -149,6 +150,7 @@ def gate_summary(ctx: RunContext, step: Step) -> dict:
                      "authority_now": authority.describe(),
                      "planned_change": f"{ctx.old_owner} -> {ctx.new_owner} (epoch {authority.epoch} -> "
                                        f"{authority.epoch + (1 if step.name == 'approve-switch' else 2)})"}
+    summary["readiness"] = readiness_line(ctx.audit, ctx.topology, ctx.old_owner, ctx.new_owner)
     lag = state.get("check_lag", {})
     if lag:
         measured = (lag.get("lag") or {}).get("statement")

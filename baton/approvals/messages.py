@@ -15,6 +15,7 @@ EVIDENCE_FIELDS = (  # (summary key, label) in the order an approver reads them
     ("runbook", "Runbook"), ("domain", "Domain"), ("gate", "Gate"), ("started_by", "Started by"),
     ("planned_change", "Planned authority change"), ("authority_now", "Authority now"),
     ("lag", "Lag"), ("data_at_risk_records", "Records at risk"), ("currency", "Currency"),
+    ("readiness", "Readiness"),
     ("translation", "Consumer groups translated"), ("divergent_records", "Divergent records"),
     ("divergent_policy", "Divergent policy"), ("reason", "Reason"),
 )

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Column, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Column, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -202,3 +202,34 @@ class GateDecisionSlot(SQLModel, table=True):
 
 CHAINED: tuple[type[Chained], ...] = (Run, RunEvent, Step, Approval, AuthorityEpoch, DrillReport,
                                       ApprovalAttempt)
+
+
+class WatchSample(SQLModel, table=True):
+    """One watch measurement of a replication flow (owner -> secondary) of a domain.
+
+    Not chained: samples are telemetry, pruned and downsampled (raw, then 1-minute maxima).
+    `slot` (the sample's time divided by its interval, or the minute) makes writes idempotent:
+    two watches sampling the same flow in the same slot store one row.
+    """
+
+    __tablename__ = "watch_samples"
+    __table_args__ = (UniqueConstraint("domain", "owner", "secondary", "resolution", "slot",
+                                       name="uq_watch_samples_slot"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    domain: str = Field(index=True, max_length=200)
+    owner: str = Field(max_length=80)
+    secondary: str = Field(max_length=80)
+    resolution: str = Field(max_length=8, description="raw | 1m")
+    slot: int = Field(sa_column=Column(BigInteger, nullable=False))
+    taken_at: datetime = Field(index=True)
+    records_at_risk: int | None = None
+    seconds_at_risk: float | None = None
+    unknown_partitions: int = 0
+    replication_state: str = Field(max_length=20)
+    heartbeat_age_seconds: float | None = None
+    epoch: int | None = None
+    authority_state: str = Field(default="", max_length=20)
+    lease_seconds_left: float | None = None
+    readiness: str = Field(default="", max_length=8, description="pass | warn | fail, worst check")
+    detail: str = Field(default="{}", sa_column=Column(Text, nullable=False))

@@ -19,6 +19,7 @@ from baton.cli.lab import lab_app
 from baton.cli.recover import register as register_recover
 from baton.cli.replication import replication_app
 from baton.cli.runbook import register as register_runbooks
+from baton.cli.watch import register as register_watch
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Kafka failover runbooks.")
 app.add_typer(lab_app, name="lab")
@@ -30,4 +31,5 @@ register_runbooks(app)  # top level: failover, failback, runs, report
 register_drill(app)  # top level: drill
 register_recover(app)  # top level: recover
 app.add_typer(approvals_app, name="approvals")
+register_watch(app)  # top level: watch, ready
 # Further command families register here, one line each.

@@ -59,6 +59,9 @@ def drill(config: ConfigOption = None,
         from baton.settings import load_topology
 
         load_topology(config)  # a bad file fails here, before Prefect starts
+    from baton.cli.runbook import use_lab_prefect
+
+    use_lab_prefect()
     from flows.console import quiet_baton_refusals
     from flows.drill import drill as flow
 

@@ -60,6 +60,10 @@ def _print_status(status: dict, as_json: bool) -> None:
     out.print(f"replication {replication['engine']} {replication['flow']} "
               f"[{colour}]{replication['state']}[/{colour}] (policy {replication['policy']}, "
               f"Connect {replication['connect']['url']})")
+    for name, service in status.get("services", {}).items():
+        where = {"prefect": f"UI {service.get('ui')}",
+                 "watch": f"metrics {service.get('metrics')}"}.get(name, "")
+        out.print(f"{name:11} {service['process']:8} {where}".rstrip(), highlight=False)
     out.print(f"config {status['config']}")
 
 

@@ -49,6 +49,17 @@ def _check_auto_approve(topology, runbook) -> None:
         raise UsageError(f"--yes: {refusal}")
 
 
+def use_lab_prefect() -> None:
+    """Without PREFECT_API_URL, use the running lab's Prefect server (not a temporary one)."""
+    import os
+
+    from baton.lab.lab import lab_prefect_api_url
+
+    if not os.environ.get("PREFECT_API_URL") and (url := lab_prefect_api_url()):
+        os.environ["PREFECT_API_URL"] = url
+        err.print(f"using the lab's Prefect server {url.removesuffix('/api')}", highlight=False)
+
+
 def _run_flow(flow, as_json: bool, **parameters) -> None:
     # A failed run raises its BatonError (exit 1); `baton runs` and `baton report` show its evidence.
     # Prefect's tracebacks for it stay in the Prefect logs, off the terminal.
@@ -78,6 +89,7 @@ def failover(config: ConfigOption = None, plan: PlanOption = False,
     if yes:
         _check_auto_approve(topology, FAILOVER)
     config = str(resolve_config_path(config))  # the flow run's parameters name the file used
+    use_lab_prefect()
     from flows.failover import failover as flow
 
     err.print("starting the failover flow (Prefect)...")
@@ -107,6 +119,7 @@ def failback(config: ConfigOption = None, plan: PlanOption = False,
     if yes:
         _check_auto_approve(topology, FAILBACK)
     config = str(resolve_config_path(config))
+    use_lab_prefect()
     from flows.failback import failback as flow
 
     err.print("starting the failback flow (Prefect)...")

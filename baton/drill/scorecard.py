@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter, defaultdict
 
 from pydantic import BaseModel, Field
@@ -133,6 +134,11 @@ def build_scorecard(session: DrillSession, *, failover_run: str, failback_run: s
         # what the runbooks themselves said: the unplanned check_lag's statement, the failback's tail
         legs["failover"]["runbook_data_at_risk"] = (
             evidence["failover"].get("check_lag", {}).get("data_at_risk", {}).get("statement"))
+        legs["failover"]["runbook_data_at_risk_records"] = (  # the watch's sample, beside rpo_records
+            evidence["failover"].get("check_lag", {}).get("data_at_risk", {}).get("records"))
+        # The sample may precede the kill by one watch interval: what the workload writes in one.
+        legs["failover"]["runbook_at_risk_tolerance_records"] = math.ceil(
+            session.rate * topology.watch.interval_seconds)
         if "failback" in evidence:
             legs["failover"]["runbook_divergent_tail"] = (
                 evidence["failback"].get("find_divergent_tail", {}).get("count"))
@@ -153,7 +159,8 @@ def build_scorecard(session: DrillSession, *, failover_run: str, failback_run: s
                                "channel cli") if auto_approve else "gates answered by approvers"},
         "workload": (session.producer.stats() if session.producer else {}) | {
             "groups": [w.stats() for w in session.workers],
-            "keeper_started_by_drill": session.keeper_started},
+            "keeper_started_by_drill": session.keeper_started,
+            "watch_started_by_drill": getattr(session, "watch_started", False)},
         "lag_before_failover": lag_before,
         "prediction": prediction, "divergent": divergent,
         "failover": legs.get("failover"), "failback": legs.get("failback"),
@@ -238,6 +245,12 @@ def evaluate(card: dict, objectives: Objectives, unplanned: bool) -> list[dict]:
         lost = (card.get("divergent") or {}).get("lost", {}).get("count")
         predicted = (card.get("prediction") or {}).get("records")
         judge("records lost == predicted at risk", predicted, lost, lost is not None and lost == predicted)
+        leg = card.get("failover") or {}
+        stated = leg.get("runbook_data_at_risk_records")
+        tolerance = leg.get("runbook_at_risk_tolerance_records")
+        judge("runbook's at-risk statement (watch sample) vs records lost",
+              f"lost - stated in 0..{tolerance}", stated,
+              stated is not None and lost is not None and 0 <= lost - stated <= (tolerance or 0))
         accounted = (card.get("divergent") or {}).get("accounted") or {}
         judge("divergent records accounted for by the policy", 0, accounted.get("unaccounted"),
               accounted.get("unaccounted") == 0)

@@ -53,6 +53,7 @@ class DrillSession:
         self.since: dict[str, dict[str, int]] = {}
         self.scans: dict[str, list] = {}
         self.keeper_started = False
+        self.watch_started = False
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._keeper: LeaseKeeper | None = None
@@ -79,6 +80,14 @@ class DrillSession:
             self._spawn(lambda: self._keeper.run(self._stop), "drill-lease-keeper")
             self.keeper_started = True
             self.note("keeper", "no lease keeper was renewing the lease: started one in the drill")
+        if not self._watched(current.owner):
+            # The unplanned failover states the watch's newest sample: a drill needs one running.
+            from baton.watch.service import Watch
+
+            watch = Watch([self.topology], alerts=False)
+            self._spawn(lambda: watch.run(self._stop), "drill-watch")
+            self.watch_started = True
+            self.note("watch", "no watch was sampling this domain: started one in the drill")
         for region in self.topology.regions:
             self.since[region] = inventory.end_offsets(self.topology, region)
         self.workers = [GroupWorker(self.topology, g, self.producer_id)
@@ -95,6 +104,14 @@ class DrillSession:
         groups = ", ".join(w.group for w in self.workers)
         self.note("workload", f"workload {self.producer_id} started: {self.rate:g} records/s over "
                               f"{len(self.producer.slots)} keys, groups {groups}")
+
+    def _watched(self, owner: str) -> bool:
+        """Whether a watch samples the flow owner -> secondary (its newest sample is fresh)."""
+        from baton.watch.store import SampleStore
+
+        newest = SampleStore(self.audit).newest(self.topology.domain.name, owner,
+                                                self.topology.other_region(owner))
+        return newest is not None and newest.age_seconds <= 3 * self.topology.watch.interval_seconds
 
     def _spawn(self, target, name: str) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)

@@ -140,6 +140,13 @@ def compose_document() -> dict:
         "command": ["baton", "authority", "keep"],
         "restart": "unless-stopped",
     }
+    # Beside the keeper (one per region is safe: samples are idempotent per slot).
+    services["baton-watch"] = baton_service | {
+        "depends_on": ["kafka-east", "kafka-west", "connect", "postgres"],
+        "command": ["baton", "watch", "--metrics-port", "9464", "--metrics-address", "0.0.0.0"],
+        "ports": ["9464:9464"],
+        "restart": "unless-stopped",
+    }
     return {"services": services,
             "volumes": {"kafka-east-data": {}, "kafka-west-data": {}, "postgres-data": {}}}
 

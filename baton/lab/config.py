@@ -140,10 +140,20 @@ class LabPorts:
     def connect(self) -> int:
         return self.base + 83
 
+    @property
+    def prefect(self) -> int:
+        return self.base + 42
+
+    @property
+    def metrics(self) -> int:
+        return self.base + 90
+
     def all(self) -> dict[str, int]:
         ports = {f"{r} broker": self.broker(r) for r in REGIONS}
         ports |= {f"{r} controller": self.controller(r) for r in REGIONS}
         ports["connect REST"] = self.connect
+        ports["prefect API"] = self.prefect
+        ports["watch metrics"] = self.metrics
         return ports
 
 

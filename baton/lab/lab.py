@@ -3,11 +3,13 @@
 Layout under $BATON_HOME/lab (default ./.baton/lab):
   east/ west/      server.properties, data/, pid, process.log
   connect/         worker.properties, pid, process.log
+  prefect/ keeper/ watch/   the lab's Python services (Prefect server, lease keeper, watch): pid, process.log
   topology.yaml    the lab as a topology file for every other command (--config)
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -82,6 +84,17 @@ def bootstrap(topology: Topology, say: Progress) -> None:
         say(f"created consumer group {group} on {lab.INITIAL_OWNER} at offset 0")
 
 
+# Python services the lab runs beside Kafka, so a fresh lab is a complete system.
+SERVICES = ("prefect", "keeper", "watch")
+
+
+def lab_prefect_api_url() -> str | None:
+    """The running lab's Prefect API (runbook commands use it rather than a temporary server)."""
+    if LabProcess("prefect", lab.lab_home() / "prefect").pid() is None:
+        return None
+    return f"http://127.0.0.1:{lab.lab_ports().prefect}/api"
+
+
 class Lab:
     def __init__(self, home: Path | None = None, progress: Progress | None = None,
                  policy: str = "default"):
@@ -91,7 +104,7 @@ class Lab:
         self._progress = progress or (lambda message: None)
         self._started_at = time.monotonic()
         self.processes = {
-            name: LabProcess(name, self.home / name) for name in (*lab.REGIONS, "connect")
+            name: LabProcess(name, self.home / name) for name in (*lab.REGIONS, "connect", *SERVICES)
         }
 
     # -- helpers -----------------------------------------------------------------------------
@@ -172,12 +185,60 @@ class Lab:
         self.say("configuring MirrorMaker 2 connectors east -> west")
         engine.start(lab.INITIAL_OWNER, "west", wait_seconds=90)
         self.say("replication RUNNING")
+        self._start_services(topology)
         return self.status()
+
+    def _start_services(self, topology: Topology) -> None:
+        """The Prefect server, the lease keeper and the watch, each a pid-tracked lab process."""
+        config = str(self.topology_file)
+        commands = {
+            "prefect": ["-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                        "--port", str(self.ports.prefect)],
+            "keeper": ["-m", "baton", "authority", "keep", "--config", config],
+            "watch": ["-m", "baton", "watch", "--config", config, "--metrics-port", str(self.ports.metrics)],
+        }
+        for name in SERVICES:
+            process = self.processes[name]
+            if process.pid() is not None:
+                self.say(f"{name} already running (pid {process.pid()})")
+                continue
+            env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+            if name == "prefect":
+                env |= {"PREFECT_HOME": str(process.directory / "home"),
+                        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                        "PREFECT_SERVER_LOGGING_LEVEL": "WARNING"}
+            pid = process.start_python(commands[name], env)
+            self.say(f"starting {name} (pid {pid})")
+        self._wait("Prefect server", self._prefect_up, 180, self.processes["prefect"])
+        self._wait("lease keeper's first renewal", lambda: self._lease_kept(topology), 90,
+                   self.processes["keeper"])
+
+    def _prefect_up(self) -> bool:
+        import httpx
+
+        try:
+            health = httpx.get(f"http://127.0.0.1:{self.ports.prefect}/api/health", timeout=2)
+        except httpx.HTTPError:
+            return False
+        return health.status_code == 200
+
+    def _lease_kept(self, topology: Topology) -> bool:
+        """The domain's authority exists and, when ACTIVE, holds a live lease (FENCED: a run is on)."""
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from baton.authority import State, authority_store
+
+        try:
+            authority = authority_store(topology).current(topology.domain.name)
+        except (SQLAlchemyError, LabError):
+            return False
+        return authority is not None and (authority.state == State.FENCED or authority.lease_left() > 0)
 
     def _check_ports(self) -> None:
         owners = {
             "east broker": "east", "east controller": "east",
             "west broker": "west", "west controller": "west", "connect REST": "connect",
+            "prefect API": "prefect", "watch metrics": "watch",
         }
         for what, port in self.ports.all().items():
             if self.processes[owners[what]].pid() is None and not port_free(port):
@@ -220,7 +281,7 @@ class Lab:
     def down(self, purge: bool = False) -> list[str]:
         """Stop the lab's own processes (by pid), Connect first. --purge deletes its data."""
         stopped = []
-        for name in ("connect", *lab.REGIONS):
+        for name in (*reversed(SERVICES), "connect", *lab.REGIONS):
             if self.processes[name].stop():
                 stopped.append(name)
                 self.say(f"stopped {name}")
@@ -255,11 +316,17 @@ class Lab:
                 replication["components"] = flow.as_dict()["components"]
             except ReplicationError as e:
                 replication["error"] = str(e)
+        services = {name: {"process": self.processes[name].state(), "pid": self.processes[name].pid(),
+                           "log": str(self.processes[name].log_file)} for name in SERVICES}
+        services["prefect"] |= {"api": f"http://127.0.0.1:{self.ports.prefect}/api",
+                                "ui": f"http://127.0.0.1:{self.ports.prefect}"}
+        services["watch"]["metrics"] = f"http://127.0.0.1:{self.ports.metrics}/metrics"
         return {
             "home": str(self.home),
             "kafka_version": kafka_version(),
             "regions": regions,
             "replication": replication,
+            "services": services,
             "config": str(self.topology_file),
         }
 

@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,11 @@ class LabProcess:
     def marker(self) -> str:
         return f"-Dbaton.lab.process={self.directory}"
 
+    @property
+    def python_marker(self) -> str:
+        """The same mark for a Python process: `python -X baton.lab.process=<dir>` (ignored by Python)."""
+        return self.marker.removeprefix("-D")
+
     def _proc_state(self, pid: int) -> str | None:
         """The kernel's state letter for pid if it runs this lab process, else None."""
         try:
@@ -64,7 +70,7 @@ class LabProcess:
             stat = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
             return None
-        if self.marker.encode() not in cmdline:
+        if self.marker.encode() not in cmdline and self.python_marker.encode() not in cmdline:
             return None
         state = stat.rsplit(")", 1)[1].split()[0]
         if state == "Z":
@@ -104,6 +110,21 @@ class LabProcess:
             process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 cwd=self.directory, start_new_session=True,
+            )
+        self.pid_file.write_text(str(process.pid))
+        return process.pid
+
+    def start_python(self, args: list[str], env: dict[str, str] | None = None) -> int:
+        """A Python service of the lab (`python -m ...`), marked and detached like the JVMs."""
+        if self.pid() is not None:
+            raise LabError(f"{self.name} is already running (pid {self.pid()})")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        # faulthandler: a native crash (librdkafka) leaves its traceback in process.log.
+        command = [sys.executable, "-X", self.python_marker, "-X", "faulthandler", *args]
+        with open(self.log_file, "ab") as log:
+            process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                cwd=self.directory, start_new_session=True, env=env,
             )
         self.pid_file.write_text(str(process.pid))
         return process.pid

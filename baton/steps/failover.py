@@ -24,6 +24,7 @@ from baton.replication.translation import TranslationReport, apply_translation, 
 from baton.replication.upstream import keep_returning_positions, translate_to_upstream
 from baton.steps.context import RunContext
 from baton.steps.topics import stream_pairs
+from baton.watch.store import data_at_risk
 
 PROGRESS_EVERY = 5.0
 UNREACHABLE_PROBE_SECONDS = 3.0  # how long to ask a region that may be down before moving on
@@ -89,31 +90,6 @@ def _groups_state(ctx: RunContext, region: str, admin) -> dict[str, dict]:
 # -- check_lag --------------------------------------------------------------------------------
 
 
-def last_known_lag(ctx: RunContext) -> dict | None:
-    """The newest lag measured for this domain by any earlier run (evidence of check_lag)."""
-    import json
-
-    from sqlmodel import select
-
-    from baton.audit.models import Run
-    from baton.audit.models import Step as StepRow
-
-    with ctx.audit.transaction() as session:
-        row = session.exec(
-            select(StepRow).join(Run, Run.id == StepRow.run_id)
-            .where(Run.domain == ctx.domain, StepRow.name == "check_lag", StepRow.status == "succeeded")
-            .order_by(StepRow.seq.desc())
-        ).first()
-        if row is None:
-            return None
-        evidence = json.loads(row.evidence)
-        lag = evidence.get("lag")
-        if not lag:
-            return None
-        return {"measured_at": row.ended_at.isoformat(), "run_id": row.run_id,
-                "records_at_risk": lag["records_at_risk"], "seconds_at_risk": lag["seconds_at_risk"]}
-
-
 def check_lag(ctx: RunContext) -> dict:
     topology, thresholds = ctx.topology, ctx.topology.thresholds
     engine = engine_for(topology)
@@ -130,16 +106,11 @@ def check_lag(ctx: RunContext) -> dict:
     evidence["heartbeat_age_seconds"] = heartbeat_age
 
     if ctx.unplanned:
-        # The owner cannot be asked for its end offsets: the best statement is the last one measured.
-        known = last_known_lag(ctx)
-        evidence["last_known_lag"] = known
-        evidence["data_at_risk"] = {
-            "records": known["records_at_risk"] if known else None,
-            "statement": (f"at least {known['records_at_risk']} records (measured {known['measured_at']}) "
-                          f"plus whatever was written since; newest heartbeat {heartbeat_age} s old"
-                          if known else "unknown: no earlier lag measurement for this domain"),
-        }
-        ctx.state["data_at_risk_records"] = known["records_at_risk"] if known else None
+        # The owner cannot be asked for its end offsets: the watch's newest sample of this very
+        # flow (owner -> secondary) is the statement, with its age.
+        evidence["data_at_risk"] = data_at_risk(ctx.audit, topology, ctx.old_owner, ctx.new_owner)
+        ctx.state["data_at_risk_records"] = evidence["data_at_risk"]["records"]
+        ctx.log(f"check_lag: {evidence['data_at_risk']['statement']}")
         return evidence
 
     lag = measure_lag(topology, owner=ctx.old_owner)

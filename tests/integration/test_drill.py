@@ -104,6 +104,10 @@ def test_unplanned_drill_loses_what_it_predicted_and_the_policy_accounts_for_eve
     passed = {o["objective"]: o["passed"] for o in card["objectives"]}
     assert passed["records lost == predicted at risk"]
     assert passed["divergent records accounted for by the policy"]
+    # The runbook's own statement (the watch's newest sample) agrees with what was lost.
+    assert card["workload"]["watch_started_by_drill"] is True
+    stated = card["failover"]["runbook_data_at_risk_records"]
+    assert passed["runbook's at-risk statement (watch sample) vs records lost"], (stated, lost)
 
 
 def test_drill_cli_refuses_bad_input_with_usage_errors(domain, tmp_path):

@@ -27,7 +27,7 @@ def test_committed_files_match_the_lab_settings_they_are_generated_from():
 def test_every_mounted_file_exists_and_every_service_is_named():
     services = compose()["services"]
     assert {"kafka-east", "kafka-west", "connect", "postgres", "prefect-server", "prefect-worker",
-            "baton-approvals"} <= set(services)
+            "baton-approvals", "baton-lease-keeper", "baton-watch"} <= set(services)
     for name, service in services.items():
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]

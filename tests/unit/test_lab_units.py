@@ -22,8 +22,9 @@ from tests.conftest import wait_until
 def test_ports_derive_from_one_base_and_do_not_collide():
     ports = LabPorts(23000)
     values = list(ports.all().values())
-    assert len(set(values)) == len(values) == 5
+    assert len(set(values)) == len(values) == 7
     assert ports.broker("east") == 23092 and ports.broker("west") == 23192 and ports.connect == 23083
+    assert ports.prefect == 23042 and ports.metrics == 23090
 
 
 def test_stale_pid_file_is_detected_and_removed(tmp_path):

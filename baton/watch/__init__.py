@@ -1,0 +1,1 @@
+"""Continuous protection: the watch samples each flow, judges readiness, serves metrics, alerts."""

@@ -1,0 +1,216 @@
+"""The watch's pure parts: readiness rules, ACL evaluation, alert hysteresis, sample storage."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from confluent_kafka.admin import (
+    AclBinding,
+    AclOperation,
+    AclPermissionType,
+    ResourcePatternType,
+    ResourceType,
+)
+
+from baton.audit import AuditStore
+from baton.audit.models import WatchSample
+from baton.authority.record import Authority, State
+from baton.settings import Topology
+from baton.watch.alerts import Alerts
+from baton.watch.readiness import (
+    FAIL,
+    PASS,
+    WARN,
+    Check,
+    Readiness,
+    allows,
+    check_heartbeat,
+    check_lag,
+    check_lease,
+    check_offset_syncs,
+)
+from baton.watch.sampler import Sample
+from baton.watch.store import MINUTE, RAW, SampleStore, data_at_risk, fold_minutes
+
+
+def topology(tmp_path=None, **watch) -> Topology:
+    document = {
+        "domain": {"name": "orders", "topics": ["orders.events"], "initial_owner": "east"},
+        "regions": {r: {"bootstrap_servers": f"{r}:9092", "security_protocol": "PLAINTEXT"}
+                    for r in ("east", "west")},
+        "thresholds": {"max_lag_records": 100, "max_lag_seconds": 10},
+        "watch": watch,
+    }
+    if tmp_path is not None:
+        document["audit"] = {"database_url": f"sqlite:///{tmp_path / 'audit.db'}"}
+    return Topology(**document)
+
+
+def sample(**fields) -> Sample:
+    base = {"domain": "orders", "owner": "east", "secondary": "west",
+            "taken_at": datetime.now(UTC).timestamp(), "interval_seconds": 5.0,
+            "replication_state": "RUNNING", "heartbeat_age_seconds": 1.0, "records_at_risk": 0,
+            "seconds_at_risk": 0.0}
+    return Sample(**(base | fields))
+
+
+def test_lag_check_fails_above_either_threshold_and_when_unmeasured():
+    t = topology()
+    assert check_lag(t, sample(records_at_risk=100)).status == PASS
+    assert check_lag(t, sample(records_at_risk=101)).status == FAIL
+    slow = check_lag(t, sample(records_at_risk=1, seconds_at_risk=11))
+    assert "11.0 s > max_lag_seconds 10" in slow.evidence
+    assert check_lag(t, sample(unknown_partitions=2)).status == WARN
+    unmeasured = check_lag(t, sample(records_at_risk=None, error="region 'east' did not answer"))
+    assert unmeasured.status == FAIL and "did not answer" in unmeasured.evidence
+
+
+def test_heartbeat_and_offset_sync_checks():
+    t = topology(heartbeat_max_age_seconds=30)
+    assert check_heartbeat(t, sample(heartbeat_age_seconds=29.9)).status == PASS
+    assert check_heartbeat(t, sample(heartbeat_age_seconds=30.1)).status == FAIL
+    assert check_heartbeat(t, sample(heartbeat_age_seconds=None)).status == FAIL
+    gaps = {"orders.events[0]": 3, "orders.events[1]": 500, "orders.events[2]": None}
+    assert check_offset_syncs(t, sample(offset_sync_gaps=gaps)).status == FAIL
+    del gaps["orders.events[2]"]
+    behind = check_offset_syncs(t, sample(offset_sync_gaps=gaps))
+    assert behind.status == WARN and "orders.events[1] (500 records)" in behind.evidence
+
+
+def test_lease_check_names_a_lapsed_lease_and_a_hand_over():
+    now = datetime.now(UTC)
+
+    def authority(state, lease):
+        return Authority(domain="orders", epoch=4, owner="east", state=state, lease_expires_at=lease,
+                         changed_at=now, changed_by="test")
+
+    assert check_lease(sample(authority=authority(State.ACTIVE, now + timedelta(seconds=9)))).status == PASS
+    lapsed = check_lease(sample(authority=authority(State.ACTIVE, now - timedelta(seconds=5))))
+    assert lapsed.status == FAIL and "lease keeper" in lapsed.evidence
+    assert check_lease(sample(authority=authority(State.FENCED, None))).status == WARN
+    assert check_lease(sample(authority=None)).status == FAIL
+
+
+def test_acl_evaluation_follows_kafka_prefixed_literal_and_deny():
+    allow, deny = AclPermissionType.ALLOW, AclPermissionType.DENY
+    topic, write = ResourceType.TOPIC, AclOperation.WRITE
+    prefixed = AclBinding(topic, "orders.", ResourcePatternType.PREFIXED, "User:app", "*", write, allow)
+    assert allows([prefixed], topic, "orders.events", write)
+    assert not allows([prefixed], topic, "billing.events", write)
+    assert not allows([prefixed], topic, "orders.events", AclOperation.READ)
+    everything = AclBinding(topic, "*", ResourcePatternType.LITERAL, "User:app", "*", AclOperation.ALL, allow)
+    assert allows([everything], topic, "anything", write)
+    fence = AclBinding(topic, "orders.events", ResourcePatternType.LITERAL, "User:app", "*", write, deny)
+    assert not allows([prefixed, fence], topic, "orders.events", write)
+    from baton.watch.readiness import acl_key
+
+    assert allows([prefixed, fence], topic, "orders.events", write, frozenset({acl_key(fence)}))
+
+
+def readiness(taken_at: float, **statuses) -> Readiness:
+    return Readiness("orders", "east", "west", taken_at,
+                     [Check(name, status, f"{name} is {status}") for name, status in statuses.items()])
+
+
+def test_alerts_once_per_cause_lag_after_n_samples_and_one_recovery():
+    posted: list[str] = []
+    alerts = Alerts(lambda text: posted.append(text) or True, lag_samples=3)
+    alerts.observe(readiness(0, lag_within_thresholds=FAIL, replication_running=FAIL))
+    assert len(posted) == 1 and "replication_running failing" in posted[0]
+    alerts.observe(readiness(5, lag_within_thresholds=FAIL, replication_running=FAIL))
+    assert len(posted) == 1  # lag: 2 samples of 3
+    alerts.observe(readiness(10, lag_within_thresholds=FAIL, replication_running=FAIL))
+    assert len(posted) == 2 and "lag_within_thresholds failing (3 sample(s) in a row)" in posted[1]
+    for t in (15, 20, 25):
+        alerts.observe(readiness(t, lag_within_thresholds=FAIL, replication_running=FAIL))
+    assert len(posted) == 2
+    alerts.observe(readiness(30, lag_within_thresholds=PASS, replication_running=WARN))
+    assert len(posted) == 4
+    assert "replication_running recovered after 30 s (warn)" in posted[2] + posted[3]
+    alerts.observe(readiness(35, lag_within_thresholds=PASS, replication_running=PASS))
+    assert len(posted) == 4
+    # A lag blip shorter than N samples never alerts.
+    alerts.observe(readiness(40, lag_within_thresholds=FAIL))
+    alerts.observe(readiness(45, lag_within_thresholds=PASS))
+    assert len(posted) == 4
+
+
+def test_an_alert_slack_refused_is_retried_at_the_next_sample():
+    answers = iter([False, True])
+    posted = []
+    alerts = Alerts(lambda text: (posted.append(text), next(answers))[1])
+    alerts.observe(readiness(0, heartbeat_fresh=FAIL))
+    alerts.observe(readiness(5, heartbeat_fresh=FAIL))
+    alerts.observe(readiness(10, heartbeat_fresh=FAIL))
+    assert len(posted) == 2 and ("orders", "heartbeat_fresh") in alerts.open
+
+
+def row(minute_offset_seconds: float, records: int, base: datetime, **fields) -> WatchSample:
+    taken = base + timedelta(seconds=minute_offset_seconds)
+    return WatchSample(domain="orders", owner="east", secondary="west", resolution=RAW,
+                       slot=int(taken.timestamp() // 5), taken_at=taken, records_at_risk=records,
+                       seconds_at_risk=records / 10, replication_state="RUNNING",
+                       lease_seconds_left=fields.get("lease", 10.0),
+                       readiness=fields.get("readiness", "pass"),
+                       detail=f'{{"records": {records}}}')
+
+
+def test_minute_folding_keeps_the_worst_of_each_minute():
+    base = datetime(2026, 11, 27, 3, 0, tzinfo=UTC)
+    rows = [row(0, 5, base), row(5, 40, base, lease=2.0), row(55, 7, base, readiness="fail"),
+            row(60, 1, base)]
+    folded = sorted(fold_minutes(rows), key=lambda r: r.slot)
+    assert [r.records_at_risk for r in folded] == [40, 1]
+    first = folded[0]
+    assert first.resolution == MINUTE and first.taken_at == base
+    assert first.seconds_at_risk == 4.0 and first.lease_seconds_left == 2.0 and first.readiness == "fail"
+    assert first.detail == '{"records": 40}'  # the detail of the worst sample
+
+
+def test_store_is_idempotent_per_slot_and_prunes_to_minutes(tmp_path):
+    t = topology(tmp_path, interval_seconds=5)
+    store = SampleStore(AuditStore.for_topology(t))
+    now = datetime.now(UTC)
+    same_slot = [sample(taken_at=now.timestamp(), records_at_risk=n) for n in (3, 4)]
+    assert store.record(same_slot[0]) is True
+    assert store.record(same_slot[1]) is False  # a second watch's sample of the same slot
+    assert store.count("orders") == 1
+    old = now - timedelta(hours=30)
+    for i in range(24):  # two minutes of 5 s samples, 30 h ago
+        store.record(sample(taken_at=old.timestamp() + 5 * i, records_at_risk=i))
+    ancient = now - timedelta(days=31)
+    store.record(sample(taken_at=ancient.timestamp(), records_at_risk=1))
+    result = store.prune(raw_hours=24, downsampled_days=30)
+    assert result["raw_folded"] == 25
+    assert store.count("orders", RAW) == 1
+    assert 2 <= store.count("orders", MINUTE) <= 3  # two minutes (three if the samples straddle one)
+    assert store.prune(raw_hours=24, downsampled_days=30) == {
+        "raw_folded": 0, "minutes_written": 0, "minutes_dropped": 0}
+
+
+def test_data_at_risk_states_the_sample_and_its_age_or_says_it_is_stale(tmp_path):
+    t = topology(tmp_path, interval_seconds=5)
+    audit = AuditStore.for_topology(t)
+    assert "no watch sample of east -> west" in data_at_risk(audit, t, "east", "west")["statement"]
+    store = SampleStore(audit)
+    store.record(sample(taken_at=datetime.now(UTC).timestamp() - 2, records_at_risk=137,
+                        seconds_at_risk=4.5))
+    stated = data_at_risk(audit, t, "east", "west")
+    assert stated["records"] == 137 and stated["fresh"] is True
+    assert stated["statement"].startswith("137 records / 4.5 seconds at risk as of ")
+    assert "(sample age 2." in stated["statement"]
+    # The reverse flow's sample is never used for this flow.
+    assert data_at_risk(audit, t, "west", "east")["records"] is None
+    store.record(sample(owner="west", secondary="east", records_at_risk=9,
+                        taken_at=datetime.now(UTC).timestamp()))
+    assert data_at_risk(audit, t, "east", "west")["records"] == 137
+    stale_t = topology(tmp_path, interval_seconds=0.5)
+    stale = data_at_risk(audit, stale_t, "east", "west")
+    assert stale["fresh"] is False and stale["statement"].startswith("NO FRESH WATCH SAMPLE of east -> west")
+
+
+def test_watch_settings_are_validated():
+    with pytest.raises(ValueError, match="interval_seconds"):
+        topology(interval_seconds=0)
+    assert topology().watch.interval_seconds == 5
