@@ -23,6 +23,7 @@ from baton.errors import BatonError, StepFailed, UsageError
 from baton.settings import load_topology
 from baton.steps.context import DIVERGENT_POLICIES, RunContext
 from baton.steps.failover import return_to_safe_state
+from baton.steps.switch_conditions import stated as stated_conditions
 from flows.gates import request_approval
 from runbooks import RUNBOOKS
 from runbooks.model import Kind, Runbook, Step
@@ -137,6 +138,8 @@ def gate_summary(ctx: RunContext, step: Step) -> dict:
                      "authority_now": authority.describe(),
                      "planned_change": f"{ctx.old_owner} -> {ctx.new_owner} (epoch {authority.epoch} -> "
                                        f"{authority.epoch + (1 if step.name == 'approve-switch' else 2)})"}
+    if not ctx.unplanned and not state.get("fenced"):  # the one decision of a planned hand-over
+        summary["switch_conditions"] = stated_conditions(ctx.topology)
     lag = state.get("check_lag", {})
     if lag:
         measured = (lag.get("lag") or {}).get("statement")

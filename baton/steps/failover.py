@@ -23,6 +23,7 @@ from baton.replication.lag import measure_lag, resolve_scope
 from baton.replication.translation import TranslationReport, apply_translation, translate_offsets
 from baton.replication.upstream import translate_to_upstream
 from baton.steps.context import RunContext
+from baton.steps.switch_conditions import fenced_window_left
 from baton.steps.topics import stream_pairs
 
 PROGRESS_EVERY = 5.0
@@ -178,17 +179,15 @@ def _fence_authority(ctx: RunContext) -> dict:
 
 
 def _quiesce(ctx: RunContext, admin) -> dict:
-    """Wait until the owner's end offsets stand still for quiesce_seconds (bounded)."""
+    """The baseline (thresholds.fence_proof = fixed-quiesce): wait until the owner's end offsets
+    stand still for quiesce_seconds (bounded)."""
     thresholds = ctx.topology.thresholds
     partitions = _owner_partitions(ctx, admin)
     started = time.monotonic()
     last = _end_offsets(ctx, ctx.old_owner, admin, partitions)
     still_since, last_note = time.monotonic(), time.monotonic()
     while time.monotonic() - still_since < thresholds.quiesce_seconds:
-        if time.monotonic() - started > thresholds.step_timeout_seconds:
-            raise StepFailed(f"{ctx.old_owner} end offsets were still moving after "
-                             f"{thresholds.step_timeout_seconds:.0f} s of fencing: something writes "
-                             "with a principal that is not fenced (check producer_principals)")
+        _check_still_moving(ctx, started)
         time.sleep(min(0.5, thresholds.quiesce_seconds))
         now = _end_offsets(ctx, ctx.old_owner, admin, partitions)
         if now != last:
@@ -198,6 +197,44 @@ def _quiesce(ctx: RunContext, admin) -> dict:
                     f"({time.monotonic() - started:.0f} s)")
             last_note = time.monotonic()
     return {"final_end_offsets": last, "quiesce_seconds": round(time.monotonic() - started, 2)}
+
+
+def _check_still_moving(ctx: RunContext, started: float) -> None:
+    timeout = ctx.topology.thresholds.step_timeout_seconds
+    if time.monotonic() - started > timeout:
+        raise StepFailed(f"{ctx.old_owner} end offsets were still moving after {timeout:.0f} s of "
+                         "fencing: something writes with a principal that is not fenced (check "
+                         "producer_principals)")
+
+
+def _prove_fence(ctx: RunContext, admin, read_back_at: float) -> dict:
+    """Evidence that no write can land any more, instead of a fixed wait: the deny ACLs were read
+    back from the brokers (by `fence`) at `read_back_at`; a request authorized before that is
+    appended within one producer retry interval, so two equal end-offset reads, the second at
+    least fence_settle_seconds after the read-back and after the first, prove the log is closed."""
+    settle = ctx.topology.thresholds.fence_settle_seconds
+    partitions = _owner_partitions(ctx, admin)
+    started = time.monotonic()
+    reads = [(0.0, _end_offsets(ctx, ctx.old_owner, admin, partitions))]
+    while True:
+        _check_still_moving(ctx, started)
+        earliest = max(read_back_at + settle, started + reads[-1][0] + settle)
+        time.sleep(max(0.0, earliest - time.monotonic()))
+        now = _end_offsets(ctx, ctx.old_owner, admin, partitions)
+        reads.append((round(time.monotonic() - started, 3), now))
+        if now == reads[-2][1]:
+            break
+    moved = sum(now.values()) - sum(reads[0][1].values())
+    return {"final_end_offsets": now,
+            "fence_proof": {"acl_read_back": True, "settle_seconds": settle,
+                            "end_offset_reads": len(reads),
+                            "read_at_seconds": [r[0] for r in reads],
+                            "records_landed_after_read_back": moved,
+                            "statement": f"deny ACLs read back; end offsets of {len(partitions)} "
+                                         f"partition(s) equal in {len(reads)} reads over "
+                                         f"{reads[-1][0]:.2f} s ({moved} records landed after the "
+                                         "read-back)"},
+            "quiesce_seconds": round(time.monotonic() - started, 2)}
 
 
 def stop_primary_producers(ctx: RunContext) -> dict:
@@ -212,7 +249,10 @@ def stop_primary_producers(ctx: RunContext) -> dict:
     else:
         evidence["acl_fence"] = fence(ctx.topology, ctx.old_owner)
     if admin is not None and not ctx.unplanned:
-        evidence |= _quiesce(ctx, admin)
+        if ctx.topology.thresholds.fence_proof == "fixed-quiesce":
+            evidence |= _quiesce(ctx, admin)
+        else:
+            evidence |= _prove_fence(ctx, admin, time.monotonic())
         ctx.state["final_end_offsets"] = evidence["final_end_offsets"]
     else:
         evidence["quiesce"] = "skipped: unplanned failover"
@@ -245,6 +285,8 @@ def verify_secondary_currency(ctx: RunContext) -> dict:
                 "why": f"owner {ctx.old_owner} is unreachable: currency cannot be verified",
                 "data_at_risk_records": ctx.state.get("data_at_risk_records")}
     timeout = ctx.topology.thresholds.step_timeout_seconds
+    left = fenced_window_left(ctx)  # a planned run waits no longer than its fenced window allows
+    timeout = timeout if left is None else max(0.0, min(timeout, left))
     started, last_note = time.monotonic(), time.monotonic()
     while True:
         report = verify_currency(ctx.topology, owner=ctx.old_owner)
