@@ -231,12 +231,12 @@ def test_prefect_ui_answers_require_slack_reminder_and_timeout(approvals_domain,
         flow_run = wait_paused_at("failover", "approve-failover", config=path)
         first = wait_until(lambda: slack.requests(), 20, "the approval request")[0]
         # A Prefect UI answer is accepted here: recorded as prefect-ui, identity not verified.
-        resume(flow_run, approved=True, approver="carol")
+        resume(flow_run, decision="approve", approver="carol")
         wait_paused_at("failover", "approve-switch", config=path)
         assert "the Prefect UI (identity not verified)" in json.dumps(updates_of(slack, first)[-1]["blocks"])
         second = wait_until(lambda: slack.requests()[1:], 20, "the approve-switch request")[0]
         # approve-switch requires Slack: the UI answer is refused and the gate keeps waiting.
-        resume(flow_run, approved=True, approver="carol")
+        resume(flow_run, decision="approve", approver="carol")
         wait_until(lambda: state_of(flow_run) == ("PAUSED", "approve-switch-2"), 20,
                    "the gate to pause again after refusing the UI answer")
         reminder = wait_until(lambda: [m for m in slack.called("chat.postMessage")

@@ -72,7 +72,7 @@ def test_drill_deployment_runs_on_a_worker_and_gates_are_answered_through_the_ap
                                           ("failback", "approve-failback", "alice"),
                                           ("failback", "approve-switch", "bob")]:
             paused = wait_paused_at(flow_name, gate, timeout=180, config=path)
-            assert resume(paused, approved=True, approver=approver) == "SetStateStatus.ACCEPT"
+            assert resume(paused, decision="approve", approver=approver) == "SetStateStatus.ACCEPT"
         deadline = time.monotonic() + 180
         while True:
             state = read(lambda c: c.read_flow_run(run.id)).state
