@@ -7,6 +7,7 @@ without repeating them. Waits are bounded by thresholds.step_timeout_seconds and
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 from confluent_kafka import KafkaException
@@ -389,13 +390,28 @@ def switch_authority(ctx: RunContext) -> dict:
     if current.state != State.FENCED or current.run_id != ctx.run_id:
         raise StepFailed(f"authority is {current.describe()}; this run did not fence it, refusing to switch")
     engine = engine_for(ctx.topology)
-    evidence = {"replication_stopped": engine.stop(ctx.old_owner, ctx.new_owner).as_dict()}
-    evidence["unfence_new_owner"] = unfence(ctx.topology, ctx.new_owner)
-    result = change_authority(ctx.topology, current.epoch, ctx.new_owner, State.ACTIVE,
-                              run_id=ctx.run_id, changed_by=ctx.operator,
-                              reason=f"{ctx.runbook}: write authority to {ctx.new_owner}",
-                              store=ctx.authority)
-    evidence["authority"] = result.as_dict()
+    # Mirrors in their own topics (default naming): no replicated record can land where the new
+    # owner's producers write, so stopping the connectors overlaps the switch. Identity naming:
+    # the mirror is the producers' topic, so replication must stop before anyone may write.
+    overlap = ctx.topology.replication.policy != "identity"
+    evidence: dict = {"replication_stop": "overlapped with the switch" if overlap
+                      else "before the switch (identity naming: mirror = producers' topic)"}
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        stopping = pool.submit(engine.stop, ctx.old_owner, ctx.new_owner)
+        if not overlap:
+            evidence["replication_stopped"] = stopping.result().as_dict()
+        evidence["unfence_new_owner"] = unfence(ctx.topology, ctx.new_owner)
+        result = change_authority(ctx.topology, current.epoch, ctx.new_owner, State.ACTIVE,
+                                  run_id=ctx.run_id, changed_by=ctx.operator,
+                                  reason=f"{ctx.runbook}: write authority to {ctx.new_owner}",
+                                  store=ctx.authority)
+        evidence["authority"] = result.as_dict()
+        ctx.state["switched"] = True
+        switched = time.monotonic()
+        # The step ends only once replication stopped (reconcile and failback rely on it); a
+        # failure here is reported after the switch, which has happened and stays.
+        evidence["replication_stopped"] = stopping.result().as_dict()
+        evidence["replication_stopped_after_switch_seconds"] = round(time.monotonic() - switched, 2)
     ctx.state["switched"] = True
     ctx.log(f"switch_authority: {ctx.new_owner} owns {ctx.domain} at epoch {result.authority.epoch}")
     return evidence
