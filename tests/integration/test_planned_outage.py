@@ -174,3 +174,40 @@ def test_a_condition_failing_inside_the_fence_returns_to_safety_without_a_pause(
     assert "switch_authority" not in names and names[-1] == "compensate"
     compensation = json.loads(next(s.evidence for s in view.steps if s.name == "compensate"))
     assert "unfenced east" in compensation["actions"]
+
+
+def test_pause_form_read_through_the_api_shows_the_evidence_and_only_the_decision(planned_domain):
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+
+    path, t = planned_domain
+    seed(t)
+    process = start_cli_failover(path)
+    try:
+        run = wait_paused_at("failover", "approve-failover", config=path)
+
+        async def read():
+            async with get_client() as client:
+                flow_run = await client.read_flow_run(run)
+                keyset = flow_run.state.state_details.run_input_keyset
+                return (await client.read_flow_run_input(run, keyset["schema"]),
+                        await client.read_flow_run_input(run, keyset["description"]))
+
+        schema, description = asyncio.run(read())
+        schema = json.loads(schema)
+        assert set(schema["properties"]) == {"decision", "reason"}
+        assert schema["required"] == ["decision"] and "default" not in schema["properties"]["decision"]
+        assert schema["properties"]["decision"]["enum"] == ["approve", "reject"]
+        for shown in ("Gate `approve-failover`", f"`{t.domain.name}`", "planned authority change",
+                      "east -&gt; west", "**lag**: 0 records", "records at risk", "readiness",
+                      "translations", "every group translated exactly", "**Rejecting**"):
+            assert shown in description, shown
+        assert resume(run, decision="reject") == "SetStateStatus.REJECT"  # a reason is required
+        assert resume(run, decision="reject", reason="not tonight") == "SetStateStatus.ACCEPT"
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 1 and "rejected by prefect-ui user: not tonight" in stderr
+    approval = run_view(t).approvals[0]
+    assert (approval.channel, approval.identity_verified) == ("prefect-ui", False)
