@@ -217,7 +217,8 @@ def run_summary(ctx: RunContext, status: str, seconds: float) -> dict:
         "steps": [{"name": s.name, "status": s.status,
                    "seconds": round((s.ended_at - s.started_at).total_seconds(), 3)} for s in view.steps],
         "approvals": [{"gate": a.gate, "decision": a.decision, "approver": a.approver,
-                       "channel": a.channel} for a in view.approvals],
+                       "channel": a.channel, "identity_verified": a.identity_verified}
+                      for a in view.approvals],
     }
 
 
@@ -243,6 +244,11 @@ def _publish_artifacts(ctx: RunContext, status: str, seconds: float) -> dict:
                       f"- compensation: {escape_markdown(summary['compensation'])}", ""]
         lines += ["| step | status | seconds |", "|---|---|---|"]
         lines += [f"| {s['name']} | {s['status']} | {s['seconds']} |" for s in summary["steps"]]
+        if summary["approvals"]:  # who decided each gate, and how far that identity is proven
+            lines += ["", "| gate | decision | by | channel | identity |", "|---|---|---|---|---|"]
+            lines += [f"| {a['gate']} | {a['decision']} | {escape_markdown(a['approver'])} | "
+                      f"{a['channel']} | {'verified' if a['identity_verified'] else 'unverified'} |"
+                      for a in summary["approvals"]]
         key = ctx.runbook.replace("_", "-")
         create_markdown_artifact("\n".join(lines), key=f"{key}-summary", description=ctx.run_id)
         entries = ctx.state.get("translate_consumer_offsets", {}).get("translation", {}).get("entries", [])

@@ -28,7 +28,7 @@ from tests.integration.runbook_support import (
     wait_mirrored,
     wait_paused_at,
 )
-from tests.integration.test_runbooks import authority_of, start_cli_failover
+from tests.integration.test_runbooks import authority_of, latest_artifacts, start_cli_failover
 
 pytestmark = pytest.mark.integration
 
@@ -211,3 +211,6 @@ def test_pause_form_read_through_the_api_shows_the_evidence_and_only_the_decisio
     assert process.returncode == 1 and "rejected by prefect-ui user: not tonight" in stderr
     approval = run_view(t).approvals[0]
     assert (approval.channel, approval.identity_verified) == ("prefect-ui", False)
+    # The run's summary artifact says who decided the gate, through which channel.
+    (summary_md,) = latest_artifacts("failover-summary")
+    assert "| approve-failover | rejected | prefect-ui user | prefect-ui | unverified |" in summary_md.data

@@ -77,3 +77,53 @@ def test_extra_fields_from_the_slack_service_are_read_but_not_in_the_form():
         False, "alice", "slack", 7)
     ui = form(decision="approve")
     assert (ui.approver, ui.channel, ui.approval_id) == ("prefect-ui user", "prefect-ui", None)
+
+
+class Store:
+    def __init__(self, authority):
+        self.authority = authority
+
+    def current(self, domain):
+        return self.authority
+
+
+def context(fenced_seconds_ago: float, *, current=True, entries=(), max_fenced=10.0):
+    from datetime import UTC, datetime, timedelta
+    from types import SimpleNamespace
+
+    from baton.authority.record import Authority, State
+
+    authority = Authority(domain="orders", epoch=2, owner="east", state=State.FENCED, run_id="run-1",
+                          changed_at=datetime.now(UTC) - timedelta(seconds=fenced_seconds_ago),
+                          changed_by="ops")
+    return SimpleNamespace(
+        domain="orders", run_id="run-1", unplanned=False, new_owner="west", log=lambda m: None,
+        topology=SimpleNamespace(thresholds=SimpleNamespace(max_fenced_seconds=max_fenced)),
+        authority=Store(authority),
+        state={"fenced": True,
+               "verify_secondary_currency": {"current": current, "statement": "0 records at risk"},
+               "translate_consumer_offsets": {"translation": {"entries": list(entries)}}})
+
+
+EXACT = {"group": "g", "topic": "t", "partition": 0, "method": "exact", "translated_offset": 5,
+         "missing": 0, "duplicates_bound": 0}
+
+
+def test_switch_conditions_hold_or_name_the_one_that_failed():
+    from baton.errors import SwitchConditionFailed
+    from baton.steps.switch_conditions import check_switch_conditions
+
+    evidence = check_switch_conditions(context(1.0, entries=[EXACT]))
+    assert evidence["failed"] == []
+    assert {c["condition"] for c in evidence["conditions"]} == {
+        "0 records at risk once fenced", "every group translated exactly", "readiness passing",
+        "fenced window within thresholds.max_fenced_seconds"}
+    for ctx, named in [
+        (context(1.0, current=False, entries=[EXACT]), "0 records at risk once fenced"),
+        (context(1.0, entries=[EXACT | {"method": "checkpoint", "duplicates_bound": 3}]),
+         "every group translated exactly"),
+        (context(12.0, entries=[EXACT]), "fenced window within thresholds.max_fenced_seconds"),
+    ]:
+        with pytest.raises(SwitchConditionFailed, match=f"switch condition failed: {named}"):
+            check_switch_conditions(ctx)
+        assert named in ctx.state["switch_conditions"]["failed"]
