@@ -80,7 +80,7 @@ def test_planned_drill_loses_and_repeats_nothing_and_reports_it(domain, tmp_path
     assert 'id="scorecard"' in dom and "producers switched cleanly" in dom, rendered.stderr[-2000:]
     assert 'id="timeline"' in dom and 'class="rate" data-region="east"' in dom
     assert 'class="rate" data-region="west"' in dom and 'class="authority"' in dom
-    assert dom.count('class="gate"') >= 4  # approve-failover/-switch in both legs
+    assert dom.count('class="gate"') == 2  # one decision per planned leg, before its fence
     assert 'id="outcome">passed<' in dom
     # self-contained: nothing loaded from elsewhere
     assert "<script" not in result.stdout and " src=" not in result.stdout and "<link" not in result.stdout
