@@ -24,6 +24,7 @@ from baton.errors import AuditUnwritable, BatonError, StepFailed, UsageError
 from baton.settings import load_topology
 from baton.steps.context import DIVERGENT_POLICIES, RunContext
 from baton.steps.recover import replication_state
+from baton.steps.switch_conditions import stated as stated_conditions
 from flows.gates import request_approval
 from runbooks import RUNBOOKS
 from runbooks.model import Kind, Runbook, Step
@@ -149,6 +150,8 @@ def gate_summary(ctx: RunContext, step: Step) -> dict:
                      "authority_now": authority.describe(),
                      "planned_change": f"{ctx.old_owner} -> {ctx.new_owner} (epoch {authority.epoch} -> "
                                        f"{authority.epoch + (1 if step.name == 'approve-switch' else 2)})"}
+    if not ctx.unplanned and not state.get("fenced"):  # the one decision of a planned hand-over
+        summary["switch_conditions"] = stated_conditions(ctx.topology)
     lag = state.get("check_lag", {})
     if lag:
         measured = (lag.get("lag") or {}).get("statement")
@@ -260,7 +263,8 @@ def run_summary(ctx: RunContext, status: str, seconds: float) -> dict:
         "steps": [{"name": s.name, "status": s.status,
                    "seconds": round((s.ended_at - s.started_at).total_seconds(), 3)} for s in view.steps],
         "approvals": [{"gate": a.gate, "decision": a.decision, "approver": a.approver,
-                       "channel": a.channel} for a in view.approvals],
+                       "channel": a.channel, "identity_verified": a.identity_verified}
+                      for a in view.approvals],
     }
 
 
@@ -286,6 +290,11 @@ def _publish_artifacts(ctx: RunContext, status: str, seconds: float) -> dict:
                       f"- compensation: {escape_markdown(summary['compensation'])}", ""]
         lines += ["| step | status | seconds |", "|---|---|---|"]
         lines += [f"| {s['name']} | {s['status']} | {s['seconds']} |" for s in summary["steps"]]
+        if summary["approvals"]:  # who decided each gate, and how far that identity is proven
+            lines += ["", "| gate | decision | by | channel | identity |", "|---|---|---|---|---|"]
+            lines += [f"| {a['gate']} | {a['decision']} | {escape_markdown(a['approver'])} | "
+                      f"{a['channel']} | {'verified' if a['identity_verified'] else 'unverified'} |"
+                      for a in summary["approvals"]]
         key = ctx.runbook.replace("_", "-")
         create_markdown_artifact("\n".join(lines), key=f"{key}-summary", description=ctx.run_id)
         entries = ctx.state.get("translate_consumer_offsets", {}).get("translation", {}).get("entries", [])
