@@ -33,6 +33,15 @@ class StepFailed(BatonError):
     """A runbook step did not reach its postcondition."""
 
 
+class SwitchConditionFailed(StepFailed):
+    """A condition the planned switch was approved under does not hold (inside the fence)."""
+
+    def __init__(self, condition: str, detail: str):
+        self.condition, self.detail = condition, detail
+        super().__init__(f"switch condition failed: {condition}: {detail}. Returning to the last "
+                         "safe state without asking anyone (the switch was approved only under it)")
+
+
 class ApprovalRejected(BatonError):
     """An approver rejected a gate, or it timed out."""
 

@@ -128,7 +128,21 @@ class ReplicationSettings(Strict):
 class Thresholds(Strict):
     max_lag_records: int = Field(10_000, ge=0)
     max_lag_seconds: float = Field(60.0, ge=0)
-    quiesce_seconds: float = Field(3.0, ge=0, le=600)
+    fence_proof: Literal["evidence", "fixed-quiesce"] = Field(
+        "evidence",
+        description="evidence: after the deny ACLs are read back, end offsets must read equal twice "
+                    "(fence_settle_seconds apart); fixed-quiesce: the old fixed wait (quiesce_seconds), "
+                    "kept as the bench baseline")
+    quiesce_seconds: float = Field(
+        3.0, ge=0, le=600, description="fence_proof=fixed-quiesce: end offsets must stand still this long")
+    fence_settle_seconds: float = Field(
+        0.3, ge=0, le=60,
+        description="one producer retry interval: end offsets must read equal twice, the second "
+                    "read at least this long after the deny ACLs were read back")
+    max_fenced_seconds: float = Field(
+        10.0, gt=0, le=3600,
+        description="planned runs: the longest producers may be refused (fence to switch); a longer "
+                    "fenced window fails a switch condition and the run returns to the safe state")
     lease_ttl_seconds: float = Field(15.0, gt=0, le=3600)
     step_timeout_seconds: float = Field(120.0, gt=0)
     gate_timeout_seconds: float = Field(3600.0, gt=0)

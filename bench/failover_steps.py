@@ -43,6 +43,7 @@ def seeded_domain(lab_topology, size: int, workdir: Path) -> Path:
 def baseline_failover(path: Path) -> dict:
     """The same steps without Prefect: open the run, call each step, record evidence."""
     from baton.steps import failover as steps
+    from baton.steps import switch_conditions
     from flows.gates import request_approval
     from flows.runner import open_run
     from runbooks import FAILOVER
@@ -52,12 +53,15 @@ def baseline_failover(path: Path) -> dict:
     started = time.monotonic()
     ctx = open_run(FAILOVER, config=str(path), trigger="bench")
     for step in FAILOVER.steps:
+        if not ctx.option(step.when):
+            continue
         t0 = time.monotonic()
         if step.kind is Kind.GATE:
             request_approval(ctx, step, {}, auto_approve=True)
         else:
             with ctx.audit.step(ctx.run_id, step.name) as record:
-                record.evidence = getattr(steps, step.name)(ctx)
+                record.evidence = (getattr(steps, step.name, None)
+                                   or getattr(switch_conditions, step.name))(ctx)
             ctx.state[step.name] = record.evidence
         timings[step.name] = time.monotonic() - t0
     ctx.audit.finish_run(ctx.run_id, "succeeded")

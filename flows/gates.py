@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Literal
 
 import httpx
 from prefect.exceptions import FlowPauseTimeout, PrefectHTTPStatusError
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from baton.approvals.policy import is_unverified, may_auto_approve
 from baton.audit.models import Approval, GateDecisionSlot
@@ -23,16 +24,101 @@ from baton.errors import ApprovalRejected, StepFailed
 from baton.steps.context import RunContext
 from runbooks.model import Step
 
+MAX_REASON = 2000
+
 
 class GateDecision(RunInput):
-    """The approval form. Reject with a reason in the comment."""
+    """The decision a person takes at a gate: approve or reject, and why.
 
-    approved: bool = Field(description="Approve this step?")
-    approver: str = Field(min_length=1, description="Who decides (name or e-mail)")
-    comment: str = Field("", description="Why (required when rejecting)")
-    # Set by the Slack approval service only; checked against the audit database.
-    channel: str = Field("prefect-ui", description="leave as is")
-    approval_id: int | None = Field(None, description="leave empty")
+    The Prefect UI shows exactly these two fields, below the gate's evidence (the form's
+    description). The Slack approval service resumes the same pause with extra fields
+    (`channel="slack"`, `approval_id`, `approver`), which the gate checks against the audit
+    database; a name sent through the API is a claim, recorded as an unverified identity.
+    """
+
+    model_config = ConfigDict(
+        extra="allow",
+        # The server refuses a rejection without a reason, as the Slack service does.
+        json_schema_extra={"if": {"properties": {"decision": {"const": "reject"}}},
+                           "then": {"required": ["reason"],
+                                    "properties": {"reason": {"pattern": "\\S"}}}})
+
+    # No default: submitting the form without choosing decides nothing.
+    decision: Literal["approve", "reject"] = Field(
+        title="Decision", description="approve: run the steps this gate guards; reject: return to "
+                                      "the last safe state (see above)")
+    reason: str = Field("", max_length=MAX_REASON, title="Reason",
+                        description="Why you decide so (required to reject)")
+
+    def _extra(self, name: str, default=None):
+        return (self.model_extra or {}).get(name, default)
+
+    @property
+    def approved(self) -> bool:
+        return self.decision == "approve"
+
+    @property
+    def comment(self) -> str:
+        return self.reason
+
+    @property
+    def approver(self) -> str:
+        claimed = " ".join(str(self._extra("approver") or "").split())[:200]
+        return claimed or "prefect-ui user"
+
+    @property
+    def channel(self) -> str:
+        return str(self._extra("channel", "prefect-ui"))
+
+    @property
+    def approval_id(self) -> int | None:
+        value = self._extra("approval_id")
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _line(label: str, value) -> str:
+    from flows.runner import escape_markdown  # imported late: the runner imports this module
+
+    return f"- **{label}**: {escape_markdown(value)}"
+
+
+def decision_form(step: Step, summary: dict) -> type[GateDecision]:
+    """The pause form for this gate, its description carrying the evidence (Markdown)."""
+    planned = not summary.get("unplanned")
+    fenced = step.name not in ("approve-failover", "approve-failback", "approve-discard")
+    lines = [f"## Gate `{step.name}` of {summary.get('runbook', '?')} `{summary.get('domain', '?')}`",
+             "", step.summary, "",
+             _line("planned authority change", summary.get("planned_change", "?")),
+             _line("authority now", summary.get("authority_now", "?")),
+             _line("lag", summary.get("lag") or "not measured yet"),
+             _line("records at risk", summary.get("data_at_risk_records",
+                                                  "0 required once fenced" if planned else "unknown")),
+             _line("readiness", summary.get("readiness") or "not available"),
+             _line("currency", summary.get("currency") or "verified after the fence"),
+             _line("translations", _translations(summary))]
+    if summary.get("switch_conditions"):
+        lines.append(_line("approves the switch only if", "; ".join(summary["switch_conditions"])))
+    if summary.get("divergent_records") is not None:
+        lines.append(_line("divergent records", f"{summary['divergent_records']} "
+                                                f"(policy {summary.get('divergent_policy')})"))
+    lines.append(_line("started by", f"{summary.get('started_by', '?')}"
+                                     + (f", reason: {summary['reason']}" if summary.get("reason") else "")))
+    reject = ("nothing was changed yet: the run stops, authority and replication stay as they are"
+              if not fenced else "the old owner is unfenced and gets authority back (ACTIVE, new "
+              "epoch); replication this run stopped is restarted")
+    lines += ["", f"**Rejecting**: {reject}. A rejection needs a reason. Your identity is not "
+                  "verified here; it is recorded as unverified (Slack answers are verified)."]
+    return GateDecision.with_initial_data(description="\n".join(lines))
+
+
+def _translations(summary: dict) -> str:
+    translation = summary.get("translation")
+    if not translation:
+        return "computed after the fence, every group exactly (planned)" if not summary.get(
+            "unplanned") else "not computed yet"
+    return (f"{translation.get('groups')} group(s), {translation.get('partitions')} partition(s), "
+            f"methods {', '.join(translation.get('methods', []))}, duplicates bound "
+            f"{translation.get('duplicates_bound')}, missing {translation.get('missing')}")
 
 
 def _verified_slack_approval(ctx: RunContext, gate: str, decision: GateDecision) -> Approval | None:
@@ -75,7 +161,7 @@ def request_approval(ctx: RunContext, step: Step, summary: dict, *, auto_approve
     reminder = _schedule_reminder(notifier, message, ctx, step, deadline, timeout)
     try:
         return _wait_for_decision(ctx, step, gate, deadline, timeout, slack_only, poll_seconds,
-                                  notifier, message)
+                                  notifier, message, form=decision_form(step, summary))
     finally:
         if reminder is not None:
             reminder.cancel()
@@ -106,7 +192,7 @@ API_ERRORS = (httpx.HTTPError, PrefectHTTPStatusError, OSError)
 
 
 def _decision_after_outage(ctx: RunContext, gate: str, key: str, deadline: float,
-                           poll_seconds: float) -> GateDecision | None:
+                           poll_seconds: float, form: type[GateDecision]) -> GateDecision | None:
     """The Prefect API failed while the gate waited: keep waiting for the same pause until the
     gate's own deadline, however long the API is away. None: the pause never reached the server
     (pause again); FlowPauseTimeout at the deadline."""
@@ -122,7 +208,7 @@ def _decision_after_outage(ctx: RunContext, gate: str, key: str, deadline: float
                 state = client.read_flow_run(flow_run.id).state
             if state is not None and state.is_running():
                 try:  # resumed while we could not look: the answer is stored under this pause's key
-                    return GateDecision.load(keyset_from_base_key(f"paused-{key}"))
+                    return form.load(keyset_from_base_key(f"paused-{key}"))
                 except ObjectNotFound:
                     return None
             if state is None or not state.is_paused():
@@ -154,7 +240,8 @@ def _refuse_if_returned(ctx: RunContext, gate: str, decision: GateDecision, chan
 
 
 def _wait_for_decision(ctx: RunContext, step: Step, gate: str, deadline: float, timeout: float,
-                       slack_only: bool, poll_seconds: float, notifier, message) -> dict:
+                       slack_only: bool, poll_seconds: float, notifier, message,
+                       form: type[GateDecision] = GateDecision) -> dict:
     attempt = 0
     while True:
         attempt += 1
@@ -165,12 +252,12 @@ def _wait_for_decision(ctx: RunContext, step: Step, gate: str, deadline: float, 
             if remaining < 1:
                 raise FlowPauseTimeout("no time left")
             try:
-                decision = pause_flow_run(wait_for_input=GateDecision, timeout=remaining,
+                decision = pause_flow_run(wait_for_input=form, timeout=remaining,
                                           poll_interval=poll_seconds, key=key)
             except API_ERRORS as e:
                 ctx.log(f"gate {gate}: the Prefect API failed ({type(e).__name__}: {e}); the gate keeps "
                         "waiting until its own timeout")
-                decision = _decision_after_outage(ctx, gate, key, deadline, poll_seconds)
+                decision = _decision_after_outage(ctx, gate, key, deadline, poll_seconds, form)
                 if decision is None:
                     continue  # the pause itself was lost: ask again
         except FlowPauseTimeout:

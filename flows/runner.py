@@ -24,6 +24,7 @@ from baton.errors import AuditUnwritable, BatonError, StepFailed, UsageError
 from baton.settings import load_topology
 from baton.steps.context import DIVERGENT_POLICIES, RunContext
 from baton.steps.recover import replication_state
+from baton.steps.switch_conditions import stated as stated_conditions
 from baton.watch.store import readiness_line
 from flows.gates import request_approval
 from runbooks import RUNBOOKS
@@ -151,6 +152,8 @@ def gate_summary(ctx: RunContext, step: Step) -> dict:
                      "planned_change": f"{ctx.old_owner} -> {ctx.new_owner} (epoch {authority.epoch} -> "
                                        f"{authority.epoch + (1 if step.name == 'approve-switch' else 2)})"}
     summary["readiness"] = readiness_line(ctx.audit, ctx.topology, ctx.old_owner, ctx.new_owner)
+    if not ctx.unplanned and not state.get("fenced"):  # the one decision of a planned hand-over
+        summary["switch_conditions"] = stated_conditions(ctx.topology)
     lag = state.get("check_lag", {})
     if lag:
         measured = (lag.get("lag") or {}).get("statement")
@@ -208,7 +211,7 @@ def execute(runbook: Runbook, ctx: RunContext, *, auto_approve: bool = False, no
         _publish_artifacts(ctx, "failed", time.monotonic() - started)
         outcome = ctx.state.get("compensation", {}).get("statement")
         if outcome and isinstance(error, BatonError):  # the operator's one line says where things stand
-            error.args = (f"{error}. Compensation (read back): {outcome}",)
+            error.args = (f"{str(error).rstrip('.')}. Compensation (read back): {outcome}",)
         raise
     ctx.audit.finish_run(ctx.run_id, "succeeded", actor=ctx.operator)
     return _publish_artifacts(ctx, "succeeded", time.monotonic() - started)
@@ -262,7 +265,8 @@ def run_summary(ctx: RunContext, status: str, seconds: float) -> dict:
         "steps": [{"name": s.name, "status": s.status,
                    "seconds": round((s.ended_at - s.started_at).total_seconds(), 3)} for s in view.steps],
         "approvals": [{"gate": a.gate, "decision": a.decision, "approver": a.approver,
-                       "channel": a.channel} for a in view.approvals],
+                       "channel": a.channel, "identity_verified": a.identity_verified}
+                      for a in view.approvals],
     }
 
 
@@ -288,6 +292,11 @@ def _publish_artifacts(ctx: RunContext, status: str, seconds: float) -> dict:
                       f"- compensation: {escape_markdown(summary['compensation'])}", ""]
         lines += ["| step | status | seconds |", "|---|---|---|"]
         lines += [f"| {s['name']} | {s['status']} | {s['seconds']} |" for s in summary["steps"]]
+        if summary["approvals"]:  # who decided each gate, and how far that identity is proven
+            lines += ["", "| gate | decision | by | channel | identity |", "|---|---|---|---|---|"]
+            lines += [f"| {a['gate']} | {a['decision']} | {escape_markdown(a['approver'])} | "
+                      f"{a['channel']} | {'verified' if a['identity_verified'] else 'unverified'} |"
+                      for a in summary["approvals"]]
         key = ctx.runbook.replace("_", "-")
         create_markdown_artifact("\n".join(lines), key=f"{key}-summary", description=ctx.run_id)
         entries = ctx.state.get("translate_consumer_offsets", {}).get("translation", {}).get("entries", [])

@@ -12,13 +12,20 @@ CHECK_LAG = Step(
 )
 APPROVE_FAILOVER = Step(
     "approve-failover", Kind.GATE,
-    "Approval with the measured plan: lag, records at risk, groups, the authority change.",
+    "Approval with the measured plan: lag, records at risk, groups, the authority change. A "
+    "planned run asks only here, before anything irreversible: the person approves the whole "
+    "hand-over under stated conditions (0 records at risk once fenced, every group translated "
+    "exactly, readiness passing where it is measured, fenced window within "
+    "thresholds.max_fenced_seconds), so nobody is waited for while producers are refused.",
 )
 STOP_PRIMARY_PRODUCERS = Step(
     "stop_primary_producers", Kind.IRREVERSIBLE,
     "Authority to FENCED at a new epoch (no region accepts writes), DENY WRITE ACLs for the "
-    "producer principals on the owner, then wait until the owner's end offsets stand still "
-    "for thresholds.quiesce_seconds (bounded); record every partition's final end offset.",
+    "producer principals on the owner, read back from the brokers; then prove no write can land "
+    "any more instead of waiting a fixed time: the owner's end offsets read equal twice in a row, "
+    "the second read at least one producer retry interval (thresholds.fence_settle_seconds) after "
+    "the read-back (bounded by thresholds.step_timeout_seconds); record that evidence and every "
+    "partition's final end offset.",
     changes="authority FENCED (epoch + 1); DENY WRITE + IDEMPOTENT_WRITE ACLs on the owner",
     unplanned="Authority to FENCED; the ACL fence is attempted and its failure recorded; no "
     "quiesce: wait out the lease TTL so isolated guarded producers have fenced themselves.",
@@ -40,14 +47,33 @@ TRANSLATE_CONSUMER_OFFSETS = Step(
     "duplicates bound per partition.",
     roles=frozenset({Role.TRANSLATION}),
 )
+CHECK_SWITCH_CONDITIONS = Step(
+    "check_switch_conditions", Kind.MEASURE,
+    "Planned runs: check the conditions approved at the gate before the fence (0 records at "
+    "risk, every group translated exactly, readiness where measured, fenced window within "
+    "thresholds.max_fenced_seconds). If one fails, nobody is asked: the run returns to the last "
+    "safe state (old owner unfenced, authority ACTIVE on it again) and names the condition. A "
+    "step before it that fails on a condition (currency, translation) is reported the same way.",
+    roles=frozenset({Role.CONDITIONS}),
+    when="unplanned=False",
+)
 APPROVE_SWITCH = Step(
     "approve-switch", Kind.GATE,
-    "Approval with currency, translations and data at risk (0 for a planned failover).",
+    "Unplanned runs only: explicit approval of the data at risk, with currency (unverifiable), "
+    "translations and their duplicates bound. The outage is already happening there, so a person "
+    "decides inside the fenced window.",
+    when="unplanned=True",
 )
 SWITCH_AUTHORITY = Step(
     "switch_authority", Kind.IRREVERSIBLE,
     "Stop replication from the old owner for the domain, lift any fence on the new owner, "
-    "authority ACTIVE on the new owner (epoch + 1), published to every reachable region.",
+    "authority ACTIVE on the new owner (epoch + 1), published to every reachable region. "
+    "Stopping replication is off the critical path only when the naming policy writes mirrors "
+    "into a different topic than producers use (MM2's default `east.orders`): then no mirrored "
+    "record can land where the new owner's producers write, so the connectors stop while "
+    "authority moves, and the step waits for them before it ends (reconcile never sees them "
+    "running). Under the identity policy the mirror IS the producers' topic: replication must "
+    "have stopped before the new owner accepts a write, so it stays on the critical path.",
     changes="replication old -> new STOPPED; authority ACTIVE on the new owner (epoch + 1)",
     roles=frozenset({Role.SWITCH}),
 )
@@ -64,5 +90,6 @@ FAILOVER = Runbook(
     purpose="Move write authority for a domain from its owner region to the other region. "
     "Planned when the owner is reachable; unplanned (`--unplanned --reason`) when it is not.",
     steps=(CHECK_LAG, APPROVE_FAILOVER, STOP_PRIMARY_PRODUCERS, VERIFY_SECONDARY_CURRENCY,
-           TRANSLATE_CONSUMER_OFFSETS, APPROVE_SWITCH, SWITCH_AUTHORITY, RECONCILE),
+           TRANSLATE_CONSUMER_OFFSETS, CHECK_SWITCH_CONDITIONS, APPROVE_SWITCH, SWITCH_AUTHORITY,
+           RECONCILE),
 )

@@ -25,6 +25,13 @@ class Role(StrEnum):
     TRANSLATION = "translation"  # consumer positions are moved to the new owner
     SWITCH = "switch"  # write authority moves
     RECONCILE = "reconcile"  # post-checks
+    # Checks, inside the fenced window, the conditions a gate before the fence approved the
+    # switch under; any failure returns to the last safe state without asking anyone.
+    CONDITIONS = "conditions"
+
+
+# A step's `when` naming the path: the planned path never runs `unplanned=True` steps, and so on.
+PATHS = {"planned": "unplanned=False", "unplanned": "unplanned=True"}
 
 
 @dataclass(frozen=True)
@@ -65,8 +72,10 @@ class RunbookInvalid(ValueError):
 
 
 def violations(runbook: Runbook) -> list[str]:
-    """Every broken invariant: fence before switch, currency before translation, a gate before
-    every irreversible step, reconcile last, unique step names."""
+    """Every broken invariant, on the planned and on the unplanned path: fence before switch,
+    currency before translation, a gate before every irreversible step (a switch is also covered
+    by a conditions step approved at a gate before its fence), no gate inside a planned fenced
+    window, reconcile last, unique step names."""
     problems: list[str] = []
     names = [s.name for s in runbook.steps]
     duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -74,16 +83,41 @@ def violations(runbook: Runbook) -> list[str]:
         problems.append(f"step names must be unique: {', '.join(duplicates)}")
     if not runbook.steps:
         return problems + ["a runbook needs steps"]
+    for path, own in PATHS.items():
+        other = PATHS["unplanned" if path == "planned" else "planned"]
+        steps = [s for s in runbook.steps if s.when != other]
+        for problem in _path_violations(steps, planned=path == "planned", own=own):
+            if problem not in problems:
+                problems.append(problem if path == "planned" else f"{problem} (unplanned path)")
+    if Role.RECONCILE not in runbook.steps[-1].roles:
+        problems.append(f"the last step must reconcile, not {runbook.steps[-1].name!r}")
+    return problems
 
-    fenced = current = gated = False
-    for position, step in enumerate(runbook.steps, start=1):
+
+def _path_violations(steps: list[Step], *, planned: bool, own: str) -> list[str]:
+    problems: list[str] = []
+    fenced = current = gated = window_approved = False
+    for position, step in enumerate(steps, start=1):
         where = f"step {position} {step.name!r}"
-        if step.kind is Kind.GATE and not step.when:  # a conditional gate may not run
-            gated = True
+        if step.kind is Kind.GATE:
+            if planned and fenced:
+                problems.append(f"{where} is a human gate inside the fenced window of a planned "
+                                "run: producers would be refused while it waits; decide before the "
+                                "fence and check conditions instead")
+            if not step.when or step.when == own:  # a conditional gate may not run
+                gated = True
+        if Role.CONDITIONS in step.roles:
+            if not (fenced and window_approved):
+                problems.append(f"{where} checks switch conditions that no gate before the fence "
+                                "approved")
+            else:
+                gated = True
         if Role.SWITCH in step.roles and not fenced:
             problems.append(f"{where} switches authority before any step fences the old owner")
         if Role.TRANSLATION in step.roles and not current:
             problems.append(f"{where} translates offsets before currency is verified")
+        if Role.FENCE in step.roles:
+            window_approved = gated
         if step.irreversible:
             if not gated:
                 problems.append(f"{where} is irreversible and no gate precedes it "
@@ -94,9 +128,7 @@ def violations(runbook: Runbook) -> list[str]:
         if Role.CURRENCY in step.roles:
             current = True
         if Role.SWITCH in step.roles:  # a second hand-over needs its own fence and currency
-            fenced = current = False
-    if Role.RECONCILE not in runbook.steps[-1].roles:
-        problems.append(f"the last step must reconcile, not {runbook.steps[-1].name!r}")
+            fenced = current = window_approved = False
     return problems
 
 

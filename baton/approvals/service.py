@@ -358,8 +358,10 @@ class ApprovalService:
                                    approver=approver, comment=click.reason)
         except AlreadyDecided:  # another click (or another replica) took the gate's one decision
             return self._refuse(click, request, verified_by, self._already(request))
-        run_input = {"approved": click.action == ActionId.APPROVE, "approver": approver,
-                     "comment": click.reason, "channel": "slack", "approval_id": attempt.approval_id}
+        # decision + reason: the form's fields; the rest is checked by the gate against the audit DB
+        run_input = {"decision": "approve" if click.action == ActionId.APPROVE else "reject",
+                     "reason": click.reason, "approver": approver, "channel": "slack",
+                     "approval_id": attempt.approval_id}
         try:
             status, why = self.prefect.resume(request.flow_run_id, run_input)
         except PrefectUnavailable as e:

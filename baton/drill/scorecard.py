@@ -36,6 +36,7 @@ def _leg(session: DrillSession, name: str, run_id: str, move: dict | None, trigg
         steps.append({"name": step.name, "status": step.status, "seconds": round(seconds, 3), "gate": gate,
                       "started_at": _seconds(step.started_at), "ended_at": _seconds(step.ended_at)})
     trigger_at = trigger_at or _seconds(view.run.started_at)
+    outage = write_outage(steps, move["write_gap_seconds"] if move else None)
     first = move["first_ack_new_owner"] if move else None
     rto_with_gates = round(first - trigger_at, 3) if first else None
     return {
@@ -43,12 +44,29 @@ def _leg(session: DrillSession, name: str, run_id: str, move: dict | None, trigg
         "owner_before": move["from"] if move else None, "owner_after": move["to"] if move else None,
         "rto_seconds": round(rto_with_gates - gate_wait, 3) if rto_with_gates is not None else None,
         "gate_wait_seconds": round(gate_wait, 3), "rto_including_gates_seconds": rto_with_gates,
-        "write_gap_seconds": move["write_gap_seconds"] if move else None,
+        "write_gap_seconds": move["write_gap_seconds"] if move else None, **outage,
         "approvals": [{"gate": a.gate, "decision": a.decision, "approver": a.approver, "channel": a.channel,
                        "at": _seconds(a.decided_at)} for a in view.approvals],
         "steps": steps,
         "_evidence": {s.name: json.loads(s.evidence) for s in view.steps},
     }
+
+
+def write_outage(steps: list[dict], write_gap: float | None) -> dict:
+    """The write outage as producers saw it (the measured write gap, which includes any gate
+    wait inside the fenced window), beside the part of it that was automated."""
+    fence = next((s for s in steps if s["name"] == "stop_primary_producers"), None)
+    switch = next((s for s in steps if s["name"] == "switch_authority"), None)
+    if fence is None or switch is None:
+        return {"fenced_window_seconds": None, "gate_wait_in_fenced_window_seconds": None,
+                "write_outage_seconds": write_gap, "automated_outage_seconds": None}
+    inside = sum(s["seconds"] for s in steps if s["gate"] and s["started_at"] >= fence["started_at"]
+                 and s["ended_at"] <= switch["ended_at"])
+    return {"fenced_window_seconds": round(switch["ended_at"] - fence["started_at"], 3),
+            "gate_wait_in_fenced_window_seconds": round(inside, 3),
+            "write_outage_seconds": write_gap,
+            "automated_outage_seconds": (round(max(0.0, write_gap - inside), 3)
+                                         if write_gap is not None else None)}
 
 
 def _rates(acked, start: float, end: float) -> dict[str, list[list[float]]]:

@@ -7,6 +7,7 @@ without repeating them. Waits are bounded by thresholds.step_timeout_seconds and
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 from confluent_kafka import KafkaException
@@ -23,6 +24,7 @@ from baton.replication.lag import measure_lag, resolve_scope
 from baton.replication.translation import TranslationReport, apply_translation, translate_offsets
 from baton.replication.upstream import keep_returning_positions, translate_to_upstream
 from baton.steps.context import RunContext
+from baton.steps.switch_conditions import fenced_window_left
 from baton.steps.topics import stream_pairs
 from baton.watch.store import data_at_risk
 
@@ -159,17 +161,15 @@ def _fence_authority(ctx: RunContext) -> dict:
 
 
 def _quiesce(ctx: RunContext, admin) -> dict:
-    """Wait until the owner's end offsets stand still for quiesce_seconds (bounded)."""
+    """The baseline (thresholds.fence_proof = fixed-quiesce): wait until the owner's end offsets
+    stand still for quiesce_seconds (bounded)."""
     thresholds = ctx.topology.thresholds
     partitions = _owner_partitions(ctx, admin)
     started = time.monotonic()
     last = _end_offsets(ctx, ctx.old_owner, admin, partitions)
     still_since, last_note = time.monotonic(), time.monotonic()
     while time.monotonic() - still_since < thresholds.quiesce_seconds:
-        if time.monotonic() - started > thresholds.step_timeout_seconds:
-            raise StepFailed(f"{ctx.old_owner} end offsets were still moving after "
-                             f"{thresholds.step_timeout_seconds:.0f} s of fencing: something writes "
-                             "with a principal that is not fenced (check producer_principals)")
+        _check_still_moving(ctx, started)
         time.sleep(min(0.5, thresholds.quiesce_seconds))
         now = _end_offsets(ctx, ctx.old_owner, admin, partitions)
         if now != last:
@@ -179,6 +179,44 @@ def _quiesce(ctx: RunContext, admin) -> dict:
                     f"({time.monotonic() - started:.0f} s)")
             last_note = time.monotonic()
     return {"final_end_offsets": last, "quiesce_seconds": round(time.monotonic() - started, 2)}
+
+
+def _check_still_moving(ctx: RunContext, started: float) -> None:
+    timeout = ctx.topology.thresholds.step_timeout_seconds
+    if time.monotonic() - started > timeout:
+        raise StepFailed(f"{ctx.old_owner} end offsets were still moving after {timeout:.0f} s of "
+                         "fencing: something writes with a principal that is not fenced (check "
+                         "producer_principals)")
+
+
+def _prove_fence(ctx: RunContext, admin, read_back_at: float) -> dict:
+    """Evidence that no write can land any more, instead of a fixed wait: the deny ACLs were read
+    back from the brokers (by `fence`) at `read_back_at`; a request authorized before that is
+    appended within one producer retry interval, so two equal end-offset reads, the second at
+    least fence_settle_seconds after the read-back and after the first, prove the log is closed."""
+    settle = ctx.topology.thresholds.fence_settle_seconds
+    partitions = _owner_partitions(ctx, admin)
+    started = time.monotonic()
+    reads = [(0.0, _end_offsets(ctx, ctx.old_owner, admin, partitions))]
+    while True:
+        _check_still_moving(ctx, started)
+        earliest = max(read_back_at + settle, started + reads[-1][0] + settle)
+        time.sleep(max(0.0, earliest - time.monotonic()))
+        now = _end_offsets(ctx, ctx.old_owner, admin, partitions)
+        reads.append((round(time.monotonic() - started, 3), now))
+        if now == reads[-2][1]:
+            break
+    moved = sum(now.values()) - sum(reads[0][1].values())
+    return {"final_end_offsets": now,
+            "fence_proof": {"acl_read_back": True, "settle_seconds": settle,
+                            "end_offset_reads": len(reads),
+                            "read_at_seconds": [r[0] for r in reads],
+                            "records_landed_after_read_back": moved,
+                            "statement": f"deny ACLs read back; end offsets of {len(partitions)} "
+                                         f"partition(s) equal in {len(reads)} reads over "
+                                         f"{reads[-1][0]:.2f} s ({moved} records landed after the "
+                                         "read-back)"},
+            "quiesce_seconds": round(time.monotonic() - started, 2)}
 
 
 def stop_primary_producers(ctx: RunContext) -> dict:
@@ -195,7 +233,10 @@ def stop_primary_producers(ctx: RunContext) -> dict:
     else:
         evidence["acl_fence"] = fence(ctx.topology, ctx.old_owner)
     if admin is not None and not ctx.unplanned:
-        evidence |= _quiesce(ctx, admin)
+        if ctx.topology.thresholds.fence_proof == "fixed-quiesce":
+            evidence |= _quiesce(ctx, admin)
+        else:
+            evidence |= _prove_fence(ctx, admin, time.monotonic())
         ctx.state["final_end_offsets"] = evidence["final_end_offsets"]
     else:
         evidence["quiesce"] = "skipped: unplanned failover"
@@ -228,6 +269,8 @@ def verify_secondary_currency(ctx: RunContext) -> dict:
                 "why": f"owner {ctx.old_owner} is unreachable: currency cannot be verified",
                 "data_at_risk_records": ctx.state.get("data_at_risk_records")}
     timeout = ctx.topology.thresholds.step_timeout_seconds
+    left = fenced_window_left(ctx)  # a planned run waits no longer than its fenced window allows
+    timeout = timeout if left is None else max(0.0, min(timeout, left))
     started, last_note = time.monotonic(), time.monotonic()
     while True:
         report = verify_currency(ctx.topology, owner=ctx.old_owner)
@@ -339,13 +382,28 @@ def switch_authority(ctx: RunContext) -> dict:
     if current.state != State.FENCED or current.run_id != ctx.run_id:
         raise StepFailed(f"authority is {current.describe()}; this run did not fence it, refusing to switch")
     engine = engine_for(ctx.topology)
-    evidence = {"replication_stopped": engine.stop(ctx.old_owner, ctx.new_owner).as_dict()}
-    evidence["unfence_new_owner"] = unfence(ctx.topology, ctx.new_owner)
-    result = change_authority(ctx.topology, current.epoch, ctx.new_owner, State.ACTIVE,
-                              run_id=ctx.run_id, changed_by=ctx.operator,
-                              reason=f"{ctx.runbook}: write authority to {ctx.new_owner}",
-                              store=ctx.authority)
-    evidence["authority"] = result.as_dict()
+    # Mirrors in their own topics (default naming): no replicated record can land where the new
+    # owner's producers write, so stopping the connectors overlaps the switch. Identity naming:
+    # the mirror is the producers' topic, so replication must stop before anyone may write.
+    overlap = ctx.topology.replication.policy != "identity"
+    evidence: dict = {"replication_stop": "overlapped with the switch" if overlap
+                      else "before the switch (identity naming: mirror = producers' topic)"}
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        stopping = pool.submit(engine.stop, ctx.old_owner, ctx.new_owner)
+        if not overlap:
+            evidence["replication_stopped"] = stopping.result().as_dict()
+        evidence["unfence_new_owner"] = unfence(ctx.topology, ctx.new_owner)
+        result = change_authority(ctx.topology, current.epoch, ctx.new_owner, State.ACTIVE,
+                                  run_id=ctx.run_id, changed_by=ctx.operator,
+                                  reason=f"{ctx.runbook}: write authority to {ctx.new_owner}",
+                                  store=ctx.authority)
+        evidence["authority"] = result.as_dict()
+        ctx.state["switched"] = True
+        switched = time.monotonic()
+        # The step ends only once replication stopped (reconcile and failback rely on it); a
+        # failure here is reported after the switch, which has happened and stays.
+        evidence["replication_stopped"] = stopping.result().as_dict()
+        evidence["replication_stopped_after_switch_seconds"] = round(time.monotonic() - switched, 2)
     ctx.state["switched"] = True
     ctx.log(f"switch_authority: {ctx.new_owner} owns {ctx.domain} at epoch {result.authority.epoch}")
     return evidence

@@ -209,3 +209,28 @@ def readiness_line(audit: AuditStore, topology, owner: str, secondary: str) -> s
     stale = newest.age_seconds > 3 * topology.watch.interval_seconds
     return (f"{summary} (watch sample {newest.age_seconds:.0f} s old"
             + (", NOT FRESH)" if stale else ")"))
+
+
+# What a planned switch needs from the secondary now. Checkpoint and offset-sync freshness, the
+# heartbeat and the lease matter when the owner is lost (unplanned); a planned switch measures its
+# own currency and translates exactly inside the fence, so they are shown but do not block it.
+SWITCH_CHECKS = ("replication_running", "topic_parity", "producers_can_write", "consumers_can_read",
+                 "transactions_read_committed")
+
+
+def switch_readiness(audit: AuditStore, topology, owner: str, secondary: str) -> dict:
+    """The watch's newest fresh readiness for a planned switch owner -> secondary.
+
+    `ready` is None when there is no fresh sample (the condition is then not measured), False when
+    a check the switch depends on failed."""
+    statement = readiness_line(audit, topology, owner, secondary)
+    try:
+        newest = SampleStore(audit).newest(topology.domain.name, owner, secondary)
+    except Exception:  # noqa: BLE001 - the statement above already says why
+        newest = None
+    if newest is None or not newest.row.readiness or \
+            newest.age_seconds > 3 * topology.watch.interval_seconds:
+        return {"ready": None, "statement": statement, "failing": []}
+    failing = sorted(name for name, status in json.loads(newest.row.detail).get("readiness", {}).items()
+                     if status == "fail" and name in SWITCH_CHECKS)
+    return {"ready": not failing, "statement": statement, "failing": failing}

@@ -59,6 +59,10 @@ def test_planned_drill_loses_and_repeats_nothing_and_reports_it(domain, tmp_path
         assert (card[leg]["owner_before"], card[leg]["owner_after"]) == (before, after)
         assert card[leg]["rto_seconds"] > 0 and card[leg]["write_gap_seconds"] > 0
         assert all(a["channel"] == "cli" for a in card[leg]["approvals"])
+        # The outage as producers saw it, beside its automated part: no gate waited inside it.
+        assert card[leg]["write_outage_seconds"] == card[leg]["write_gap_seconds"]
+        assert card[leg]["gate_wait_in_fenced_window_seconds"] == 0
+        assert card[leg]["automated_outage_seconds"] == card[leg]["write_gap_seconds"]
     # every group really read in both regions (it followed authority and came back)
     for group in card["workload"]["groups"]:
         assert {"east", "west"} <= {j["region"] for j in group["regions_joined"]}
@@ -80,7 +84,7 @@ def test_planned_drill_loses_and_repeats_nothing_and_reports_it(domain, tmp_path
     assert 'id="scorecard"' in dom and "producers switched cleanly" in dom, rendered.stderr[-2000:]
     assert 'id="timeline"' in dom and 'class="rate" data-region="east"' in dom
     assert 'class="rate" data-region="west"' in dom and 'class="authority"' in dom
-    assert dom.count('class="gate"') >= 4  # approve-failover/-switch in both legs
+    assert dom.count('class="gate"') == 2  # one decision per planned leg, before its fence
     assert 'id="outcome">passed<' in dom
     # self-contained: nothing loaded from elsewhere
     assert "<script" not in result.stdout and " src=" not in result.stdout and "<link" not in result.stdout

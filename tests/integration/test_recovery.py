@@ -95,12 +95,20 @@ def assert_replication_copies(t) -> None:
     wait_mirrored(t, topic, total, timeout=90)
 
 
+# A planned failover has no gate inside the fenced window any more (its one decision is
+# approve-failover, before the fence); an unplanned one still pauses at approve-switch after the
+# fence. The owner stays reachable, so its fence is really applied: the cases that need a pause
+# while fenced run unplanned.
+UNPLANNED = ("--unplanned", "--reason", "a pause inside the fenced window, for the test")
+
+
 def paused_at_switch_then_crash(path) -> str:
-    """A planned failover of the domain, approved to approve-switch, whose CLI is then killed."""
-    process = start_cli_failover(path)
+    """An unplanned failover of the domain, approved to approve-switch (east fenced), whose CLI
+    is then killed."""
+    process = start_cli_failover(path, *UNPLANNED)
     try:
         run = wait_paused_at("failover", "approve-failover", config=path)
-        resume(run, approved=True, approver="alice")
+        resume(run, decision="approve", approver="alice")
         wait_paused_at("failover", "approve-switch", config=path)
     finally:
         os.killpg(process.pid, signal.SIGKILL)
@@ -150,7 +158,9 @@ def test_switch_failing_after_replication_stopped_restarts_replication(domain):
 
 def test_hung_owner_keeps_no_fence_once_it_answers_again(lab, domain):
     """Case 2: east hangs after its deny ACLs were applied (during the quiesce)."""
-    path = domain(quiesce_seconds=20)
+    # The fence proof waits one settle interval after the deny ACLs are read back: long enough here
+    # to hang east in between (the quiesce of the old fixed-wait proof).
+    path = domain(fence_settle_seconds=20)
     t = load_topology(path)
     seed(t)
     with Keeper(t):
@@ -194,7 +204,7 @@ def test_owner_hung_while_fencing_gets_a_true_message_and_recover_finishes(lab, 
         run = wait_paused_at("failover", "approve-failover", config=path)
         lab.fault("hang", "east")
         try:
-            resume(run, approved=True, approver="alice")
+            resume(run, decision="approve", approver="alice")
             _, stderr = process.communicate(timeout=180)
             authority_while_hung = authority_of(t)
         finally:
@@ -225,7 +235,8 @@ def test_owner_hung_while_fencing_gets_a_true_message_and_recover_finishes(lab, 
 
 
 def test_crashed_run_has_one_way_out_and_unlock_never_strands_authority_fenced(domain):
-    """Case 4: the CLI is killed at approve-switch (east fenced, authority FENCED)."""
+    """Case 4: the CLI is killed at approve-switch of an unplanned run (east fenced, authority
+    FENCED)."""
     path = domain()
     t = load_topology(path)
     seed(t)
@@ -310,7 +321,8 @@ def test_config_check_connect_names_a_wrong_password_as_authentication_failure(t
 
 
 def test_audit_database_not_writable_stops_the_run_and_resume_finishes_it(domain):
-    """Case 5: the audit DB becomes immutable while paused at approve-switch; then approved."""
+    """Case 5: the audit DB becomes immutable while paused at approve-switch (unplanned: the
+    pause inside the fenced window); then approved."""
     import subprocess
 
     path = domain()
@@ -319,14 +331,14 @@ def test_audit_database_not_writable_stops_the_run_and_resume_finishes_it(domain
     # The database file and its write-ahead log immutable: every write fails ("disk I/O error").
     database = t.audit.database_url.removeprefix("sqlite:///")
     files = [database, database + "-wal"]
-    process = start_cli_failover(path)
+    process = start_cli_failover(path, *UNPLANNED)
     try:
         run = wait_paused_at("failover", "approve-failover", config=path)
-        resume(run, approved=True, approver="alice")
+        resume(run, decision="approve", approver="alice")
         run = wait_paused_at("failover", "approve-switch", config=path)
         subprocess.run(["chattr", "+i", *files], check=True)
         try:
-            resume(run, approved=True, approver="bob")
+            resume(run, decision="approve", approver="bob")
             _, stderr = process.communicate(timeout=120)
         finally:
             subprocess.run(["chattr", "-i", *files], check=True)
@@ -361,7 +373,7 @@ def test_audit_database_replaced_mid_run_is_detected(domain):
         run = wait_paused_at("failover", "approve-failover", config=path)
         shutil.copy(database, database + ".saved")
         os.replace(database + ".saved", database)  # same content, another file: writes would go astray
-        resume(run, approved=True, approver="alice")
+        resume(run, decision="approve", approver="alice")
         _, stderr = process.communicate(timeout=120)
     finally:
         process.kill()
@@ -390,7 +402,8 @@ def test_gate_waits_out_a_prefect_server_outage_until_its_own_timeout(domain, tm
     env = os.environ | {"BATON_CONFIG": str(path), "PREFECT_API_URL": server.url,
                         "PREFECT_CLIENT_MAX_RETRIES": "1"}
     with open(log, "w") as stderr:
-        process = subprocess.Popen([sys.executable, "-m", "baton", "failover", "--json"],
+        # Unplanned, so a second gate (approve-switch) is asked on the restarted server.
+        process = subprocess.Popen([sys.executable, "-m", "baton", "failover", "--json", *UNPLANNED],
                                    stdout=subprocess.PIPE, stderr=stderr, text=True, env=env,
                                    start_new_session=True)
     try:
@@ -404,9 +417,9 @@ def test_gate_waits_out_a_prefect_server_outage_until_its_own_timeout(domain, tm
             assert process.poll() is None, log.read_text()
             server = start_prefect_server(home=server.home, port=port)
             run = wait_paused_at("failover", "approve-failover", config=path)
-            resume(run, approved=True, approver="alice")
+            resume(run, decision="approve", approver="alice")
             run = wait_paused_at("failover", "approve-switch", config=path)
-            resume(run, approved=True, approver="bob")
+            resume(run, decision="approve", approver="bob")
             stdout, _ = process.communicate(timeout=180)
     finally:
         process.kill()
@@ -429,7 +442,7 @@ def test_an_answer_after_the_run_was_recovered_is_refused_and_recorded(domain):
         run_id = AuditStore.for_topology(t).runs(t.domain.name)[0].id
         recovered = baton("recover", "--run", run_id, "--config", str(path))
         assert recovered.returncode == 0, recovered.stderr
-        resume(run, approved=True, approver="alice")
+        resume(run, decision="approve", approver="alice")
         _, stderr = process.communicate(timeout=120)
     finally:
         process.kill()
@@ -445,20 +458,21 @@ def test_an_answer_after_the_run_was_recovered_is_refused_and_recorded(domain):
 
 
 def test_target_killed_at_the_last_gate_leaves_no_connector_acl_or_lock_behind(lab, domain):
-    """Item 7: west is killed while the run pauses at approve-switch; then the switch is approved."""
+    """Item 7: west is killed while the run pauses at approve-switch (unplanned: the last gate,
+    inside the fenced window); then the switch is approved."""
     from baton.steps.recover import pending_recoveries
 
     path = domain()
     t = load_topology(path)
     seed(t)
-    process = start_cli_failover(path)
+    process = start_cli_failover(path, *UNPLANNED)
     try:
         run = wait_paused_at("failover", "approve-failover", config=path)
-        resume(run, approved=True, approver="alice")
+        resume(run, decision="approve", approver="alice")
         run = wait_paused_at("failover", "approve-switch", config=path)
         lab.fault("kill", "west")
         try:
-            resume(run, approved=True, approver="bob")
+            resume(run, decision="approve", approver="bob")
             _, stderr = process.communicate(timeout=300)
         finally:
             lab.fault("restart", "west")

@@ -20,6 +20,7 @@ from baton.authority import authority_store
 from baton.kafka.fencing import present_bindings
 from baton.replication import engine_for
 from baton.settings import load_topology
+from tests.conftest import wait_until
 from tests.integration.runbook_support import (
     commit,
     committed,
@@ -149,42 +150,38 @@ def start_cli_failover(path, *extra):
                             start_new_session=True)
 
 
-def test_rejected_switch_returns_to_the_last_safe_state(domain):
+def test_rejected_failover_changes_nothing_and_needs_a_reason(domain):
     path = domain()
     t = load_topology(path)
     topic, _ = seed(t)
     process = start_cli_failover(path)
     try:
         run = wait_paused_at("failover", "approve-failover", config=path)
-        assert resume(run, approved=True, approver="alice") == "SetStateStatus.ACCEPT"
-        run = wait_paused_at("failover", "approve-switch", config=path)
-        # While paused after the fence, east refuses writes and authority is FENCED.
-        assert authority_of(t).state.value == "FENCED"
-        assert produce_error(t, "east", topic) is not None
+        # A planned run asks before the fence: while it waits, east still accepts writes.
+        assert authority_of(t).state.value == "ACTIVE" and produce_error(t, "east", topic) is None
         # A second run of the same domain is refused while this one holds the lock.
         second = baton("failover", "--yes", "--config", str(path))
         assert second.returncode == 1 and "locked by run" in second.stderr
-        resume(run, approved=False, approver="bob", comment="west looks wrong")
+        # The form refuses a rejection without a reason (the server checks the form's schema).
+        assert resume(run, decision="reject", approver="bob") == "SetStateStatus.REJECT"
+        assert resume(run, decision="reject", approver="bob", reason="west looks wrong") == \
+            "SetStateStatus.ACCEPT"
         stdout, stderr = process.communicate(timeout=120)
     finally:
         process.kill()
     assert process.returncode == 1
     assert "rejected by bob: west looks wrong" in stderr
-    # Compensation: east accepts writes again, authority back on east at a new epoch.
     authority = authority_of(t)
-    assert (authority.owner, authority.state.value, authority.epoch) == ("east", "ACTIVE", 3)
+    assert (authority.owner, authority.state.value, authority.epoch) == ("east", "ACTIVE", 1)
     assert produce_error(t, "east", topic) is None
     assert present_bindings(t, "east") == []
     assert engine_for(t).status("east", "west").state == "RUNNING"
     store = AuditStore.for_topology(t)
-    run_id = store.runs(t.domain.name)[0].id
-    view = store.run(run_id)
+    view = store.run(store.runs(t.domain.name)[0].id)
     assert view.status == "failed"
-    assert [(a.gate, a.decision, a.approver, a.channel) for a in view.approvals] == [
-        ("approve-failover", "approved", "alice", "prefect-ui"),
-        ("approve-switch", "rejected", "bob", "prefect-ui")]
-    compensation = json.loads(next(s.evidence for s in view.steps if s.name == "compensate"))
-    assert "unfenced east" in compensation["actions"]
+    assert [(a.gate, a.decision, a.approver, a.channel, a.identity_verified) for a in view.approvals] == [
+        ("approve-failover", "rejected", "bob", "prefect-ui", False)]
+    assert "stop_primary_producers" not in [s.name for s in view.steps]
 
 
 def test_gate_timeout_compensates_and_fails_the_run(domain):
@@ -193,10 +190,8 @@ def test_gate_timeout_compensates_and_fails_the_run(domain):
     topic, _ = seed(t)
     process = start_cli_failover(path)
     try:
-        run = wait_paused_at("failover", "approve-failover", config=path)
-        resume(run, approved=True, approver="alice")
-        wait_paused_at("failover", "approve-switch", config=path)
-        _, stderr = process.communicate(timeout=120)  # nobody answers the second gate
+        wait_paused_at("failover", "approve-failover", config=path)
+        _, stderr = process.communicate(timeout=120)  # nobody answers
     finally:
         process.kill()
     assert process.returncode == 1 and "timed out" in stderr
@@ -209,16 +204,17 @@ def test_gate_timeout_compensates_and_fails_the_run(domain):
 
 
 def test_crashed_flow_resumes_without_repeating_irreversible_steps(domain):
-    path = domain()
+    # A long fence proof keeps the run inside its fenced window long enough to kill it there.
+    path = domain(fence_settle_seconds=6, max_fenced_seconds=120)
     t = load_topology(path)
     seed(t)
     process = start_cli_failover(path)
     try:
         run = wait_paused_at("failover", "approve-failover", config=path)
-        resume(run, approved=True, approver="alice")
-        wait_paused_at("failover", "approve-switch", config=path)
+        resume(run, decision="approve", approver="alice")
+        wait_until(lambda: authority_of(t).state.value == "FENCED", 60, "the fence", interval=0.2)
     finally:
-        os.killpg(process.pid, signal.SIGKILL)  # the flow process dies mid-run
+        os.killpg(process.pid, signal.SIGKILL)  # the flow process dies mid-run, fenced
         process.wait()
     store = AuditStore.for_topology(t)
     run_id = store.runs(t.domain.name)[0].id
@@ -228,11 +224,11 @@ def test_crashed_flow_resumes_without_repeating_irreversible_steps(domain):
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["status"] == "succeeded" and summary["owner_after"] == "west"
-    names = [s.name for s in store.run(run_id).steps]
-    assert names.count("stop_primary_producers") == 1  # fenced once, not again
-    assert names.count("switch_authority") == 1
+    rows = store.run(run_id).steps
+    assert [s.status for s in rows if s.name == "switch_authority"] == ["succeeded"]
+    assert [s.status for s in rows if s.name == "stop_primary_producers"].count("succeeded") == 1
     states = [e.state for e in authority_store(t, store).history(t.domain.name)]
-    assert states == ["ACTIVE", "FENCED", "ACTIVE"]
+    assert states == ["ACTIVE", "FENCED", "ACTIVE"]  # fenced once, not again
     # The run can be read back from the audit database by the CLI.
     listed = json.loads(baton("runs", "--json", "--config", str(path)).stdout)
     assert [(r["run_id"], r["status"]) for r in listed] == [(run_id, "succeeded")]

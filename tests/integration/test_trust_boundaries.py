@@ -164,7 +164,7 @@ def test_deployment_cannot_skip_gates_or_choose_its_starter(topology, tmp_path, 
         run_id = newest_run(store, t.domain.name)
         assert store.run(run_id).run.started_by == "unverified: intruder"
         assert store.run(run_id).run.trigger == "deployment"
-        resume(str(run.id), approved=True, approver="intruder")
+        resume(str(run.id), decision="approve", approver="intruder")
         wait_until(lambda: state_of(str(run.id)) == ("PAUSED", "approve-failover-2"), 30,
                    "the gate to refuse the UI answer and pause again")
         wait_until(lambda: store.run(run_id).status == "failed", 90, "the gate to time out")

@@ -28,14 +28,14 @@ def no_sleep(monkeypatch):
 
 def test_a_busy_server_is_retried_until_it_answers():
     runs, seen = runs_answering([503, 503, 200])
-    assert runs.resume("run-1", {"approved": True}) == ("ACCEPT", "")
+    assert runs.resume("run-1", {"decision": "approve"}) == ("ACCEPT", "")
     assert seen == [503, 503, 200]
 
 
 def test_retries_are_bounded_and_end_in_a_clear_error():
     runs, seen = runs_answering([503, 503, 503, 503])
     with pytest.raises(PrefectUnavailable, match="HTTP 503"):
-        runs.resume("run-1", {"approved": True})
+        runs.resume("run-1", {"decision": "approve"})
     assert len(seen) == 1 + len(prefect_api.RETRY_DELAYS)
 
 

@@ -26,7 +26,8 @@ def swapped(runbook, first, second):
 def test_shipped_runbooks_are_valid_and_ordered_as_the_issue_says():
     assert [s.name for s in FAILOVER.steps] == [
         "check_lag", "approve-failover", "stop_primary_producers", "verify_secondary_currency",
-        "translate_consumer_offsets", "approve-switch", "switch_authority", "reconcile"]
+        "translate_consumer_offsets", "check_switch_conditions", "approve-switch", "switch_authority",
+        "reconcile"]
     assert FAILBACK.steps[0].name == "find_divergent_tail"
     assert FAILBACK.steps[-1].name == "reconcile"
     for runbook in RUNBOOKS.values():
@@ -38,7 +39,9 @@ def test_shipped_runbooks_are_valid_and_ordered_as_the_issue_says():
     (without(FAILOVER, "stop_primary_producers"), "before any step fences"),
     (swapped(FAILOVER, "verify_secondary_currency", "translate_consumer_offsets"),
      "before currency is verified"),
-    (without(FAILOVER, "approve-switch"), "'switch_authority' is irreversible and no gate"),
+    (without(FAILOVER, "approve-switch"),
+     "'switch_authority' is irreversible and no gate .*\\(unplanned path\\)"),
+    (without(FAILOVER, "check_switch_conditions"), "'switch_authority' is irreversible and no gate"),
     (without(FAILOVER, "approve-failover"), "'stop_primary_producers' is irreversible and no gate"),
     (swapped(FAILOVER, "switch_authority", "reconcile"), "last step must reconcile"),
     (without(FAILBACK, "approve-failback"), "'stop_primary_producers' is irreversible and no gate"),
@@ -64,3 +67,36 @@ def test_rendered_markdown_is_committed_and_current():
         for step in runbook.steps:
             assert f"`{step.name}`" in path.read_text()
     assert all(s.kind is Kind.GATE for s in FAILOVER.gates)
+
+
+def planned_with_gate_inside_the_fence(runbook):
+    """The old order: the switch approved by a person while producers are refused."""
+    steps = [s for s in runbook.steps if s.name != "check_switch_conditions"]
+    steps = [replace(s, when="") if s.name == "approve-switch" else s for s in steps]
+    return replace(runbook, steps=tuple(steps))
+
+
+@pytest.mark.parametrize("runbook", [FAILOVER, FAILBACK])
+def test_no_human_gate_inside_a_planned_fenced_window(runbook):
+    problems = violations(planned_with_gate_inside_the_fence(runbook))
+    assert any("'approve-switch' is a human gate inside the fenced window of a planned run" in p
+               for p in problems), problems
+    # The shipped runbooks decide before the fence: on the planned path no gate follows the fence.
+    planned = [s for s in runbook.steps if s.when != "unplanned=True"]
+    fence = next(i for i, s in enumerate(planned) if s.name == "stop_primary_producers")
+    switch = next(i for i, s in enumerate(planned) if s.name == "switch_authority")
+    assert [s.name for s in planned[fence:switch] if s.kind is Kind.GATE] == []
+    assert "check_switch_conditions" in [s.name for s in planned[fence:switch]]
+
+
+def test_conditions_need_a_gate_before_the_fence():
+    # Conditions checked in a window that no person approved do not stand in for a gate.
+    steps = tuple(s for s in FAILOVER.steps if s.name != "approve-failover")
+    problems = violations(replace(FAILOVER, steps=steps))
+    assert any("checks switch conditions that no gate before the fence approved" in p for p in problems)
+
+
+def test_unplanned_path_keeps_its_data_loss_gate():
+    unplanned = [s.name for s in FAILOVER.steps if s.when != "unplanned=False"]
+    assert unplanned.index("approve-switch") == unplanned.index("switch_authority") - 1
+    assert "check_switch_conditions" not in unplanned

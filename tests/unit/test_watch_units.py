@@ -214,3 +214,25 @@ def test_watch_settings_are_validated():
     with pytest.raises(ValueError, match="interval_seconds"):
         topology(interval_seconds=0)
     assert topology().watch.interval_seconds == 5
+
+
+def test_switch_readiness_blocks_only_on_checks_a_planned_switch_needs(tmp_path):
+    from baton.watch.store import switch_readiness
+
+    t = topology(tmp_path, interval_seconds=5)
+    audit = AuditStore.for_topology(t)
+    store = SampleStore(audit)
+    assert switch_readiness(audit, t, "east", "west")["ready"] is None  # no sample: not measured
+    now = datetime.now(UTC).timestamp()
+    # Missing checkpoints matter to an unplanned takeover, not to a planned switch.
+    store.record(sample(taken_at=now - 10), Readiness("orders", "east", "west", now - 10, [
+        Check("checkpoints_fresh", FAIL, "no checkpoint for orders.events[0]")]))
+    passing = switch_readiness(audit, t, "east", "west")
+    assert passing["ready"] is True and passing["failing"] == []
+    store.record(sample(taken_at=now - 2), Readiness("orders", "east", "west", now - 2, [
+        Check("producers_can_write", FAIL, "no ALLOW WRITE for User:orders-app on west"),
+        Check("heartbeat_fresh", WARN, "12 s")]))
+    blocked = switch_readiness(audit, t, "east", "west")
+    assert blocked["ready"] is False and blocked["failing"] == ["producers_can_write"]
+    stale = topology(tmp_path, interval_seconds=0.5)  # the same samples, now older than 3 intervals
+    assert switch_readiness(audit, stale, "east", "west")["ready"] is None

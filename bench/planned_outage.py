@@ -1,0 +1,206 @@
+"""Planned failover write outage with a real approval delay: the old flow against the new one.
+
+In one process on the running lab, per size (6 and 100 partitions by default):
+- old: the previous runbook order (approve-failover, fence, currency, translation,
+  approve-switch INSIDE the fenced window, switch) with the fixed quiesce
+  (thresholds.fence_proof=fixed-quiesce, quiesce_seconds 3 as in the drill);
+- new: the shipped runbook (one decision before the fence, conditions checked inside it,
+  fence proven by ACL read-back + equal end-offset reads).
+Every gate is answered through the Prefect API `--delay` seconds after it paused (a person
+reading the request). A guarded producer writes every 20 ms throughout; the write gap is the
+longest time between two acknowledged records. Automated time = run wall time minus gate waits.
+Each failover is followed by an auto-approved failback (not timed).
+
+    .venv/bin/python bench/planned_outage.py [--runs 2] [--sizes 6,100] [--delay 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.failover_steps import fail_back, seeded_domain  # noqa: E402
+from tests.integration.runbook_support import paused_run, restore_lab, resume  # noqa: E402
+
+
+def old_runbook():
+    from runbooks import FAILOVER
+    from runbooks.model import Runbook
+
+    steps = tuple(replace(s, when="") if s.name == "approve-switch" else s
+                  for s in FAILOVER.steps if s.name != "check_switch_conditions")
+    return Runbook(name="failover", title="Failover (old order)", purpose="bench baseline", steps=steps)
+
+
+def old_flow():
+    from prefect import flow
+
+    from flows.runner import execute, open_run
+
+    @flow(name="failover-old-order", retries=0)
+    def failover_old_order(config: str) -> dict:
+        runbook = old_runbook()
+        return execute(runbook, open_run(runbook, config=config, trigger="bench"))
+
+    return failover_old_order
+
+
+class Approver(threading.Thread):
+    """Answers every pause of `flow_name` for `config`, `delay` seconds after it appeared."""
+
+    def __init__(self, flow_name: str, config: Path, delay: float):
+        super().__init__(daemon=True)
+        self.flow_name, self.config, self.delay = flow_name, config, delay
+        self.stop, self.answered = threading.Event(), []
+
+    def run(self):
+        while not self.stop.is_set():
+            try:
+                run_id, key = paused_run(self.flow_name, timeout=1, config=self.config)
+            except AssertionError:
+                continue
+            if key in self.answered:
+                continue
+            time.sleep(self.delay)
+            resume(run_id, decision="approve", reason="bench", approver="bench-approver")
+            self.answered.append(key)
+
+
+class Writer(threading.Thread):
+    """A guarded producer writing every 20 ms; acknowledged send times."""
+
+    def __init__(self, topology, topic: str):
+        from baton.client import GuardedProducer
+
+        super().__init__(daemon=True)
+        self.producer, self.topic = GuardedProducer(topology, poll_interval=0.1), topic
+        self.stop, self.acked = threading.Event(), []
+
+    def run(self):
+        from baton.errors import WriteRefused
+
+        while not self.stop.is_set():
+            sent = time.monotonic()
+            with contextlib.suppress(WriteRefused):  # refused while fenced: the gap shows it
+                self.producer.produce(self.topic, value=b"b",
+                                      on_delivery=lambda e, m, s=sent: None if e else self.acked.append(s))
+            self.producer.poll(0)
+            time.sleep(0.02)
+
+    def gap(self, start: float, end: float) -> float:
+        times = sorted(s for s in self.acked if start <= s <= end)
+        return max(b - a for a, b in zip(times, times[1:], strict=False))
+
+
+def keeper_for(topology):
+    from baton.audit import AuditStore
+    from baton.authority import authority_store, initialize_authority
+    from baton.authority.keeper import LeaseKeeper
+
+    store = authority_store(topology, AuditStore.for_topology(topology))
+    initialize_authority(topology, store=store)
+    keeper = LeaseKeeper(topology, store, interval=0.5)
+    stop = threading.Event()
+    threading.Thread(target=keeper.run, args=(stop,), daemon=True).start()
+    return stop
+
+
+def one_failover(variant: str, path: Path, topology, delay: float) -> dict:
+    from baton.audit import AuditStore
+    from flows.failover import failover
+
+    flow_name = "failover" if variant == "new" else "failover-old-order"
+    approver = Approver(flow_name, path, delay)
+    approver.start()
+    writer = Writer(topology, topology.domain.topics[0])
+    writer.start()
+    time.sleep(2)  # writes flowing on the owner before the run starts
+    started = time.monotonic()
+    try:
+        summary = failover(config=str(path)) if variant == "new" else old_flow()(config=str(path))
+    finally:
+        approver.stop.set()
+    ended = time.monotonic()
+    time.sleep(2)  # writes flowing on the new owner
+    writer.stop.set()
+    writer.join(10)
+    writer.producer.close(10)
+    assert summary["status"] == "succeeded", summary
+    view = AuditStore.for_topology(topology).run(summary["run_id"])
+    gates = sum((s.ended_at - s.started_at).total_seconds()
+                for s in view.steps if s.name.startswith("approve-"))
+    steps = {s.name: round((s.ended_at - s.started_at).total_seconds(), 3) for s in view.steps}
+    return {"write_gap_s": writer.gap(started - 2, ended + 2), "automated_s": (ended - started) - gates,
+            "gate_wait_s": gates, "gates": len(approver.answered), "steps": steps}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--sizes", default="6,100")
+    parser.add_argument("--delay", type=float, default=10.0)
+    args = parser.parse_args()
+
+    import yaml
+
+    from baton.lab.lab import Lab
+    from baton.lab.prefect_server import start_prefect_server
+    from baton.settings import load_topology
+
+    lab = Lab(progress=lambda m: None)
+    lab.up()
+    lab_topology = lab.topology()[0]
+    external = os.environ.get("BATON_TEST_PREFECT_URL")
+    server = None if external else start_prefect_server()
+    url = external or server.url
+    os.environ["PREFECT_API_URL"] = url
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    workdir = Path(tempfile.mkdtemp(prefix="baton-bench-outage-"))
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            for size in (int(s) for s in args.sizes.split(",")):
+                for variant in ("old", "new"):
+                    path = seeded_domain(lab_topology, size, workdir)
+                    if variant == "old":
+                        document = yaml.safe_load(path.read_text())
+                        document["thresholds"] |= {"fence_proof": "fixed-quiesce", "quiesce_seconds": 3}
+                        path.write_text(yaml.safe_dump(document))
+                    topology = load_topology(path)
+                    stop_keeper = keeper_for(topology)
+                    results = []
+                    try:
+                        for _ in range(args.runs):
+                            results.append(one_failover(variant, path, topology, args.delay))
+                            fail_back(path)
+                    finally:
+                        stop_keeper.set()
+                        restore_lab(topology)
+                    print(json.dumps({
+                        "partitions": size, "variant": variant, "approval_delay_s": args.delay,
+                        "runs": len(results),
+                        "write_gap_s": round(statistics.median(r["write_gap_s"] for r in results), 2),
+                        "automated_s": round(statistics.median(r["automated_s"] for r in results), 2),
+                        "gate_wait_s": round(statistics.median(r["gate_wait_s"] for r in results), 2),
+                        "write_gaps_s": [round(r["write_gap_s"], 2) for r in results],
+                        "steps_s": results[-1]["steps"]}), flush=True)
+    finally:
+        if server is not None:
+            server.stop()
+    print(json.dumps({"runs": args.runs, "cores": os.cpu_count()}))
+
+
+if __name__ == "__main__":
+    main()
