@@ -65,6 +65,11 @@ def readiness(ctx: RunContext) -> dict:
     """The watch's newest fresh readiness of the new owner for a planned switch (None: not measured)."""
     from baton.watch.store import switch_readiness
 
+    if ctx.runbook != "failover":
+        # A failback starts the reverse replication itself moments before its fence, so the
+        # watch has no settled sample of that flow; its own currency check stands instead.
+        return {"available": False, "passing": None,
+                "statement": f"readiness: not used by {ctx.runbook} (it verifies currency itself)"}
     result = switch_readiness(ctx.audit, ctx.topology, ctx.old_owner, ctx.new_owner)
     return {"available": result["ready"] is not None, "passing": result["ready"],
             "statement": result["statement"], "failing": result["failing"]}

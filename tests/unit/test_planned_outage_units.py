@@ -108,7 +108,8 @@ def context(fenced_seconds_ago: float, *, current=True, entries=(), max_fenced=1
                           changed_at=datetime.now(UTC) - timedelta(seconds=fenced_seconds_ago),
                           changed_by="ops")
     return SimpleNamespace(
-        domain="orders", run_id="run-1", unplanned=False, old_owner="east", new_owner="west",
+        domain="orders", runbook="failover", run_id="run-1", unplanned=False, old_owner="east",
+        new_owner="west",
         log=lambda m: None, topology=topology, audit=AuditStore.for_topology(topology),
         authority=Store(authority),
         state={"fenced": True,
@@ -138,3 +139,14 @@ def test_switch_conditions_hold_or_name_the_one_that_failed():
         with pytest.raises(SwitchConditionFailed, match=f"switch condition failed: {named}"):
             check_switch_conditions(ctx)
         assert named in ctx.state["switch_conditions"]["failed"]
+
+
+def test_failback_does_not_wait_for_a_watch_sample_of_the_flow_it_just_started():
+    from baton.steps.switch_conditions import readiness
+
+    ctx = context(1.0, entries=[EXACT])
+    unmeasured = readiness(ctx)  # a failover with no watch sample: not measured, and says so
+    assert unmeasured["available"] is False and "no watch sample of east -> west" in unmeasured["statement"]
+    ctx.runbook = "failback"
+    assert readiness(ctx) == {"available": False, "passing": None,
+                              "statement": "readiness: not used by failback (it verifies currency itself)"}
