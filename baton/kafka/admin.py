@@ -70,7 +70,7 @@ def check_reachable(name: str, region: RegionSettings, timeout: float | None = N
 
 # A broker that just started (or a busy machine) answers admin requests with "Failed while waiting
 # for controller" until its metadata has caught up: retry those, bounded, instead of failing.
-SETTLE_SECONDS = 60.0
+SETTLE_SECONDS = 120.0
 
 
 def _transient(error: KafkaError) -> bool:

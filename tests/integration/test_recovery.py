@@ -109,7 +109,7 @@ def paused_at_switch_then_crash(path) -> str:
     try:
         run = wait_paused_at("failover", "approve-failover", config=path)
         resume(run, decision="approve", approver="alice")
-        wait_paused_at("failover", "approve-switch", config=path)
+        wait_paused_at("failover", "approve-switch", timeout=180, config=path)
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
@@ -335,7 +335,7 @@ def test_audit_database_not_writable_stops_the_run_and_resume_finishes_it(domain
     try:
         run = wait_paused_at("failover", "approve-failover", config=path)
         resume(run, decision="approve", approver="alice")
-        run = wait_paused_at("failover", "approve-switch", config=path)
+        run = wait_paused_at("failover", "approve-switch", timeout=180, config=path)
         subprocess.run(["chattr", "+i", *files], check=True)
         try:
             resume(run, decision="approve", approver="bob")
@@ -418,7 +418,7 @@ def test_gate_waits_out_a_prefect_server_outage_until_its_own_timeout(domain, tm
             server = start_prefect_server(home=server.home, port=port)
             run = wait_paused_at("failover", "approve-failover", config=path)
             resume(run, decision="approve", approver="alice")
-            run = wait_paused_at("failover", "approve-switch", config=path)
+            run = wait_paused_at("failover", "approve-switch", timeout=180, config=path)
             resume(run, decision="approve", approver="bob")
             stdout, _ = process.communicate(timeout=180)
     finally:
@@ -469,7 +469,7 @@ def test_target_killed_at_the_last_gate_leaves_no_connector_acl_or_lock_behind(l
     try:
         run = wait_paused_at("failover", "approve-failover", config=path)
         resume(run, decision="approve", approver="alice")
-        run = wait_paused_at("failover", "approve-switch", config=path)
+        run = wait_paused_at("failover", "approve-switch", timeout=180, config=path)
         lab.fault("kill", "west")
         try:
             resume(run, decision="approve", approver="bob")

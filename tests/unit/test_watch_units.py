@@ -236,3 +236,19 @@ def test_switch_readiness_blocks_only_on_checks_a_planned_switch_needs(tmp_path)
     assert blocked["ready"] is False and blocked["failing"] == ["producers_can_write"]
     stale = topology(tmp_path, interval_seconds=0.5)  # the same samples, now older than 3 intervals
     assert switch_readiness(audit, stale, "east", "west")["ready"] is None
+
+
+def test_transactional_topics_fail_readiness_when_replication_reads_uncommitted():
+    from types import SimpleNamespace
+
+    from baton.watch.readiness import check_transactions
+
+    def engine(config: dict):
+        connect = SimpleNamespace(config=lambda name: config)
+        return SimpleNamespace(name="mm2", connect=connect, connector_names=lambda o, s: [f"mm2-{o}-{s}"])
+
+    t = topology(transactional_topics=["orders.events"])
+    uncommitted = check_transactions(t, sample(), engine({}))
+    assert uncommitted.status == FAIL and "read_uncommitted" in uncommitted.evidence
+    committed = check_transactions(t, sample(), engine({"consumer.isolation.level": "read_committed"}))
+    assert committed.status == PASS
