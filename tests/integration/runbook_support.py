@@ -144,7 +144,8 @@ def wait_mirrored(topology: Topology, topic: str, total: int, timeout: float = 6
 # -- Prefect flow-run control (through the real API) -------------------------------------------
 
 
-def paused_run(flow_name: str, timeout: float = 60, config: Path | str | None = None) -> tuple[str, str]:
+def paused_run(flow_name: str, timeout: float = 60, config: Path | str | None = None,
+               process=None) -> tuple[str, str]:
     """(flow run id, pause key) of the newest paused run of a flow (of this topology file, if
     given: a run left paused by an earlier test must never be mistaken for this test's)."""
     from prefect.client.orchestration import get_client
@@ -168,16 +169,30 @@ def paused_run(flow_name: str, timeout: float = 60, config: Path | str | None = 
         found = asyncio.run(find())
         if found:
             return found
+        _fail_if_exited(process, flow_name)
         time.sleep(0.5)
     raise AssertionError(f"no paused run of flow {flow_name!r} within {timeout:.0f}s")
 
 
-def wait_paused_at(flow_name: str, gate: str, timeout: float = 90, config: Path | str | None = None) -> str:
+def _fail_if_exited(process, flow_name: str) -> None:
+    """A CLI run that ended will never pause: fail now, with what it printed, instead of at the timeout."""
+    if process is None or process.poll() is None:
+        return
+    stdout, stderr = process.communicate()
+    raise AssertionError(f"the {flow_name} CLI exited ({process.returncode}) instead of pausing:\n"
+                         f"{(stderr or '')[-3000:]}\n{(stdout or '')[-1000:]}")
+
+
+def wait_paused_at(flow_name: str, gate: str, timeout: float = 90, config: Path | str | None = None,
+                   process=None) -> str:
+    """The flow run paused at `gate`; with `process` (the CLI running it), fail as soon as it exits."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        run_id, key = paused_run(flow_name, timeout=deadline - time.monotonic(), config=config)
+        run_id, key = paused_run(flow_name, timeout=deadline - time.monotonic(), config=config,
+                                 process=process)
         if key and key.startswith(gate):
             return run_id
+        _fail_if_exited(process, flow_name)
         time.sleep(0.5)
     raise AssertionError(f"flow {flow_name!r} never paused at {gate}")
 

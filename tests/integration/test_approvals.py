@@ -139,7 +139,7 @@ def test_slack_clicks_approve_a_real_planned_failover_once(approvals_domain, sla
     service = Service(path, tmp_path)
     process = start_cli_failover(path)
     try:
-        flow_run = wait_paused_at("failover", "approve-failover", config=path)
+        flow_run = wait_paused_at("failover", "approve-failover", config=path, process=process)
         request = wait_until(lambda: slack.requests(), 20, "the approval request in Slack")[0]
         # The request: evidence, a link to the run, a reason box and the two buttons.
         assert request["channel"] == CHANNEL
@@ -212,7 +212,7 @@ def test_prefect_ui_answers_require_slack_reminder_and_slack_reject(approvals_do
     service = Service(path, tmp_path)
     process = start_cli_failover(path)
     try:
-        flow_run = wait_paused_at("failover", "approve-failover", config=path)
+        flow_run = wait_paused_at("failover", "approve-failover", config=path, process=process)
         first = wait_until(lambda: slack.requests(), 20, "the approval request")[0]
         # approve-failover requires Slack: the UI answer is refused and the gate keeps waiting.
         resume(flow_run, decision="approve", approver="carol")

@@ -113,7 +113,7 @@ def test_planned_write_gap_does_not_include_the_approvers_minute(planned_domain)
     process = start_cli_failover(path)
     try:
         wait_until(lambda: len(writes.acked) >= 5, 30, "the guarded producer writing on east")
-        run = wait_paused_at("failover", "approve-failover", config=path)
+        run = wait_paused_at("failover", "approve-failover", config=path, process=process)
         asked = time.monotonic()
         # While the person takes their time, nothing is fenced: producers keep writing on east.
         before_answer = len(writes.acked)
@@ -154,7 +154,7 @@ def test_a_condition_failing_inside_the_fence_returns_to_safety_without_a_pause(
                "the consumer to join its group on east")
     process = start_cli_failover(path)
     try:
-        run = wait_paused_at("failover", "approve-failover", config=path)
+        run = wait_paused_at("failover", "approve-failover", config=path, process=process)
         approve(run)
         _, stderr = process.communicate(timeout=180)  # nobody is asked again
     finally:
@@ -185,7 +185,7 @@ def test_pause_form_read_through_the_api_shows_the_evidence_and_only_the_decisio
     seed(t)
     process = start_cli_failover(path)
     try:
-        run = wait_paused_at("failover", "approve-failover", config=path)
+        run = wait_paused_at("failover", "approve-failover", config=path, process=process)
 
         async def read():
             async with get_client() as client:

@@ -107,9 +107,9 @@ def paused_at_switch_then_crash(path) -> str:
     is then killed."""
     process = start_cli_failover(path, *UNPLANNED)
     try:
-        run = wait_paused_at("failover", "approve-failover", config=path)
+        run = wait_paused_at("failover", "approve-failover", config=path, process=process)
         resume(run, decision="approve", approver="alice")
-        wait_paused_at("failover", "approve-switch", timeout=180, config=path)
+        wait_paused_at("failover", "approve-switch", timeout=180, config=path, process=process)
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
@@ -201,7 +201,7 @@ def test_owner_hung_while_fencing_gets_a_true_message_and_recover_finishes(lab, 
     seed(t)
     process = start_cli_failover(path)
     try:
-        run = wait_paused_at("failover", "approve-failover", config=path)
+        run = wait_paused_at("failover", "approve-failover", config=path, process=process)
         lab.fault("hang", "east")
         try:
             resume(run, decision="approve", approver="alice")
@@ -333,9 +333,9 @@ def test_audit_database_not_writable_stops_the_run_and_resume_finishes_it(domain
     files = [database, database + "-wal"]
     process = start_cli_failover(path, *UNPLANNED)
     try:
-        run = wait_paused_at("failover", "approve-failover", config=path)
+        run = wait_paused_at("failover", "approve-failover", config=path, process=process)
         resume(run, decision="approve", approver="alice")
-        run = wait_paused_at("failover", "approve-switch", timeout=180, config=path)
+        run = wait_paused_at("failover", "approve-switch", timeout=180, config=path, process=process)
         subprocess.run(["chattr", "+i", *files], check=True)
         try:
             resume(run, decision="approve", approver="bob")
@@ -370,7 +370,7 @@ def test_audit_database_replaced_mid_run_is_detected(domain):
     database = t.audit.database_url.removeprefix("sqlite:///")
     process = start_cli_failover(path)
     try:
-        run = wait_paused_at("failover", "approve-failover", config=path)
+        run = wait_paused_at("failover", "approve-failover", config=path, process=process)
         shutil.copy(database, database + ".saved")
         os.replace(database + ".saved", database)  # same content, another file: writes would go astray
         resume(run, decision="approve", approver="alice")
@@ -408,7 +408,7 @@ def test_gate_waits_out_a_prefect_server_outage_until_its_own_timeout(domain, tm
                                    start_new_session=True)
     try:
         with temporary_settings(updates={PREFECT_API_URL: server.url}):
-            wait_paused_at("failover", "approve-failover", config=path)
+            wait_paused_at("failover", "approve-failover", config=path, process=process)
             os.killpg(server.process.pid, signal.SIGTERM)
             server.process.wait(30)
             wait_until(lambda: "the Prefect API failed" in log.read_text(), 120,
@@ -416,9 +416,9 @@ def test_gate_waits_out_a_prefect_server_outage_until_its_own_timeout(domain, tm
             wait_until(lambda: "still waiting" in log.read_text(), 60, "the gate to keep waiting")
             assert process.poll() is None, log.read_text()
             server = start_prefect_server(home=server.home, port=port)
-            run = wait_paused_at("failover", "approve-failover", config=path)
+            run = wait_paused_at("failover", "approve-failover", config=path, process=process)
             resume(run, decision="approve", approver="alice")
-            run = wait_paused_at("failover", "approve-switch", timeout=180, config=path)
+            run = wait_paused_at("failover", "approve-switch", timeout=180, config=path, process=process)
             resume(run, decision="approve", approver="bob")
             stdout, _ = process.communicate(timeout=180)
     finally:
@@ -438,7 +438,7 @@ def test_an_answer_after_the_run_was_recovered_is_refused_and_recorded(domain):
     seed(t)
     process = start_cli_failover(path)
     try:
-        run = wait_paused_at("failover", "approve-failover", config=path)
+        run = wait_paused_at("failover", "approve-failover", config=path, process=process)
         run_id = AuditStore.for_topology(t).runs(t.domain.name)[0].id
         recovered = baton("recover", "--run", run_id, "--config", str(path))
         assert recovered.returncode == 0, recovered.stderr
@@ -467,9 +467,9 @@ def test_target_killed_at_the_last_gate_leaves_no_connector_acl_or_lock_behind(l
     seed(t)
     process = start_cli_failover(path, *UNPLANNED)
     try:
-        run = wait_paused_at("failover", "approve-failover", config=path)
+        run = wait_paused_at("failover", "approve-failover", config=path, process=process)
         resume(run, decision="approve", approver="alice")
-        run = wait_paused_at("failover", "approve-switch", timeout=180, config=path)
+        run = wait_paused_at("failover", "approve-switch", timeout=180, config=path, process=process)
         lab.fault("kill", "west")
         try:
             resume(run, decision="approve", approver="bob")

@@ -156,7 +156,7 @@ def test_rejected_failover_changes_nothing_and_needs_a_reason(domain):
     topic, _ = seed(t)
     process = start_cli_failover(path)
     try:
-        run = wait_paused_at("failover", "approve-failover", config=path)
+        run = wait_paused_at("failover", "approve-failover", config=path, process=process)
         # A planned run asks before the fence: while it waits, east still accepts writes.
         assert authority_of(t).state.value == "ACTIVE" and produce_error(t, "east", topic) is None
         # A second run of the same domain is refused while this one holds the lock.
@@ -190,7 +190,7 @@ def test_gate_timeout_compensates_and_fails_the_run(domain):
     topic, _ = seed(t)
     process = start_cli_failover(path)
     try:
-        wait_paused_at("failover", "approve-failover", config=path)
+        wait_paused_at("failover", "approve-failover", config=path, process=process)
         _, stderr = process.communicate(timeout=120)  # nobody answers
     finally:
         process.kill()
@@ -210,7 +210,7 @@ def test_crashed_flow_resumes_without_repeating_irreversible_steps(domain):
     seed(t)
     process = start_cli_failover(path)
     try:
-        run = wait_paused_at("failover", "approve-failover", config=path)
+        run = wait_paused_at("failover", "approve-failover", config=path, process=process)
         resume(run, decision="approve", approver="alice")
         wait_until(lambda: authority_of(t).state.value == "FENCED", 60, "the fence", interval=0.2)
     finally:
