@@ -88,6 +88,10 @@ class DomainSettings(Strict):
     topics: list[str] = Field(min_length=1)
     consumer_groups: list[str] = Field(default_factory=list)
     initial_owner: str
+    topic_prefixes: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=list, description="topic name prefixes the fence also denies (PREFIXED), "
+        "so topics created after the topology was written are fenced too, e.g. 'orders.'"
+    )
     transactional_id_prefixes: list[Annotated[str, Field(min_length=1)]] | None = Field(
         None, description="transactional.id prefixes of the domain's producers, denied by the "
         "fence so an open transaction cannot commit after it (default: ['<name>-']; [] = none)"

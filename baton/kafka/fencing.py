@@ -11,10 +11,11 @@ their transactional id, as do InitProducerId, AddOffsetsToTxn, TxnOffsetCommit a
 transactional producer. An idempotent producer needs no cluster permission since KIP-679 (its
 InitProducerId is allowed by WRITE on any topic), so a cluster-wide DENY IDEMPOTENT_WRITE stops
 nothing the topic deny does not, and would reach the principal's writes outside the domain.
-The fence therefore names only the domain: WRITE on each of its topics (LITERAL), which refuses
-every produce request to them, and WRITE on its transactional-id prefixes (PREFIXED), so a
-transaction opened before the fence can neither commit (no markers, no consumer offsets moved
-after the fence) nor a new transactional session start. Another domain's principal is never named.
+The fence therefore names only the domain: WRITE on each of its topics (LITERAL) and topic
+prefixes (PREFIXED), which refuses every produce request to them, and WRITE on its
+transactional-id prefixes (PREFIXED), so a transaction opened before the fence can neither
+commit (no markers, no consumer offsets moved after the fence) nor a new transactional session
+start. Another domain's principal is never named.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ def _principals(topology: Topology, region: str) -> list[str]:
 
 def fence_bindings(topology: Topology, region: str) -> list[AclBinding]:
     """The DENY bindings that fence `region`, for each of the domain's producer principals:
-    WRITE on each domain topic (LITERAL) and on each domain transactional-id prefix (PREFIXED).
+    WRITE on each domain topic (LITERAL), each domain topic prefix and each transactional-id
+    prefix (PREFIXED).
 
     Nothing outside the domain is named, so another domain's producers (other principals)
     keep writing, idempotent or transactional.
@@ -64,6 +66,9 @@ def fence_bindings(topology: Topology, region: str) -> list[AclBinding]:
     for principal in _principals(topology, region):
         for topic in topology.domain.topics:
             bindings.append(AclBinding(ResourceType.TOPIC, topic, ResourcePatternType.LITERAL,
+                                       principal, "*", write, deny))
+        for prefix in topology.domain.topic_prefixes:
+            bindings.append(AclBinding(ResourceType.TOPIC, prefix, ResourcePatternType.PREFIXED,
                                        principal, "*", write, deny))
         for prefix in topology.domain.fenced_transactional_id_prefixes():
             bindings.append(AclBinding(ResourceType.TRANSACTIONAL_ID, prefix,

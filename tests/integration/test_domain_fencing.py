@@ -17,7 +17,7 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
-from baton.kafka.admin import admin_client, end_offsets
+from baton.kafka.admin import admin_client, end_offsets, ensure_topics
 from baton.kafka.fencing import _text, fence, is_fenced, present_bindings, unfence
 from baton.lab import config as lab
 from baton.steps.recover import _acl_part
@@ -64,12 +64,15 @@ def test_a_domain_fence_names_only_the_domain_and_leaves_another_domains_produce
         domain_topology, new_topic):
     suffix = uuid.uuid4().hex[:8]
     base = domain_topology()
-    # The `orders` principal's transactional ids for this test: inside the lab's `orders-` grant.
-    topology = base.model_copy(update={"domain": base.domain.model_copy(
-        update={"transactional_id_prefixes": [f"orders-{suffix}-"]})})
-    orders_topic = topology.domain.topics[0]
+    orders_topic = base.domain.topics[0]
+    # A topic of the domain that its topology does not list: covered by the declared prefix.
+    # The transactional ids are inside the lab's `orders-` grant to orders-app.
+    late_topic = f"{orders_topic}.late"
+    topology = base.model_copy(update={"domain": base.domain.model_copy(update={
+        "transactional_id_prefixes": [f"orders-{suffix}-"], "topic_prefixes": [f"{orders_topic}."]})})
     payments_topic = new_topic(partitions=1, prefix="payments.t")
     admin = admin_client(topology.regions["east"])
+    ensure_topics(admin, {late_topic: 1})
     transactional = {"transactional.id": f"orders-{suffix}-1", "transaction.timeout.ms": 10000}
 
     # A transaction opened before the fence, with a record already in the log.
@@ -88,17 +91,20 @@ def test_a_domain_fence_names_only_the_domain_and_leaves_another_domains_produce
         assert added == {
             (ResourceType.TOPIC, orders_topic, ResourcePatternType.LITERAL, "User:orders-app",
              AclOperation.WRITE),
+            (ResourceType.TOPIC, f"{orders_topic}.", ResourcePatternType.PREFIXED,
+             "User:orders-app", AclOperation.WRITE),
             (ResourceType.TRANSACTIONAL_ID, f"orders-{suffix}-", ResourcePatternType.PREFIXED,
              "User:orders-app", AclOperation.WRITE)}
-        assert evidence["changed"] == 2 and is_fenced(topology, "east")
+        assert evidence["changed"] == 3 and is_fenced(topology, "east")
 
         # The other domain's idempotent producer keeps writing its own topic: every report succeeds.
         payments = _producer(topology, lab.PAYMENTS_PRODUCER_USER)
         assert _write(payments, payments_topic, 50) == (50, set())
 
         # The fenced principal: an idempotent producer is refused on the domain's topic ...
-        delivered, errors = _write(_producer(topology, lab.PRODUCER_USER), orders_topic, 5)
-        assert (delivered, errors) == (0, {KafkaError.TOPIC_AUTHORIZATION_FAILED})
+        refused_writer = _producer(topology, lab.PRODUCER_USER)
+        for topic in (orders_topic, late_topic):
+            assert _write(refused_writer, topic, 5) == (0, {KafkaError.TOPIC_AUTHORIZATION_FAILED})
         # ... the transaction opened before the fence cannot commit ...
         with pytest.raises(KafkaException) as refused:
             open_txn.commit_transaction(15)
@@ -115,9 +121,10 @@ def test_a_domain_fence_names_only_the_domain_and_leaves_another_domains_produce
         assert refused.value.args[0].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
     finally:
         unfenced = unfence(topology, "east")  # also when an assertion failed: leave no fence
-    assert unfenced["changed"] == 2
+    assert unfenced["changed"] == 3
     assert present_bindings(topology, "east") == [] and _deny_acls(admin) == before
-    assert _write(_producer(topology, lab.PRODUCER_USER), orders_topic, 5) == (5, set())
+    writer = _producer(topology, lab.PRODUCER_USER)
+    assert [_write(writer, topic, 5) for topic in (orders_topic, late_topic)] == [(5, set())] * 2
     resumed = _producer(topology, lab.PRODUCER_USER, **transactional)
     resumed.init_transactions(15)  # takes over the id: the open transaction is aborted
     _transaction(resumed, orders_topic)

@@ -39,6 +39,14 @@ def test_fence_names_only_the_domains_topics_and_transactional_ids(tmp_path):
     assert {b.principal for b in fence_bindings(t, "west")} == {"User:orders-app"}
 
 
+def test_declared_topic_prefixes_are_fenced_as_prefixes(tmp_path):
+    bindings = fence_bindings(topology(tmp_path, topic_prefixes=["orders."]), "west")
+    assert [(b.restype, b.name, b.resource_pattern_type) for b in bindings] == [
+        (ResourceType.TOPIC, "orders.events", ResourcePatternType.LITERAL),
+        (ResourceType.TOPIC, "orders.", ResourcePatternType.PREFIXED),
+        (ResourceType.TRANSACTIONAL_ID, "orders-", ResourcePatternType.PREFIXED)]
+
+
 def test_transactional_id_prefixes_default_to_the_domain_name_and_can_be_declared(tmp_path):
     def prefixes(**domain):
         return sorted(b.name for b in fence_bindings(topology(tmp_path, **domain), "west")
@@ -52,6 +60,7 @@ def test_transactional_id_prefixes_default_to_the_domain_name_and_can_be_declare
 @pytest.mark.parametrize(("domain", "field"), [
     ({"topics": ["orders.events", "*"]}, "domain"),
     ({"transactional_id_prefixes": [""]}, "domain.transactional_id_prefixes"),
+    ({"topic_prefixes": [""]}, "domain.topic_prefixes"),
 ])
 def test_a_fence_that_would_reach_outside_the_domain_is_refused_in_the_file(tmp_path, domain, field):
     with pytest.raises(ConfigError) as error:
