@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
@@ -88,6 +88,27 @@ class DomainSettings(Strict):
     topics: list[str] = Field(min_length=1)
     consumer_groups: list[str] = Field(default_factory=list)
     initial_owner: str
+    topic_prefixes: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=list, description="topic name prefixes the fence also denies (PREFIXED), "
+        "so topics created after the topology was written are fenced too, e.g. 'orders.'"
+    )
+    transactional_id_prefixes: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        None, description="transactional.id prefixes of the domain's producers, denied by the "
+        "fence so an open transaction cannot commit after it (default: ['<name>-']; [] = none)"
+    )
+
+    @model_validator(mode="after")
+    def _topics_are_names(self) -> DomainSettings:
+        # A LITERAL "*" ACL is Kafka's wildcard: a fence on it would deny every topic.
+        if "*" in self.topics:
+            raise ValueError("domain.topics must name the domain's topics; '*' means every topic")
+        return self
+
+    def fenced_transactional_id_prefixes(self) -> list[str]:
+        """The transactional-id prefixes a fence denies: the declared ones, or `<name>-`."""
+        if self.transactional_id_prefixes is None:
+            return [f"{self.name}-"]
+        return list(self.transactional_id_prefixes)
 
 
 class ConnectorNames(Strict):

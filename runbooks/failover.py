@@ -26,7 +26,7 @@ STOP_PRIMARY_PRODUCERS = Step(
     "the second read at least one producer retry interval (thresholds.fence_settle_seconds) after "
     "the read-back (bounded by thresholds.step_timeout_seconds); record that evidence and every "
     "partition's final end offset.",
-    changes="authority FENCED (epoch + 1); DENY WRITE + IDEMPOTENT_WRITE ACLs on the owner",
+    changes="authority FENCED (epoch + 1); DENY WRITE ACLs on the owner (domain topics, txn ids)",
     unplanned="Authority to FENCED; the ACL fence is attempted and its failure recorded; no "
     "quiesce: wait out the lease TTL so isolated guarded producers have fenced themselves.",
     roles=frozenset({Role.FENCE}),

@@ -23,11 +23,15 @@ USERS = {
     "admin": "admin-secret",  # Baton's admin client and inter-broker traffic: the only super user
     "orders-app": "orders-app-secret",  # the domain's producer principal (what fencing denies)
     "orders-consumer": "orders-consumer-secret",  # the domain's consumers
+    # A second domain's producer principal: principals are per domain, so fencing `orders`
+    # never names it (tests prove its idempotent producer keeps writing `payments.*`).
+    "payments-app": "payments-app-secret",
     "mm2": "mm2-secret",  # MirrorMaker 2 on Kafka Connect
 }
 ADMIN_USER = "admin"
 PRODUCER_USER = "orders-app"
 CONSUMER_USER = "orders-consumer"
+PAYMENTS_PRODUCER_USER = "payments-app"
 MM2_USER = "mm2"
 
 CLUSTER_IDS = {"east": "YmF0b24tZWFzdC1sYWIwMA", "west": "YmF0b24td2VzdC1sYWIwMA"}

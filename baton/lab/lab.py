@@ -44,16 +44,22 @@ def lab_acls() -> list[AclBinding]:
     topic, group, cluster = ResourceType.TOPIC, ResourceType.GROUP, ResourceType.BROKER
     literal, prefixed = ResourcePatternType.LITERAL, ResourcePatternType.PREFIXED
     app, consumer, mm2 = (f"User:{u}" for u in (lab.PRODUCER_USER, lab.CONSUMER_USER, lab.MM2_USER))
+    payments = f"User:{lab.PAYMENTS_PRODUCER_USER}"
+    # Producers get WRITE on their own domain's topics only: since Kafka 3.0 (KIP-679) that is all
+    # an idempotent producer needs (no cluster IDEMPOTENT_WRITE). Transactional producers also
+    # write their own domain's transactional ids (prefix `<domain>-`).
     bindings = [
-        AclBinding(cluster, "kafka-cluster", literal, app, "*", AclOperation.IDEMPOTENT_WRITE, allow),
         AclBinding(topic, "baton.", prefixed, app, "*", AclOperation.READ, allow),
         AclBinding(topic, "baton.", prefixed, consumer, "*", AclOperation.READ, allow),
         AclBinding(group, "orders-", prefixed, consumer, "*", AclOperation.READ, allow),
         AclBinding(group, "baton-", prefixed, app, "*", AclOperation.READ, allow),
         AclBinding(group, "baton-", prefixed, consumer, "*", AclOperation.READ, allow),
     ]
-    for operation in (AclOperation.WRITE, AclOperation.DESCRIBE):
-        bindings.append(AclBinding(topic, "orders.", prefixed, app, "*", operation, allow))
+    for principal, domain in ((app, "orders"), (payments, "payments")):
+        for operation in (AclOperation.WRITE, AclOperation.DESCRIBE):
+            bindings.append(AclBinding(topic, f"{domain}.", prefixed, principal, "*", operation, allow))
+            bindings.append(AclBinding(ResourceType.TRANSACTIONAL_ID, f"{domain}-", prefixed,
+                                       principal, "*", operation, allow))
     for prefix in ("orders.", *(f"{r}.orders." for r in lab.REGIONS)):
         for operation in (AclOperation.READ, AclOperation.DESCRIBE):
             bindings.append(AclBinding(topic, prefix, prefixed, consumer, "*", operation, allow))

@@ -55,7 +55,7 @@ def test_fence_denies_an_unguarded_producer_and_unfence_allows_it_again(domain_t
         ("unfence_region", "succeeded", "east"), ("unfence_region", "succeeded", "east")]
     assert json.loads(steps[0].evidence)["bindings"] == [
         f"DENY WRITE on topic {topic} for User:orders-app",
-        "DENY IDEMPOTENT_WRITE on broker kafka-cluster for User:orders-app"]
+        f"DENY WRITE on transactional_id prefix {topology.domain.name}- for User:orders-app"]
     assert json.loads(steps[0].evidence)["verified_by_read_back"] is True
 
 
