@@ -32,8 +32,9 @@ from runbooks.model import Kind, Runbook, Step
 from tasks.failback import TASKS as FAILBACK_TASKS
 from tasks.failover import TASKS as FAILOVER_TASKS
 from tasks.recover import recover_task
+from tasks.reprotect import TASKS as REPROTECT_TASKS
 
-STEP_TASKS = FAILOVER_TASKS | FAILBACK_TASKS
+STEP_TASKS = FAILOVER_TASKS | FAILBACK_TASKS | REPROTECT_TASKS
 PLAN_STEP = "run_plan"
 
 
@@ -212,6 +213,10 @@ def execute(runbook: Runbook, ctx: RunContext, *, auto_approve: bool = False, no
         outcome = ctx.state.get("compensation", {}).get("statement")
         if outcome and isinstance(error, BatonError):  # the operator's one line says where things stand
             error.args = (f"{str(error).rstrip('.')}. Compensation (read back): {outcome}",)
+        elif ctx.state.get("switched") and isinstance(error, BatonError):
+            error.args = (f"{str(error).rstrip('.')}. Write authority is on {ctx.owner_now} (the switch "
+                          f"stands); {ctx.standby_now} is not protected yet: run `baton reprotect` once "
+                          "that is fixed",)
         raise
     ctx.audit.finish_run(ctx.run_id, "succeeded", actor=ctx.operator)
     return _publish_artifacts(ctx, "succeeded", time.monotonic() - started)

@@ -33,7 +33,7 @@ def plan(topology: Topology, runbook, *, unplanned: bool = False) -> dict:
     engine = engine_for(topology)
     attempt("replication", lambda: engine.status(owner, target).state)
     attempt("fenced", lambda: {region: is_fenced(topology, region) for region in topology.regions})
-    if runbook.name == "failback":
+    if runbook.name in ("failback", "reprotect"):
         attempt("divergent_tail", lambda: measure_lag(topology, owner=target).statement())
         attempt("reverse_lag", lambda: measure_lag(topology, owner=owner).statement())
     elif not unplanned:
