@@ -57,7 +57,8 @@ def verify_standby_current(ctx: RunContext) -> dict:
     partitions = [{"partition": f"{p.topic}[{p.partition}]", "mirror": f"{p.mirror_topic}[{p.partition}]",
                    "owner_end_at_start": target[(p.topic, p.partition)],
                    "replicated_through": p.replicated_through,
-                   "lag_at_start_offset": 0, "lag_records_now": p.missing_records, "method": p.method}
+                   "caught_up": _caught_up(p, target[(p.topic, p.partition)]),
+                   "lag_records_now": p.missing_records, "method": p.method}
                   for p in lag.partitions]
     ctx.log(f"verify_standby_current: {standby} holds every record {owner} had at the start "
             f"({waited} s; now {lag.statement()})")
