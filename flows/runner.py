@@ -28,7 +28,7 @@ from baton.steps.switch_conditions import stated as stated_conditions
 from baton.watch.store import readiness_line
 from flows.gates import request_approval
 from runbooks import RUNBOOKS
-from runbooks.model import Kind, Runbook, Step
+from runbooks.model import Kind, Role, Runbook, Step
 from tasks.failback import TASKS as FAILBACK_TASKS
 from tasks.failover import TASKS as FAILOVER_TASKS
 from tasks.recover import recover_task
@@ -152,9 +152,13 @@ def gate_summary(ctx: RunContext, step: Step) -> dict:
                      "authority_now": authority.describe(),
                      "planned_change": f"{ctx.old_owner} -> {ctx.new_owner} (epoch {authority.epoch} -> "
                                        f"{authority.epoch + (1 if step.name == 'approve-switch' else 2)})"}
-    summary["readiness"] = readiness_line(ctx.audit, ctx.topology, ctx.old_owner, ctx.new_owner)
-    if not ctx.unplanned and not state.get("fenced"):  # the one decision of a planned hand-over
-        summary["switch_conditions"] = stated_conditions(ctx.topology)
+    if not any(Role.SWITCH in s.roles for s in RUNBOOKS[ctx.runbook].steps):  # reprotect
+        summary["planned_change"] = (f"none to authority (stays on {ctx.owner_now}); replication "
+                                     f"{ctx.owner_now} -> {ctx.standby_now} started")
+    else:
+        summary["readiness"] = readiness_line(ctx.audit, ctx.topology, ctx.old_owner, ctx.new_owner)
+    if not ctx.unplanned and not state.get("fenced") and "readiness" in summary:
+        summary["switch_conditions"] = stated_conditions(ctx.topology)  # a planned hand-over's decision
     lag = state.get("check_lag", {})
     if lag:
         measured = (lag.get("lag") or {}).get("statement")
