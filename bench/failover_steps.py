@@ -42,8 +42,8 @@ def seeded_domain(lab_topology, size: int, workdir: Path) -> Path:
 
 def baseline_failover(path: Path) -> dict:
     """The same steps without Prefect: open the run, call each step, record evidence."""
+    from baton.steps import failback, reprotect, switch_conditions
     from baton.steps import failover as steps
-    from baton.steps import switch_conditions
     from flows.gates import request_approval
     from flows.runner import open_run
     from runbooks import FAILOVER
@@ -60,8 +60,10 @@ def baseline_failover(path: Path) -> dict:
             request_approval(ctx, step, {}, auto_approve=True)
         else:
             with ctx.audit.step(ctx.run_id, step.name) as record:
-                record.evidence = (getattr(steps, step.name, None)
-                                   or getattr(switch_conditions, step.name))(ctx)
+                # the planned failover's reprotect steps live in failback.py and reprotect.py
+                module = next(m for m in (steps, switch_conditions, failback, reprotect)
+                              if hasattr(m, step.name))
+                record.evidence = getattr(module, step.name)(ctx)
             ctx.state[step.name] = record.evidence
         timings[step.name] = time.monotonic() - t0
     ctx.audit.finish_run(ctx.run_id, "succeeded")

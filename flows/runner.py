@@ -28,12 +28,13 @@ from baton.steps.switch_conditions import stated as stated_conditions
 from baton.watch.store import readiness_line
 from flows.gates import request_approval
 from runbooks import RUNBOOKS
-from runbooks.model import Kind, Runbook, Step
+from runbooks.model import Kind, Role, Runbook, Step
 from tasks.failback import TASKS as FAILBACK_TASKS
 from tasks.failover import TASKS as FAILOVER_TASKS
 from tasks.recover import recover_task
+from tasks.reprotect import TASKS as REPROTECT_TASKS
 
-STEP_TASKS = FAILOVER_TASKS | FAILBACK_TASKS
+STEP_TASKS = FAILOVER_TASKS | FAILBACK_TASKS | REPROTECT_TASKS
 PLAN_STEP = "run_plan"
 
 
@@ -151,9 +152,13 @@ def gate_summary(ctx: RunContext, step: Step) -> dict:
                      "authority_now": authority.describe(),
                      "planned_change": f"{ctx.old_owner} -> {ctx.new_owner} (epoch {authority.epoch} -> "
                                        f"{authority.epoch + (1 if step.name == 'approve-switch' else 2)})"}
-    summary["readiness"] = readiness_line(ctx.audit, ctx.topology, ctx.old_owner, ctx.new_owner)
-    if not ctx.unplanned and not state.get("fenced"):  # the one decision of a planned hand-over
-        summary["switch_conditions"] = stated_conditions(ctx.topology)
+    if not any(Role.SWITCH in s.roles for s in RUNBOOKS[ctx.runbook].steps):  # reprotect
+        summary["planned_change"] = (f"none to authority (stays on {ctx.owner_now}); replication "
+                                     f"{ctx.owner_now} -> {ctx.standby_now} started")
+    else:
+        summary["readiness"] = readiness_line(ctx.audit, ctx.topology, ctx.old_owner, ctx.new_owner)
+    if not ctx.unplanned and not state.get("fenced") and "readiness" in summary:
+        summary["switch_conditions"] = stated_conditions(ctx.topology)  # a planned hand-over's decision
     lag = state.get("check_lag", {})
     if lag:
         measured = (lag.get("lag") or {}).get("statement")
@@ -212,6 +217,10 @@ def execute(runbook: Runbook, ctx: RunContext, *, auto_approve: bool = False, no
         outcome = ctx.state.get("compensation", {}).get("statement")
         if outcome and isinstance(error, BatonError):  # the operator's one line says where things stand
             error.args = (f"{str(error).rstrip('.')}. Compensation (read back): {outcome}",)
+        elif ctx.state.get("switched") and isinstance(error, BatonError):
+            error.args = (f"{str(error).rstrip('.')}. Write authority is on {ctx.owner_now} (the switch "
+                          f"stands); {ctx.standby_now} is not protected yet: run `baton reprotect` once "
+                          "that is fixed",)
         raise
     ctx.audit.finish_run(ctx.run_id, "succeeded", actor=ctx.operator)
     return _publish_artifacts(ctx, "succeeded", time.monotonic() - started)

@@ -3,7 +3,9 @@
 from runbooks.failback import FAILBACK
 from runbooks.failover import FAILOVER
 from runbooks.model import Kind, Role, Runbook, RunbookInvalid, Step, validate
+from runbooks.reprotect import REPROTECT
 
-RUNBOOKS: dict[str, Runbook] = {rb.name: validate(rb) for rb in (FAILOVER, FAILBACK)}
+RUNBOOKS: dict[str, Runbook] = {rb.name: validate(rb) for rb in (FAILOVER, FAILBACK, REPROTECT)}
 
-__all__ = ["FAILBACK", "FAILOVER", "RUNBOOKS", "Kind", "Role", "Runbook", "RunbookInvalid", "Step"]
+__all__ = ["FAILBACK", "FAILOVER", "REPROTECT", "RUNBOOKS", "Kind", "Role", "Runbook", "RunbookInvalid",
+           "Step"]

@@ -11,30 +11,13 @@ from runbooks.failover import (
     VERIFY_SECONDARY_CURRENCY,
 )
 from runbooks.model import Kind, Runbook, Step
+from runbooks.reprotect import (
+    APPROVE_DISCARD,
+    FIND_DIVERGENT_TAIL,
+    HANDLE_DIVERGENT_TAIL,
+    START_REVERSE_REPLICATION,
+)
 
-FIND_DIVERGENT_TAIL = Step(
-    "find_divergent_tail", Kind.CHANGE,
-    "Fence the returning region (it could not be fenced if the failover was unplanned), then "
-    "list every record on it written after the last record that reached the current owner "
-    "(partition, offset, key, timestamp): the divergent tail.",
-    changes="DENY WRITE ACLs on the returning region, if not already there",
-)
-APPROVE_DISCARD = Step(
-    "approve-discard", Kind.GATE,
-    "Only with policy `discard`: approval to drop the divergent tail, with every record listed.",
-    when="divergent_policy=discard",
-)
-HANDLE_DIVERGENT_TAIL = Step(
-    "handle_divergent_tail", Kind.CHANGE,
-    "Apply the divergent-tail policy: `republish` to the current owner, `quarantine` to "
-    "`<topic>.divergent`, or `discard` (after its own gate). Each record's fate is recorded.",
-    changes="records appended to the current owner or to <topic>.divergent",
-)
-START_REVERSE_REPLICATION = Step(
-    "start_reverse_replication", Kind.CHANGE,
-    "Start replication from the current owner back to the old owner and wait until it runs.",
-    changes="replication current -> old owner RUNNING",
-)
 APPROVE_FAILBACK = Step(
     "approve-failback", Kind.GATE,
     "Approval with the divergent tail's outcome and the reverse lag.",

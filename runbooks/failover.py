@@ -1,6 +1,7 @@
 """Failover: move write authority from the owner to the other region."""
 
 from runbooks.model import Kind, Role, Runbook, Step
+from runbooks.reprotect import PLANNED_FAILOVER_REPROTECT
 
 CHECK_LAG = Step(
     "check_lag", Kind.MEASURE,
@@ -88,8 +89,10 @@ FAILOVER = Runbook(
     name="failover",
     title="Failover",
     purpose="Move write authority for a domain from its owner region to the other region. "
-    "Planned when the owner is reachable; unplanned (`--unplanned --reason`) when it is not.",
+    "Planned when the owner is reachable; unplanned (`--unplanned --reason`) when it is not. A "
+    "planned run ends by reprotecting the old owner (the reprotect runbook's steps, outside the "
+    "fenced window); after an unplanned run, `baton reprotect` does it once the old owner answers.",
     steps=(CHECK_LAG, APPROVE_FAILOVER, STOP_PRIMARY_PRODUCERS, VERIFY_SECONDARY_CURRENCY,
            TRANSLATE_CONSUMER_OFFSETS, CHECK_SWITCH_CONDITIONS, APPROVE_SWITCH, SWITCH_AUTHORITY,
-           RECONCILE),
+           RECONCILE, *PLANNED_FAILOVER_REPROTECT),
 )

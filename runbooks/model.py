@@ -28,6 +28,8 @@ class Role(StrEnum):
     # Checks, inside the fenced window, the conditions a gate before the fence approved the
     # switch under; any failure returns to the last safe state without asking anyone.
     CONDITIONS = "conditions"
+    TAIL = "tail"  # the region to protect has no unhandled divergent tail any more
+    PROTECT = "protect"  # replication towards the region to protect starts
 
 
 # A step's `when` naming the path: the planned path never runs `unplanned=True` steps, and so on.
@@ -75,7 +77,8 @@ def violations(runbook: Runbook) -> list[str]:
     """Every broken invariant, on the planned and on the unplanned path: fence before switch,
     currency before translation, a gate before every irreversible step (a switch is also covered
     by a conditions step approved at a gate before its fence), no gate inside a planned fenced
-    window, reconcile last, unique step names."""
+    window, replication towards a region only after its divergent tail is handled, reconcile
+    last on each path, unique step names."""
     problems: list[str] = []
     names = [s.name for s in runbook.steps]
     duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -86,17 +89,17 @@ def violations(runbook: Runbook) -> list[str]:
     for path, own in PATHS.items():
         other = PATHS["unplanned" if path == "planned" else "planned"]
         steps = [s for s in runbook.steps if s.when != other]
-        for problem in _path_violations(steps, planned=path == "planned", own=own):
+        last = [f"the last step must reconcile, not {steps[-1].name!r}"] \
+            if Role.RECONCILE not in steps[-1].roles else []
+        for problem in _path_violations(steps, planned=path == "planned", own=own) + last:
             if problem not in problems:
                 problems.append(problem if path == "planned" else f"{problem} (unplanned path)")
-    if Role.RECONCILE not in runbook.steps[-1].roles:
-        problems.append(f"the last step must reconcile, not {runbook.steps[-1].name!r}")
     return problems
 
 
 def _path_violations(steps: list[Step], *, planned: bool, own: str) -> list[str]:
     problems: list[str] = []
-    fenced = current = gated = window_approved = False
+    fenced = current = gated = window_approved = tail_handled = False
     for position, step in enumerate(steps, start=1):
         where = f"step {position} {step.name!r}"
         if step.kind is Kind.GATE:
@@ -123,12 +126,17 @@ def _path_violations(steps: list[Step], *, planned: bool, own: str) -> list[str]
                 problems.append(f"{where} is irreversible and no gate precedes it "
                                 "(since the previous irreversible step)")
             gated = False
+        if Role.PROTECT in step.roles and not tail_handled:
+            problems.append(f"{where} starts replication towards a region before its divergent tail "
+                            "is handled: the mirror would hide records that only that region has")
+        if Role.TAIL in step.roles:
+            tail_handled = True
         if Role.FENCE in step.roles:
             fenced = True
         if Role.CURRENCY in step.roles:
             current = True
         if Role.SWITCH in step.roles:  # a second hand-over needs its own fence and currency
-            fenced = current = window_approved = False
+            fenced = current = window_approved = tail_handled = False
     return problems
 
 

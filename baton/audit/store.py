@@ -197,7 +197,7 @@ class AuditStore:
                                       started_by=started_by, planned=planned, run_id=run_id)
             holder_runbook = self.run(holder.run_id).run.runbook
             way_out = (f"continue it with `baton {holder_runbook} --resume {holder.run_id}`"
-                       if holder_runbook in ("failover", "failback") else
+                       if holder_runbook in ("failover", "failback", "reprotect") else
                        f"release it with `baton authority unlock --run {holder.run_id}`")
             raise RunLocked(
                 f"domain {domain!r} is locked by run {holder.run_id} (started by {holder.acquired_by} "

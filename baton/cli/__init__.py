@@ -27,7 +27,7 @@ app.add_typer(config_app, name="config")
 app.add_typer(audit_app, name="audit")
 app.add_typer(authority_app, name="authority")
 app.add_typer(replication_app)  # top level: lag, currency, offsets
-register_runbooks(app)  # top level: failover, failback, runs, report
+register_runbooks(app)  # top level: failover, failback, reprotect, runs, report
 register_drill(app)  # top level: drill
 register_recover(app)  # top level: recover
 app.add_typer(approvals_app, name="approvals")

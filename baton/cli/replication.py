@@ -16,7 +16,26 @@ replication_app.add_typer(offsets_app, name="offsets")
 TopicOption = Annotated[
     list[str] | None, typer.Option("--topic", "-t", help="topic (repeat); default: domain")
 ]
-OwnerOption = Annotated[str | None, typer.Option("--owner", help="owner region; default: domain owner")]
+OwnerOption = Annotated[str | None, typer.Option(
+    "--owner", help="owner region; default: the domain's owner now (authority), else its initial owner")]
+
+
+def owner_now(topology, owner: str | None) -> str | None:
+    """The region asked for, else the one holding authority now: after a failover (and its
+    reprotect) `baton lag` measures the new owner -> the new standby, not the stopped old flow."""
+    if owner:
+        return owner
+    from baton.audit import AuditStore
+    from baton.authority import authority_store
+    from baton.cli.common import err
+
+    try:
+        current = authority_store(topology, AuditStore.for_topology(topology)).current(topology.domain.name)
+    except Exception as e:  # noqa: BLE001 - lag is measured from the brokers; it must work without the DB
+        err.print(f"warning: authority not read ({str(e).splitlines()[0][:200]}); measuring from the "
+                  f"initial owner {topology.domain.initial_owner} (pass --owner)", highlight=False)
+        return None
+    return current.owner if current is not None else None
 
 
 @replication_app.command("lag")
@@ -27,7 +46,8 @@ def lag(config: ConfigOption = None, topic: TopicOption = None, owner: OwnerOpti
     from baton.replication.lag import measure_lag
     from baton.settings import load_topology
 
-    report = measure_lag(load_topology(config), owner=owner, topics=topic)
+    topology = load_topology(config)
+    report = measure_lag(topology, owner=owner_now(topology, owner), topics=topic)
     if as_json:
         print(json.dumps(report.as_dict(), indent=2))
         return
@@ -53,7 +73,8 @@ def currency(config: ConfigOption = None, topic: TopicOption = None, owner: Owne
     from baton.replication.currency import verify_currency
     from baton.settings import load_topology
 
-    report = verify_currency(load_topology(config), owner=owner, topics=topic)
+    topology = load_topology(config)
+    report = verify_currency(topology, owner=owner_now(topology, owner), topics=topic)
     if as_json:
         print(json.dumps(report.as_dict(), indent=2))
     else:

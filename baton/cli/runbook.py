@@ -1,4 +1,5 @@
-"""`baton failover`, `baton failback`, `baton runs`, `baton report`: run and read runbooks."""
+"""`baton failover`, `baton failback`, `baton reprotect`, `baton runs`, `baton report`: run and read
+runbooks."""
 
 from __future__ import annotations
 
@@ -127,6 +128,62 @@ def failback(config: ConfigOption = None, plan: PlanOption = False,
               override_lag=override_lag, auto_approve=yes, resume_run_id=resume)
 
 
+PROBE_SECONDS = 5.0  # how long `baton reprotect` asks the region to protect before refusing
+
+
+def _refuse_unless_standby_answers(topology) -> None:
+    """Exit 2 before Prefect starts when the region to protect does not answer (nothing changed)."""
+    from baton.audit import AuditStore
+    from baton.authority import State, authority_store
+    from baton.errors import RegionUnreachable
+    from baton.kafka.admin import check_reachable
+
+    current = authority_store(topology, AuditStore.for_topology(topology)).current(topology.domain.name)
+    if current is not None and current.state != State.ACTIVE:
+        raise UsageError(f"authority is {current.describe()}: reprotect needs an ACTIVE owner; finish or "
+                         "recover the hand-over first (`baton authority show`)")
+    owner = current.owner if current is not None else topology.domain.initial_owner
+    standby = topology.other_region(owner)
+    try:
+        check_reachable(standby, topology.regions[standby], timeout=PROBE_SECONDS)
+    except RegionUnreachable as e:
+        raise UsageError(f"{standby} does not answer ({str(e).splitlines()[0]}): nothing changed. "
+                         f"Reprotect replicates {owner} -> {standby}; run it once {standby} answers; "
+                         "`baton ready` says when") from None
+
+
+def reprotect(config: ConfigOption = None, plan: PlanOption = False,
+              policy: Annotated[str, typer.Option(help="divergent tail: republish|quarantine|discard")]
+              = "quarantine",
+              reason: Annotated[str, typer.Option(help="why")] = "", yes: YesOption = False,
+              resume: ResumeOption = None, as_json: JsonOption = False) -> None:
+    """Protect the region that lost authority: its divergent tail, then replication towards it
+    until it is current (authority does not move; running it twice is harmless)."""
+    from baton.settings import load_topology, resolve_config_path
+    from baton.steps.context import DIVERGENT_POLICIES
+    from runbooks import REPROTECT
+
+    if policy not in DIVERGENT_POLICIES:
+        raise UsageError(f"--policy must be one of {', '.join(DIVERGENT_POLICIES)}, not {policy!r}")
+    topology = load_topology(config)
+    if plan:
+        from baton.steps.plan import plan as make_plan
+
+        _print_plan(make_plan(topology, REPROTECT), as_json)
+        return
+    if yes:
+        _check_auto_approve(topology, REPROTECT)
+    if not resume:
+        _refuse_unless_standby_answers(topology)
+    config = str(resolve_config_path(config))
+    use_lab_prefect()
+    from flows.reprotect import reprotect as flow
+
+    err.print("starting the reprotect flow (Prefect)...")
+    _run_flow(flow, as_json, config=config, divergent_policy=policy, reason=reason, auto_approve=yes,
+              resume_run_id=resume)
+
+
 def runs(config: ConfigOption = None, limit: int = 20, as_json: JsonOption = False) -> None:
     """List recent runs from the audit database."""
     from baton.audit import AuditStore
@@ -188,7 +245,7 @@ def report(run_id: str, config: ConfigOption = None,
 
 def deploy(pool: Annotated[str | None, typer.Option(help="work pool (default: from prefect.yaml)")] = None,
            as_json: JsonOption = False) -> None:
-    """Register the failover, failback and drill deployments (deployments/prefect.yaml)."""
+    """Register the failover, failback, reprotect and drill deployments (deployments/prefect.yaml)."""
     import os
 
     from flows.deploy import deploy as register
@@ -205,5 +262,5 @@ def deploy(pool: Annotated[str | None, typer.Option(help="work pool (default: fr
 
 
 def register(app: typer.Typer) -> None:
-    for command in (failover, failback, runs, report, deploy):
+    for command in (failover, failback, reprotect, runs, report, deploy):
         app.command(command.__name__)(handles_errors(command))

@@ -36,6 +36,17 @@ class RunContext:
     def domain(self) -> str:
         return self.topology.domain.name
 
+    @property
+    def owner_now(self) -> str:
+        """The region holding authority at this point of the run: the new owner once this run
+        switched (a failover's reprotect steps), else the old owner (failback, reprotect)."""
+        return self.new_owner if self.state.get("switched") else self.old_owner
+
+    @property
+    def standby_now(self) -> str:
+        """The region that must be kept current (and whose divergent tail is handled)."""
+        return self.old_owner if self.state.get("switched") else self.new_owner
+
     def option(self, condition: str) -> bool:
         """Evaluate a step's `when` condition such as `divergent_policy=discard`."""
         if not condition:

@@ -1,10 +1,16 @@
-"""The failback-only steps. In a failback run `old_owner` is the region holding authority now
-(the failover target) and `new_owner` the region it returns to, whose divergent tail -
-records written there that never reached the current owner - must not be lost silently."""
+"""The failback-only steps, shared by reprotect. `ctx.owner_now` is the region holding authority
+and `ctx.standby_now` the region to protect (in a failback: the one authority returns to), whose
+divergent tail - records written there that never reached the owner - must not be lost silently."""
 
 from __future__ import annotations
 
-from baton.errors import StepFailed, UsageError
+import json
+
+from sqlmodel import select
+
+from baton.audit.models import Run
+from baton.audit.models import Step as StepRow
+from baton.errors import RegionUnreachable, StepFailed, UsageError
 from baton.kafka.admin import check_reachable, client_config, ensure_topics
 from baton.kafka.copying import copy_records, read_records
 from baton.kafka.fencing import fence
@@ -15,10 +21,32 @@ from baton.steps.context import DIVERGENT_POLICIES, RunContext
 MAX_LISTED = 10_000  # records listed one by one in evidence; beyond that the run refuses
 
 
+def _handled_before(ctx: RunContext, region: str) -> set[tuple[str, int, int]]:
+    """(topic, partition, offset) of the region's records whose fate an earlier run decided (its
+    handle_divergent_tail evidence): a second reprotect or the failback after one must not
+    republish or quarantine them again."""
+    with ctx.audit.transaction() as session:
+        rows = session.exec(select(StepRow.evidence).join(Run, Run.id == StepRow.run_id)
+                            .where(Run.domain == ctx.domain, StepRow.name == "handle_divergent_tail",
+                                   StepRow.status == "succeeded")).all()
+    handled = set()
+    for row in rows:
+        evidence = json.loads(row)
+        if evidence.get("region") == region:
+            handled |= {(r["topic"], r["partition"], r["offset"]) for r in evidence.get("records", [])}
+    return handled
+
+
 def find_divergent_tail(ctx: RunContext) -> dict:
-    """Records on the returning region after the last one that reached the current owner."""
-    returning, current = ctx.new_owner, ctx.old_owner
-    check_reachable(returning, ctx.topology.regions[returning])
+    """Records on the returning region after the last one that reached the current owner, less
+    those an earlier run already handled."""
+    returning, current = ctx.standby_now, ctx.owner_now
+    try:
+        check_reachable(returning, ctx.topology.regions[returning])
+    except RegionUnreachable as e:
+        raise StepFailed(f"{returning} does not answer, so its divergent tail cannot be handled nor "
+                         f"replication towards it started: run it once {returning} answers; "
+                         f"`baton ready` says when ({e})") from e
     # After an unplanned failover the returning region could not be fenced; fence it now so
     # the tail cannot grow while it is measured (idempotent: a no-op after a planned failover).
     fenced = fence(ctx.topology, returning)
@@ -34,9 +62,13 @@ def find_divergent_tail(ctx: RunContext) -> dict:
     records = read_records(client_config(ctx.topology.regions[returning]), ranges, returning)
     if len(records) != lag.records_at_risk:
         raise StepFailed(f"expected {lag.records_at_risk} divergent records, read {len(records)}")
+    handled = _handled_before(ctx, returning) if records else set()
+    records = [r for r in records if (r.topic, r.partition, r.offset) not in handled]
     ctx.state["divergent_records"] = records
-    ctx.log(f"find_divergent_tail: {len(records)} records on {returning} never reached {current}")
+    ctx.log(f"find_divergent_tail: {len(records)} records on {returning} never reached {current}"
+            + (f" ({lag.records_at_risk - len(records)} handled by an earlier run)" if handled else ""))
     return {"region": returning, "compared_with": current, "count": len(records), "fence": fenced,
+            "handled_earlier": lag.records_at_risk - len(records),
             "ranges": {f"{t}[{p}]": [list(r) for r in spans] for (t, p), spans in ranges.items()},
             "records": [r.describe() for r in records]}
 
@@ -50,11 +82,11 @@ def handle_divergent_tail(ctx: RunContext) -> dict:
     if records is None:  # resumed run: find them again (read-only)
         find_divergent_tail(ctx)
         records = ctx.state["divergent_records"]
-    evidence: dict = {"policy": policy, "count": len(records)}
+    returning, current = ctx.standby_now, ctx.owner_now
+    evidence: dict = {"policy": policy, "count": len(records), "region": returning}
     if not records:
         evidence["outcome"] = "nothing to handle"
         return evidence
-    returning, current = ctx.new_owner, ctx.old_owner
     if policy == "republish":
         config = client_config(ctx.topology.regions[current])
         evidence["records"] = copy_records(config, records, None, returning, current)
@@ -80,9 +112,12 @@ def handle_divergent_tail(ctx: RunContext) -> dict:
 
 
 def start_reverse_replication(ctx: RunContext) -> dict:
-    """Replication current owner -> returning region, so the returning region catches up."""
-    status = engine_for(ctx.topology).start(ctx.old_owner, ctx.new_owner, wait_seconds=120)
-    return {"replication": status.as_dict()}
+    """Replication owner -> standby, so the standby catches up; passes through when it runs."""
+    engine = engine_for(ctx.topology)
+    before = engine.status(ctx.owner_now, ctx.standby_now).state
+    status = engine.start(ctx.owner_now, ctx.standby_now, wait_seconds=120)
+    return {"source": ctx.owner_now, "target": ctx.standby_now, "state_before": before,
+            "replication": status.as_dict()}
 
 
 def restore_replication(ctx: RunContext) -> dict:

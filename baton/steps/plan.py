@@ -33,7 +33,9 @@ def plan(topology: Topology, runbook, *, unplanned: bool = False) -> dict:
     engine = engine_for(topology)
     attempt("replication", lambda: engine.status(owner, target).state)
     attempt("fenced", lambda: {region: is_fenced(topology, region) for region in topology.regions})
-    if runbook.name == "failback":
+    if runbook.name in ("failback", "reprotect"):
+        if runbook.name == "reprotect":  # authority stays: `to` is the region it protects
+            measured["to"] = f"{target} (protected; authority stays on {owner})"
         attempt("divergent_tail", lambda: measure_lag(topology, owner=target).statement())
         attempt("reverse_lag", lambda: measure_lag(topology, owner=owner).statement())
     elif not unplanned:

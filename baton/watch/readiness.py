@@ -86,7 +86,10 @@ def check_replication(sample: Sample) -> Check:
     flow = f"{sample.owner} -> {sample.secondary}"
     if sample.replication_state == "RUNNING":
         return Check("replication_running", PASS, f"replication {flow} RUNNING")
-    return Check("replication_running", FAIL, f"replication {flow} is {sample.replication_state}")
+    # With an owner ACTIVE (e.g. after an unplanned failover) this is what reprotect is for.
+    hint = (f": `baton reprotect` starts it once {sample.secondary} answers"
+            if sample.authority is not None and sample.authority.state == State.ACTIVE else "")
+    return Check("replication_running", FAIL, f"replication {flow} is {sample.replication_state}{hint}")
 
 
 def check_heartbeat(topology: Topology, sample: Sample) -> Check:

@@ -124,12 +124,15 @@ def read_from(topology: Topology, region: str, topic: str, starts: dict[int, int
     return values
 
 
-def wait_mirrored(topology: Topology, topic: str, total: int, timeout: float = 60) -> None:
+def wait_mirrored(topology: Topology, topic: str, total: int, timeout: float = 60,
+                  source: str = "east") -> None:
+    """Until the mirror of `topic` from `source` in the other region holds `total` records."""
     from baton.kafka.admin import end_offsets
 
-    mirror = topology.replication.remote_topic(topic, "east")
-    config = topology.regions["west"].client_config("admin")
-    partitions = len(admin_client(topology.regions["east"]).list_topics(topic).topics[topic].partitions)
+    target = topology.other_region(source)
+    mirror = topology.replication.remote_topic(topic, source)
+    config = topology.regions[target].client_config("admin")
+    partitions = len(admin_client(topology.regions[source]).list_topics(topic).topics[topic].partitions)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -138,7 +141,7 @@ def wait_mirrored(topology: Topology, topic: str, total: int, timeout: float = 6
         except Exception:  # the mirror topic may not exist yet
             pass
         time.sleep(0.5)
-    raise AssertionError(f"{mirror} on west did not reach {total} records in {timeout:.0f}s")
+    raise AssertionError(f"{mirror} on {target} did not reach {total} records in {timeout:.0f}s")
 
 
 # -- Prefect flow-run control (through the real API) -------------------------------------------

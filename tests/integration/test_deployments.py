@@ -45,13 +45,15 @@ def test_drill_deployment_runs_on_a_worker_and_gates_are_answered_through_the_ap
     from flows.deploy import deploy
 
     registered = {row["deployment"]: row for row in deploy()}
-    assert set(registered) == {"failover", "failback", "drill"}
+    assert set(registered) == {"failover", "failback", "reprotect", "drill"}
     assert registered["drill"]["cron"] == "0 9 1 * *"
     drill = read(lambda c: c.read_deployment_by_name("drill/drill"))
     assert {"config", "auto_approve", "divergent_policy"} <= set(drill.parameter_openapi_schema["properties"])
     assert [(s.schedule.cron, s.schedule.timezone) for s in drill.schedules] == [("0 9 1 * *", "UTC")]
     failover = read(lambda c: c.read_deployment_by_name("failover/failover"))
     assert {"unplanned", "reason", "override_lag"} <= set(failover.parameter_openapi_schema["properties"])
+    reprotect = read(lambda c: c.read_deployment_by_name("reprotect/reprotect"))
+    assert {"divergent_policy", "reason"} <= set(reprotect.parameter_openapi_schema["properties"])
 
     path = make_domain(topology, tmp_path)
     t = load_topology(path)
@@ -93,5 +95,6 @@ def test_drill_deployment_runs_on_a_worker_and_gates_are_answered_through_the_ap
         assert view.run.started_by == "unverified: drill-bot"  # typed in a deployment form
         approver = {"failover": "alice", "failback": "bob"}[view.run.runbook]
         assert {(a.approver, a.channel) for a in view.approvals} == {(approver, "prefect-ui")}
-        assert view.steps[-1].name == "reconcile" and view.steps[-1].status == "succeeded"
+        last = {"failover": "verify_standby_current", "failback": "reconcile"}[view.run.runbook]
+        assert view.steps[-1].name == last and view.steps[-1].status == "succeeded"
     assert store.verify().ok

@@ -120,8 +120,18 @@ def test_planned_failover_then_failback_moves_authority_and_consumers_exactly(do
     rows = json.loads(offsets_table.data) if isinstance(offsets_table.data, str) else offsets_table.data
     assert {(r["group"], r["partition"]) for r in rows} >= {(group_a, p) for p in range(3)}
 
-    # West era: the app writes on west; then authority goes home.
+    # The planned run reprotected east itself: replication west -> east runs and east was current.
+    assert [(s["name"], s["status"]) for s in summary["steps"]][-1] == ("verify_standby_current", "succeeded")
+    assert engine_for(t).status("west", "east").state == "RUNNING"
+
+    # West era: the app writes on west; east's mirror holds it within 30 s, without a failback.
     produce(t, "west", topic, 60, 3, "west")
+    wait_mirrored(t, topic, 60, timeout=30, source="west")
+    everything = {0: 0, 1: 0, 2: 0}
+    assert read_from(t, "east", f"west.{topic}", everything) == read_from(t, "west", topic, everything)
+    lag = json.loads(baton("lag", "--json", "--config", str(path)).stdout)  # owner now by default
+    assert (lag["owner"], lag["secondary"], lag["records_at_risk"]) == ("west", "east", 0)
+    # Then authority goes home; the failback finds its reverse replication running already.
     summary = failback(config=str(path), auto_approve=True, divergent_policy="quarantine")
 
     assert summary["status"] == "succeeded"
@@ -139,8 +149,9 @@ def test_planned_failover_then_failback_moves_authority_and_consumers_exactly(do
     assert engine_for(t).status("west", "east").state == "STOPPED"
     store = AuditStore.for_topology(t)
     assert store.verify().ok
-    steps = [s.name for s in store.run(summary["run_id"]).steps]
-    assert steps[-1] == "reconcile" and "find_divergent_tail" in steps
+    steps = {s.name: json.loads(s.evidence) for s in store.run(summary["run_id"]).steps}
+    assert list(steps)[-1] == "reconcile" and steps["find_divergent_tail"]["count"] == 0
+    assert steps["start_reverse_replication"]["state_before"] == "RUNNING"
 
 
 def start_cli_failover(path, *extra):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from runbooks import FAILBACK, FAILOVER, RUNBOOKS
+from runbooks import FAILBACK, FAILOVER, REPROTECT, RUNBOOKS
 from runbooks.model import Kind, RunbookInvalid, validate, violations
 from runbooks.render import markdown
 
@@ -27,7 +27,14 @@ def test_shipped_runbooks_are_valid_and_ordered_as_the_issue_says():
     assert [s.name for s in FAILOVER.steps] == [
         "check_lag", "approve-failover", "stop_primary_producers", "verify_secondary_currency",
         "translate_consumer_offsets", "check_switch_conditions", "approve-switch", "switch_authority",
-        "reconcile"]
+        "reconcile", "find_divergent_tail", "handle_divergent_tail", "start_reverse_replication",
+        "verify_standby_current"]
+    # A planned failover ends by reprotecting the old owner; an unplanned one ends at reconcile.
+    assert {s.when for s in FAILOVER.steps[FAILOVER.steps.index(FAILOVER.step("reconcile")) + 1:]} == {
+        "unplanned=False"}
+    assert [s.name for s in REPROTECT.steps] == [
+        "find_divergent_tail", "approve-discard", "handle_divergent_tail", "start_reverse_replication",
+        "verify_standby_current"]
     assert FAILBACK.steps[0].name == "find_divergent_tail"
     assert FAILBACK.steps[-1].name == "reconcile"
     for runbook in RUNBOOKS.values():
@@ -46,6 +53,15 @@ def test_shipped_runbooks_are_valid_and_ordered_as_the_issue_says():
     (swapped(FAILOVER, "switch_authority", "reconcile"), "last step must reconcile"),
     (without(FAILBACK, "approve-failback"), "'stop_primary_producers' is irreversible and no gate"),
     (replace(FAILOVER, steps=FAILOVER.steps + (FAILOVER.steps[0],)), "unique"),
+    (swapped(REPROTECT, "handle_divergent_tail", "start_reverse_replication"),
+     "'start_reverse_replication' starts replication towards a region before its divergent tail"),
+    (swapped(FAILBACK, "handle_divergent_tail", "start_reverse_replication"), "before its divergent tail"),
+    (without(FAILOVER, "handle_divergent_tail"), "before its divergent tail is handled"),
+    (without(REPROTECT, "verify_standby_current"), "last step must reconcile"),
+    # The planned path ends with reprotect; without it the unplanned path still ends at reconcile,
+    # so a misplaced reconcile is named on the path where it is missing.
+    (replace(FAILOVER, steps=tuple(s for s in FAILOVER.steps if s.name != "reconcile")),
+     "last step must reconcile, not 'switch_authority' \\(unplanned path\\)"),
 ])
 def test_validator_rejects_unsafe_orderings(mutated, message):
     with pytest.raises(RunbookInvalid, match=message):

@@ -29,6 +29,7 @@ from baton.watch.readiness import (
     check_lag,
     check_lease,
     check_offset_syncs,
+    check_replication,
 )
 from baton.watch.sampler import Sample
 from baton.watch.store import MINUTE, RAW, SampleStore, data_at_risk, fold_minutes
@@ -64,6 +65,19 @@ def test_lag_check_fails_above_either_threshold_and_when_unmeasured():
     assert check_lag(t, sample(unknown_partitions=2)).status == WARN
     unmeasured = check_lag(t, sample(records_at_risk=None, error="region 'east' did not answer"))
     assert unmeasured.status == FAIL and "did not answer" in unmeasured.evidence
+
+
+def test_stopped_replication_under_an_active_owner_names_reprotect():
+    now = datetime.now(UTC)
+    stopped = sample(owner="west", secondary="east", replication_state="STOPPED")
+    assert check_replication(stopped).evidence == "replication west -> east is STOPPED"
+    owner = Authority(domain="orders", epoch=3, owner="west", state=State.ACTIVE, lease_expires_at=now,
+                      changed_at=now, changed_by="test")
+    active = check_replication(sample(owner="west", secondary="east", replication_state="STOPPED",
+                                      authority=owner))
+    assert active.status == FAIL
+    assert active.evidence == ("replication west -> east is STOPPED: `baton reprotect` starts it once east "
+                               "answers")
 
 
 def test_heartbeat_and_offset_sync_checks():
