@@ -144,7 +144,9 @@ def build_scorecard(session: DrillSession, *, failover_run: str, failback_run: s
         legs[leg]["consumers"] = _per_leg(acked, processed, groups, leg, failback_at,
                                           switch_epoch.get("failback"), excused)
     if unplanned and "failover" in legs:
-        summary = evidence["failover"].get("translate_consumer_offsets", {}).get("summary", {})
+        # after an operator's resolution, the applied positions' bounds are what the run stated
+        summary = (evidence["failover"].get("apply_translation_resolutions", {}).get("summary")
+                   or evidence["failover"].get("translate_consumer_offsets", {}).get("summary", {}))
         legs["failover"]["stated_duplicates_bound"] = summary.get("duplicates_bound_by_group")
     if unplanned and "failover" in legs and divergent:
         legs["failover"]["rpo_records"] = divergent["lost"]["count"]
