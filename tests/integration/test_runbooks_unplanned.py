@@ -145,7 +145,7 @@ def test_unplanned_failover_pauses_for_a_group_it_cannot_translate_and_applies_t
     from baton.kafka.reading import watermarks
     from tests.integration.runbook_support import committed, resume, wait_paused_at
 
-    path = make_domain(topology, tmp_path, partitions=2)
+    path = make_domain(topology, tmp_path, partitions=2, lease_ttl_seconds=1)
     t = load_topology(path)
     topic, (translated, refused) = t.domain.topics[0], t.domain.consumer_groups
     mirror = t.replication.remote_topic(topic, "east")
@@ -194,10 +194,8 @@ def test_unplanned_failover_pauses_for_a_group_it_cannot_translate_and_applies_t
         resume(run, decision="approve", choices=f"{refused}=checkpoint")  # not offered: asked again
         run = wait_paused_at("failover", "resolve-translations", timeout=30, config=path)
         resume(run, decision="approve", approver="alice", choices=f"{refused}=earliest")
-        resume(wait_paused_at("failover", "approve-switch", timeout=60, config=path), decision="approve")
-        thread.join(60)
-        assert outcome.get("summary", {}).get("status") == "succeeded", outcome
-        run_id = outcome["summary"]["run_id"]
+        run = wait_paused_at("failover", "approve-switch", timeout=60, config=path)
+        run_id = store.runs(t.domain.name)[0].id
         marks = watermarks(admin_client(t.regions["west"]), [(mirror, 0), (mirror, 1)], "west")
         starts = {p: marks[(mirror, p)].start for p in (0, 1)}
         assert starts[0] == 5
@@ -210,6 +208,11 @@ def test_unplanned_failover_pauses_for_a_group_it_cannot_translate_and_applies_t
         assert committed(t, "west", translated) == {
             (mirror, e["partition"]): e["translated_offset"] for e in applied["entries"]
             if e["group"] == translated}
+        # the switch itself is what every unplanned test proves; here it is declined (owner back)
+        lab.fault("resume", "east")
+        resume(run, decision="reject", reason="east is back")
+        thread.join(60)
+        assert "rejected" in str(outcome.get("error")), outcome
     finally:
         lab.fault("resume", "east")
         wait_until(lambda: _restored(t), 60, "east to answer after it was resumed")
