@@ -99,3 +99,23 @@ def test_owner_down_every_partition_in_scope_gets_an_entry_even_without_a_checkp
     assert outcome == {("g1", 0): ("ok", 38), ("g1", 1): ("no-checkpoint", None),
                        ("g2", 0): ("no-checkpoint", None), ("g2", 1): ("no-checkpoint", None)}
     assert "owner 'east' is unreachable" in entries[1].note
+
+
+def test_the_drill_holds_an_unplanned_run_to_the_bound_it_stated_after_a_resolution():
+    from baton.drill.scorecard import Objectives, evaluate, stated_duplicates_bound
+
+    evidence = {"translate_consumer_offsets": {"refused": ["..."], "summary": None},
+                "apply_translation_resolutions": {"summary": {"duplicates_bound_by_group": {"g1": 3,
+                                                                                            "g2": 40}}}}
+    stated = stated_duplicates_bound(evidence)
+    assert stated == {"g1": 3, "g2": 40}
+    assert stated_duplicates_bound({"translate_consumer_offsets": {
+        "summary": {"duplicates_bound_by_group": {"g1": 7}}}}) == {"g1": 7}
+    leg = {"status": "succeeded", "producers_switched_cleanly": True, "stated_duplicates_bound": stated}
+    card = {"failover": leg, "failback": leg | {"stated_duplicates_bound": None},
+            "second_writer_violations": [],
+            "consumers": {"g1": {"missing": 0, "duplicates": 4}, "g2": {"missing": 0, "duplicates": 40}}}
+    judged = {r["objective"]: r for r in evaluate(card, Objectives(max_rto_seconds=None,
+                                                                   prediction_must_hold=False), True)}
+    assert not judged["g1 duplicates"]["passed"] and judged["g1 duplicates"]["target"].startswith("<= 3")
+    assert judged["g2 duplicates"]["passed"]
