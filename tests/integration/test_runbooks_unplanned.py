@@ -143,6 +143,7 @@ def test_unplanned_failover_pauses_for_a_group_it_cannot_translate_and_applies_t
     from baton.authority import State, authority_store
     from baton.kafka.admin import admin_client
     from baton.kafka.reading import watermarks
+    from flows.runner import escape_markdown
     from tests.integration.runbook_support import committed, resume, wait_paused_at
 
     path = make_domain(topology, tmp_path, partitions=2, lease_ttl_seconds=1)
@@ -174,6 +175,11 @@ def test_unplanned_failover_pauses_for_a_group_it_cannot_translate_and_applies_t
                 e["note"] for e in shown["translation"]["entries"]
                 if e["group"] == refused and e["partition"] == p) for p in (0, 1))
         assert shown["resolution_options"] == {refused: ["earliest", "latest"]}
+        schema, description = _pause_form(run)  # what the approver reads and answers in the UI
+        assert set(schema["properties"]) == {"decision", "reason", "choices"}
+        for line in (f"{refused} {mirror}[0] no-checkpoint", f"{refused} {mirror}[1] no-checkpoint",
+                     f"{refused}: earliest, latest"):
+            assert escape_markdown(line) in description, line
         lab.fault("resume", "east")  # the owner is back while the gate waits: rejected
         resume(run, decision="reject", reason="east is back")
         thread.join(60)
@@ -216,6 +222,22 @@ def test_unplanned_failover_pauses_for_a_group_it_cannot_translate_and_applies_t
     finally:
         lab.fault("resume", "east")
         wait_until(lambda: _restored(t), 60, "east to answer after it was resumed")
+
+
+def _pause_form(flow_run_id: str) -> tuple[dict, str]:
+    import asyncio
+    import json
+
+    from prefect.client.orchestration import get_client
+
+    async def read():
+        async with get_client() as client:
+            keyset = (await client.read_flow_run(flow_run_id)).state.state_details.run_input_keyset
+            return (await client.read_flow_run_input(flow_run_id, keyset["schema"]),
+                    await client.read_flow_run_input(flow_run_id, keyset["description"]))
+
+    schema, description = asyncio.run(read())
+    return json.loads(schema), json.loads(description)
 
 
 def _restored(t) -> bool:
