@@ -331,7 +331,9 @@ def _wait_for_decision(ctx: RunContext, step: Step, gate: str, deadline: float, 
             answer = {"gate": gate, "decision": "approved", "approver": decision.approver,
                       "channel": "slack" if verified else "prefect-ui"}
             if offered is not None:
-                answer |= {"choices": choices, "chosen_by": decision.approver}
+                # who chose, and how far that identity is proven (as the approvals table says)
+                answer |= {"choices": choices, "chosen_by": f"{decision.approver} ("
+                           + ("slack, verified)" if verified else "prefect-ui, unverified)")}
             return answer
         raise ApprovalRejected(f"gate {gate} rejected by {decision.approver}: "
                                f"{decision.comment or 'no reason given'}")

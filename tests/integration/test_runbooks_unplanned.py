@@ -210,7 +210,7 @@ def test_unplanned_failover_pauses_for_a_group_it_cannot_translate_and_applies_t
                                   if s.name == "apply_translation_resolutions"))
         assert {(e["partition"], e["method"], e["translated_offset"], e["chosen_by"])
                 for e in applied["resolved"]} == {
-            (p, "operator-resolution:earliest", starts[p], "alice") for p in (0, 1)}
+            (p, "operator-resolution:earliest", starts[p], "alice (prefect-ui, unverified)") for p in (0, 1)}
         assert committed(t, "west", translated) == {
             (mirror, e["partition"]): e["translated_offset"] for e in applied["entries"]
             if e["group"] == translated}
