@@ -78,7 +78,7 @@ class GateDecision(RunInput):
 
 
 class ResolutionDecision(GateDecision):
-    """The decision at gate resolve-translations: approve with a choice per refused group."""
+    """The decision at gate approve-translation-resolutions: approve with a choice per refused group."""
 
     choices: str = Field("", max_length=MAX_REASON, title="Choices per group",
                          description="one `group=choice` per group listed above (checkpoint, "

@@ -199,7 +199,7 @@ def execute(runbook: Runbook, ctx: RunContext, *, auto_approve: bool = False, no
                     record.evidence = {"shown": summary}
                     record.evidence |= request_approval(ctx, step, summary, auto_approve=auto_approve,
                                                         notifier=notifier, poll_seconds=poll_seconds)
-                ctx.state[step.name] = record.evidence  # e.g. the choices of resolve-translations
+                ctx.state[step.name] = record.evidence  # e.g. the choices of approve-translation-resolutions
             else:
                 STEP_TASKS[step.name](ctx)
     except AuditUnwritable as error:

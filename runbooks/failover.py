@@ -47,12 +47,12 @@ TRANSLATE_CONSUMER_OFFSETS = Step(
     "engine's offset syncs prove a one-to-one segment, and record the duplicates bound per "
     "partition. Every group-partition in scope gets an entry, `no-checkpoint` where MM2 never "
     "checkpointed it. If any entry is refused, nothing is applied and the run does not switch "
-    "until a person resolves it at `resolve-translations`. Planned runs never ask: a refused "
+    "until a person resolves it at `approve-translation-resolutions`. Planned runs never ask: a refused "
     "entry fails the switch conditions and the run returns to the last safe state.",
     roles=frozenset({Role.TRANSLATION}),
 )
 RESOLVE_TRANSLATIONS = Step(
-    "resolve-translations", Kind.GATE,
+    "approve-translation-resolutions", Kind.GATE,
     "Unplanned runs, only when some group-partition was not translated: the evidence lists every "
     "refused entry with its reason and the options per group; the approver chooses per group "
     "where its refused partitions resume: `checkpoint` (where MM2 has one; re-delivers at most "

@@ -19,7 +19,7 @@ EVIDENCE_FIELDS = (  # (summary key, label) in the order an approver reads them
     ("translation", "Consumer groups translated"), ("divergent_records", "Divergent records"),
     ("divergent_policy", "Divergent policy"), ("reason", "Reason"),
     ("refused_translations", "Not translated"),
-    # resolve-translations: the approver writes `group=choice` for each group in the reason box
+    # approve-translation-resolutions: the approver writes `group=choice` per group in the reason box
     ("resolution_options", "Choose per group (write group=choice in the reason)"),
 )
 

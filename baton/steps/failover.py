@@ -356,7 +356,7 @@ def translate_consumer_offsets(ctx: RunContext) -> dict:
             raise StepFailed("refusing to switch: not translated: " + report.refusal_text()
                              + ". Nothing was applied.")
         # Unplanned: nothing is applied and nothing switches until a person chooses, per group,
-        # where the refused partitions resume (gate resolve-translations, then
+        # where the refused partitions resume (gate approve-translation-resolutions, then
         # apply_translation_resolutions applies everything at once).
         refused = resolution.refused(evidence["translation"])
         evidence["refused"] = [resolution.describe(e) for e in refused]

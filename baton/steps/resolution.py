@@ -1,4 +1,4 @@
-"""Operator resolution of refused translations (unplanned runs): gate `resolve-translations`.
+"""Operator resolution of refused translations (unplanned runs): gate `approve-translation-resolutions`.
 
 An unplanned failover cannot switch while a (group, partition) is not translated (a refusal
 such as `no-checkpoint`). Nobody's position is guessed: a person chooses per group where its
@@ -23,7 +23,7 @@ from baton.kafka.reading import watermarks
 from baton.replication.translation import Translation, TranslationReport, apply_translation
 from baton.steps.context import RunContext
 
-GATE = "resolve-translations"
+GATE = "approve-translation-resolutions"
 CHOICES = ("checkpoint", "earliest", "latest")
 TRANSLATE_STEP = "translate_consumer_offsets"
 CHOICE = re.compile(r"([^\s=,;]+)\s*=\s*([A-Za-z]+)")

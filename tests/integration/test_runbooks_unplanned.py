@@ -133,7 +133,7 @@ def _failover_in_thread(path):
 def test_unplanned_failover_pauses_for_a_group_it_cannot_translate_and_applies_the_choice(
         lab, topology, tmp_path, prefect_api):
     """Owner dead, one group checkpointed by MM2 and one never: the run names the refused
-    group-partitions at resolve-translations; a rejection returns to the last safe state with
+    group-partitions at approve-translation-resolutions; a rejection returns to the last safe state with
     nothing applied; `earliest` is applied (read back) as the mirror's log start."""
     import json
 
@@ -166,7 +166,7 @@ def test_unplanned_failover_pauses_for_a_group_it_cannot_translate_and_applies_t
         # 1. rejected at the resolution gate: back to the last safe state, nothing applied on west
         thread, outcome = _failover_in_thread(path)
         resume(wait_paused_at("failover", "approve-failover", config=path), decision="approve")
-        run = wait_paused_at("failover", "resolve-translations", timeout=60, config=path)
+        run = wait_paused_at("failover", "approve-translation-resolutions", timeout=60, config=path)
         run_id = store.runs(t.domain.name)[0].id
         shown = json.loads(next(s.evidence for s in store.run(run_id).steps
                                 if s.name == "translate_consumer_offsets"))
@@ -186,7 +186,8 @@ def test_unplanned_failover_pauses_for_a_group_it_cannot_translate_and_applies_t
         assert "rejected" in str(outcome.get("error")), outcome
         view = store.run(run_id)
         assert view.status == "failed"
-        assert [a.decision for a in view.approvals if a.gate == "resolve-translations"] == ["rejected"]
+        assert [a.decision for a in view.approvals
+                if a.gate == "approve-translation-resolutions"] == ["rejected"]
         assert "apply_translation_resolutions" not in {s.name for s in view.steps}
         authority = authority_store(t, store).current(t.domain.name)
         assert (authority.owner, authority.state, authority.epoch) == ("east", State.ACTIVE, 3)
@@ -196,9 +197,9 @@ def test_unplanned_failover_pauses_for_a_group_it_cannot_translate_and_applies_t
         # 2. approved with `earliest` for the refused group: applied and read back
         thread, outcome = _failover_in_thread(path)
         resume(wait_paused_at("failover", "approve-failover", config=path), decision="approve")
-        run = wait_paused_at("failover", "resolve-translations", timeout=60, config=path)
+        run = wait_paused_at("failover", "approve-translation-resolutions", timeout=60, config=path)
         resume(run, decision="approve", choices=f"{refused}=checkpoint")  # not offered: asked again
-        run = wait_paused_at("failover", "resolve-translations", timeout=30, config=path)
+        run = wait_paused_at("failover", "approve-translation-resolutions", timeout=30, config=path)
         resume(run, decision="approve", approver="alice", choices=f"{refused}=earliest")
         run = wait_paused_at("failover", "approve-switch", timeout=60, config=path)
         run_id = store.runs(t.domain.name)[0].id

@@ -27,7 +27,7 @@ def swapped(runbook, first, second):
 def test_shipped_runbooks_are_valid_and_ordered_as_the_issue_says():
     assert [s.name for s in FAILOVER.steps] == [
         "check_lag", "approve-failover", "stop_primary_producers", "verify_secondary_currency",
-        "translate_consumer_offsets", "resolve-translations", "apply_translation_resolutions",
+        "translate_consumer_offsets", "approve-translation-resolutions", "apply_translation_resolutions",
         "check_switch_conditions", "approve-switch", "switch_authority", "reconcile"]
     assert FAILBACK.steps[0].name == "find_divergent_tail"
     assert FAILBACK.steps[-1].name == "reconcile"

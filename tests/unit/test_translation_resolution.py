@@ -63,14 +63,14 @@ def test_resolve_entry_places_the_chosen_position_and_states_its_bound(choice, o
     assert entry.usable and entry.translated_offset == offset
     assert entry.method == f"operator-resolution:{choice}"
     assert entry.duplicates_bound == bound and entry.missing == missing
-    assert entry.note.startswith(f"chosen by alice at gate resolve-translations ({choice}")
+    assert entry.note.startswith(f"chosen by alice at gate approve-translation-resolutions ({choice}")
     assert "was no-checkpoint: MM2 emitted no checkpoint" in entry.note
 
 
 def test_the_resolution_steps_run_only_on_an_unplanned_run_with_a_refusal():
     ctx = RunContext(topology=None, runbook="failover", run_id="r", old_owner="east", new_owner="west",
                      audit=None, authority=None, operator="op", unplanned=True)
-    gate = FAILOVER.step("resolve-translations")
+    gate = FAILOVER.step("approve-translation-resolutions")
     assert not ctx.option(gate.when)  # nothing translated yet, nothing refused
     ctx.state["translate_consumer_offsets"] = {"refused": ["g1 east.orders[0] no-checkpoint: ..."]}
     assert ctx.translations == "refused" and ctx.option(gate.when)
@@ -81,9 +81,9 @@ def test_the_resolution_steps_run_only_on_an_unplanned_run_with_a_refusal():
 
 def test_a_resolution_gate_on_the_planned_path_would_sit_inside_the_fenced_window():
     planned_too = replace(FAILOVER, steps=tuple(
-        replace(s, when="translations=refused") if s.name == "resolve-translations" else s
+        replace(s, when="translations=refused") if s.name == "approve-translation-resolutions" else s
         for s in FAILOVER.steps))
-    assert any("'resolve-translations' is a human gate inside the fenced window" in v
+    assert any("'approve-translation-resolutions' is a human gate inside the fenced window" in v
                for v in violations(planned_too))
     assert violations(FAILOVER) == []
 
@@ -119,3 +119,27 @@ def test_the_drill_holds_an_unplanned_run_to_the_bound_it_stated_after_a_resolut
                                                                    prediction_must_hold=False), True)}
     assert not judged["g1 duplicates"]["passed"] and judged["g1 duplicates"]["target"].startswith("<= 3")
     assert judged["g2 duplicates"]["passed"]
+
+
+def test_auto_approval_picks_checkpoint_else_earliest_and_records_it_as_auto(tmp_path):
+    from baton.audit import AuditStore
+    from baton.settings import Topology
+    from flows.gates import request_approval
+
+    region = {"bootstrap_servers": "192.0.2.1:9092", "admin": {"username": "a", "password": "b"}}
+    # a topology may name the gate like any other (require Slack for it, or let --yes answer it)
+    topology = Topology(domain={"name": "orders", "topics": ["orders.events"], "initial_owner": "east"},
+                        regions={"east": region, "west": region},
+                        approvals={"auto_approve_gates": [resolution.GATE],
+                                   "require_slack_for": [resolution.GATE]})
+    store = AuditStore(f"sqlite:///{tmp_path / 'audit.db'}")
+    run = store.start_run("orders", "failover", started_by="op")
+    ctx = RunContext(topology=topology, runbook="failover", run_id=run.id, old_owner="east",
+                     new_owner="west", audit=store, authority=None, operator="op", unplanned=True)
+    summary = {"resolution_options": {"g1": ["checkpoint", "earliest", "latest"],
+                                      "g2": ["earliest", "latest"]}}
+    answer = request_approval(ctx, FAILOVER.step(resolution.GATE), summary, auto_approve=True)
+    assert answer["choices"] == {"g1": "checkpoint", "g2": "earliest"} and answer["chosen_by"] == "auto (op)"
+    (approval,) = store.run(run.id).approvals
+    assert (approval.gate, approval.decision, approval.comment) == (
+        resolution.GATE, "approved", "answered by --yes: g1=checkpoint g2=earliest")
