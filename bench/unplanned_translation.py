@@ -15,6 +15,7 @@ import statistics
 import time
 
 from baton.audit.store import AuditStore
+from baton.drill.scorecard import stated_duplicates_bound
 from baton.lab.lab import Lab
 from baton.lab.prefect_server import start_prefect_server
 
@@ -33,7 +34,9 @@ def translation_of(store: AuditStore, run_id: str) -> dict:
         "checkpoint_extra_duplicates": sum(e["translated_offset"] - e["checkpoint_offset"] for e in entries
                                            if e.get("checkpoint_offset") is not None),
         "owner_declared_unreachable": bool(evidence.get("owner_declared_unreachable")),
-        "stated_duplicates_bound": evidence.get("summary", {}).get("duplicates_bound_by_group"),
+        # after an operator's resolution the applied positions' bounds are the statement
+        "stated_duplicates_bound": stated_duplicates_bound(
+            {s.name: json.loads(s.evidence) for s in store.run(run_id).steps}),
         "step_seconds": {s.name: round((s.ended_at - s.started_at).total_seconds(), 2)
                          for s in store.run(run_id).steps if s.ended_at},
     }

@@ -21,6 +21,7 @@ from pydantic import ConfigDict, Field
 from baton.approvals.policy import is_unverified, may_auto_approve
 from baton.audit.models import Approval, GateDecisionSlot
 from baton.errors import ApprovalRejected, StepFailed
+from baton.steps import resolution
 from baton.steps.context import RunContext
 from runbooks.model import Step
 
@@ -76,6 +77,19 @@ class GateDecision(RunInput):
         return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+class ResolutionDecision(GateDecision):
+    """The decision at gate approve-translation-resolutions: approve with a choice per refused group."""
+
+    choices: str = Field("", max_length=MAX_REASON, title="Choices per group",
+                         description="one `group=choice` per group listed above (checkpoint, "
+                                     "earliest or latest, as offered), separated by spaces")
+
+
+def _choices_text(decision: GateDecision) -> str:
+    """The choices an answer carries: the form's field, else (Slack) the reason box."""
+    return str(getattr(decision, "choices", "") or decision._extra("choices") or decision.reason)
+
+
 def _line(label: str, value) -> str:
     from flows.runner import escape_markdown  # imported late: the runner imports this module
 
@@ -106,9 +120,18 @@ def decision_form(step: Step, summary: dict) -> type[GateDecision]:
     reject = ("nothing was changed yet: the run stops, authority and replication stay as they are"
               if not fenced else "the old owner is unfenced and gets authority back (ACTIVE, new "
               "epoch); replication this run stopped is restarted")
+    if step.name == resolution.GATE:
+        from flows.runner import escape_markdown
+
+        lines += ["", "**Not translated** (nothing is applied, nothing switches until you choose):"]
+        lines += [f"- {escape_markdown(line)}" for line in summary.get("refused_translations", [])]
+        lines += ["", "**Choose per group** (write `group=choice` in Choices):"]
+        lines += [f"- {escape_markdown(group)}: {', '.join(choices)}"
+                  for group, choices in summary.get("resolution_options", {}).items()]
     lines += ["", f"**Rejecting**: {reject}. A rejection needs a reason. Your identity is not "
                   "verified here; it is recorded as unverified (Slack answers are verified)."]
-    return GateDecision.with_initial_data(description="\n".join(lines))
+    form = ResolutionDecision if step.name == resolution.GATE else GateDecision
+    return form.with_initial_data(description="\n".join(lines))
 
 
 def _translations(summary: dict) -> str:
@@ -145,10 +168,16 @@ def request_approval(ctx: RunContext, step: Step, summary: dict, *, auto_approve
     before the timeout, and keeps the message current."""
     gate = step.name
     # The topology's policy, not the flag alone (the runner refused a disallowed run already).
+    offered = summary.get("resolution_options") if gate == resolution.GATE else None
     if auto_approve and may_auto_approve(ctx.topology, gate):
+        answer = {"gate": gate, "decision": "approved", "approver": ctx.operator, "channel": "cli"}
+        comment = "answered by --yes"
+        if offered is not None:
+            answer |= {"choices": resolution.auto_choices(offered), "chosen_by": f"auto ({ctx.operator})"}
+            comment += ": " + " ".join(f"{g}={c}" for g, c in answer["choices"].items())
         ctx.audit.record_approval(ctx.run_id, gate, "approved", ctx.operator, channel="cli",
-                                  comment="answered by --yes")
-        return {"gate": gate, "decision": "approved", "approver": ctx.operator, "channel": "cli"}
+                                  comment=comment)
+        return answer
 
     timeout = ctx.topology.thresholds.gate_timeout_seconds
     deadline = time.monotonic() + timeout
@@ -161,7 +190,7 @@ def request_approval(ctx: RunContext, step: Step, summary: dict, *, auto_approve
     reminder = _schedule_reminder(notifier, message, ctx, step, deadline, timeout)
     try:
         return _wait_for_decision(ctx, step, gate, deadline, timeout, slack_only, poll_seconds,
-                                  notifier, message, form=decision_form(step, summary))
+                                  notifier, message, form=decision_form(step, summary), offered=offered)
     finally:
         if reminder is not None:
             reminder.cancel()
@@ -241,7 +270,7 @@ def _refuse_if_returned(ctx: RunContext, gate: str, decision: GateDecision, chan
 
 def _wait_for_decision(ctx: RunContext, step: Step, gate: str, deadline: float, timeout: float,
                        slack_only: bool, poll_seconds: float, notifier, message,
-                       form: type[GateDecision] = GateDecision) -> dict:
+                       form: type[GateDecision] = GateDecision, offered: dict | None = None) -> dict:
     attempt = 0
     while True:
         attempt += 1
@@ -269,6 +298,17 @@ def _wait_for_decision(ctx: RunContext, step: Step, gate: str, deadline: float, 
                                    ) from None
         verified = _verified_slack_approval(ctx, gate, decision)
         _refuse_if_returned(ctx, gate, decision, "slack" if verified else "prefect-ui")
+        choices: dict[str, str] = {}
+        if offered is not None and decision.approved:
+            choices, problems = resolution.parse_choices(_choices_text(decision), offered)
+            if problems:  # an approval must say what it approves: nothing is guessed
+                why = "refused: the approval chose no valid resolution: " + "; ".join(problems)
+                ctx.audit.record_approval(ctx.run_id, gate, "refused", decision.approver,
+                                          channel="slack" if verified else "prefect-ui", comment=why)
+                if verified is not None:  # Slack's one decision per gate is spent: stop safely
+                    raise ApprovalRejected(f"gate {gate}: {why}")
+                ctx.log(f"gate {gate}: {why}; still waiting")
+                continue
         if verified is None:
             if slack_only:
                 ctx.audit.record_approval(
@@ -276,16 +316,24 @@ def _wait_for_decision(ctx: RunContext, step: Step, gate: str, deadline: float, 
                     comment="refused: this gate requires a Slack-verified approval; still waiting")
                 ctx.log(f"gate {gate}: a Prefect UI answer is not accepted here; waiting for Slack")
                 continue
+            chosen = " ".join(f"{g}={c}" for g, c in choices.items())
             ctx.audit.record_approval(ctx.run_id, gate,
                                       "approved" if decision.approved else "rejected",
-                                      decision.approver, channel="prefect-ui", comment=decision.comment)
+                                      decision.approver, channel="prefect-ui",
+                                      comment=f"{decision.comment} [chose {chosen}]".strip()
+                                      if chosen else decision.comment)
         if notifier and message:
             notifier.mark_answered(message, ctx, step, "approved" if decision.approved else "rejected",
                                    decision.approver, decision.comment,
                                    channel="slack" if verified else "prefect-ui")
         if decision.approved:
             ctx.log(f"gate {gate}: approved by {decision.approver}")
-            return {"gate": gate, "decision": "approved", "approver": decision.approver,
-                    "channel": "slack" if verified else "prefect-ui"}
+            answer = {"gate": gate, "decision": "approved", "approver": decision.approver,
+                      "channel": "slack" if verified else "prefect-ui"}
+            if offered is not None:
+                # who chose, and how far that identity is proven (as the approvals table says)
+                answer |= {"choices": choices, "chosen_by": f"{decision.approver} ("
+                           + ("slack, verified)" if verified else "prefect-ui, unverified)")}
+            return answer
         raise ApprovalRejected(f"gate {gate} rejected by {decision.approver}: "
                                f"{decision.comment or 'no reason given'}")

@@ -22,6 +22,7 @@ from baton.audit.store import default_actor
 from baton.authority import State, authority_store, initialize_authority
 from baton.errors import AuditUnwritable, BatonError, StepFailed, UsageError
 from baton.settings import load_topology
+from baton.steps import resolution
 from baton.steps.context import DIVERGENT_POLICIES, RunContext
 from baton.steps.recover import replication_state
 from baton.steps.switch_conditions import stated as stated_conditions
@@ -168,7 +169,13 @@ def gate_summary(ctx: RunContext, step: Step) -> dict:
         summary["currency"] = currency.get("statement") or currency.get("why")
         summary["current"] = currency.get("current", False)
     if "translate_consumer_offsets" in state:
-        summary["translation"] = state["translate_consumer_offsets"].get("summary")
+        translated = state["translate_consumer_offsets"]
+        # after a resolution, what was applied (with the chosen positions' bounds) is the statement
+        summary["translation"] = (state.get("apply_translation_resolutions", {}).get("summary")
+                                  or translated.get("summary"))
+        if step.name == resolution.GATE:
+            summary["refused_translations"] = translated.get("refused", [])
+            summary["resolution_options"] = translated.get("resolution_options", {})
     if ctx.unplanned:
         summary["data_at_risk_records"] = state.get("data_at_risk_records")
     elif step.name == "approve-switch":
@@ -197,6 +204,7 @@ def execute(runbook: Runbook, ctx: RunContext, *, auto_approve: bool = False, no
                     record.evidence = {"shown": summary}
                     record.evidence |= request_approval(ctx, step, summary, auto_approve=auto_approve,
                                                         notifier=notifier, poll_seconds=poll_seconds)
+                ctx.state[step.name] = record.evidence  # e.g. the choices of approve-translation-resolutions
             else:
                 STEP_TASKS[step.name](ctx)
     except AuditUnwritable as error:

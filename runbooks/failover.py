@@ -44,9 +44,33 @@ TRANSLATE_CONSUMER_OFFSETS = Step(
     "Require the groups to be stopped on the owner (no active members), translate each "
     "group's position exactly (record fingerprints), apply to the secondary, read back.",
     changes="committed offsets of the domain's groups on the secondary",
-    unplanned="Translate from MirrorMaker 2 checkpoints (never skips data) and record the "
-    "duplicates bound per partition.",
+    unplanned="Translate from MirrorMaker 2 checkpoints (never skips data), exactly where the "
+    "engine's offset syncs prove a one-to-one segment, and record the duplicates bound per "
+    "partition. Every group-partition in scope gets an entry, `no-checkpoint` where MM2 never "
+    "checkpointed it. If any entry is refused, nothing is applied and the run does not switch "
+    "until a person resolves it at `approve-translation-resolutions`. Planned runs never ask: a refused "
+    "entry fails the switch conditions and the run returns to the last safe state.",
     roles=frozenset({Role.TRANSLATION}),
+)
+RESOLVE_TRANSLATIONS = Step(
+    "approve-translation-resolutions", Kind.GATE,
+    "Unplanned runs, only when some group-partition was not translated: the evidence lists every "
+    "refused entry with its reason and the options per group; the approver chooses per group "
+    "where its refused partitions resume: `checkpoint` (where MM2 has one; re-delivers at most "
+    "the mirror's records after it), `earliest` (the mirror's log start; re-delivers what the "
+    "group processed) or `latest` (the mirror's end; skips what it had not processed). Answer "
+    "`group=choice` pairs in the form's Choices field (Slack: in the reason box). `--yes` on the "
+    "lab picks checkpoint where one exists, else earliest, recorded as auto.",
+    when="unplanned=True and translations=refused",
+)
+APPLY_TRANSLATION_RESOLUTIONS = Step(
+    "apply_translation_resolutions", Kind.CHANGE,
+    "Apply the translated entries and the chosen positions together, read them back, and record "
+    "each resolved entry with method `operator-resolution:<choice>`, who chose, its offset and "
+    "its duplicates bound (stated before the switch; the drill holds the run to it).",
+    changes="committed offsets of the domain's groups on the secondary",
+    roles=frozenset({Role.TRANSLATION}),
+    when="unplanned=True and translations=refused",
 )
 CHECK_SWITCH_CONDITIONS = Step(
     "check_switch_conditions", Kind.MEASURE,
@@ -93,6 +117,6 @@ FAILOVER = Runbook(
     "planned run ends by reprotecting the old owner (the reprotect runbook's steps, outside the "
     "fenced window); after an unplanned run, `baton reprotect` does it once the old owner answers.",
     steps=(CHECK_LAG, APPROVE_FAILOVER, STOP_PRIMARY_PRODUCERS, VERIFY_SECONDARY_CURRENCY,
-           TRANSLATE_CONSUMER_OFFSETS, CHECK_SWITCH_CONDITIONS, APPROVE_SWITCH, SWITCH_AUTHORITY,
-           RECONCILE, *PLANNED_FAILOVER_REPROTECT),
+           TRANSLATE_CONSUMER_OFFSETS, RESOLVE_TRANSLATIONS, APPLY_TRANSLATION_RESOLUTIONS,
+           CHECK_SWITCH_CONDITIONS, APPROVE_SWITCH, SWITCH_AUTHORITY, RECONCILE, *PLANNED_FAILOVER_REPROTECT),
 )

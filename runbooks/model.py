@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from baton.steps.context import clauses
+
 
 class Kind(StrEnum):
     MEASURE = "measure"  # reads only
@@ -44,7 +46,9 @@ class Step:
     changes: str = ""  # what it changes, for --plan and the Markdown
     unplanned: str = ""  # how it behaves when the owner is unreachable, if differently
     roles: frozenset[Role] = frozenset()
-    when: str = ""  # a condition on the run's options, e.g. "policy=discard"; empty: always
+    # A condition on the run's options or findings, e.g. "divergent_policy=discard", or several
+    # joined by " and "; empty: always.
+    when: str = ""
 
     @property
     def irreversible(self) -> bool:
@@ -88,7 +92,7 @@ def violations(runbook: Runbook) -> list[str]:
         return problems + ["a runbook needs steps"]
     for path, own in PATHS.items():
         other = PATHS["unplanned" if path == "planned" else "planned"]
-        steps = [s for s in runbook.steps if s.when != other]
+        steps = [s for s in runbook.steps if other not in clauses(s.when)]
         last = [f"the last step must reconcile, not {steps[-1].name!r}"] \
             if Role.RECONCILE not in steps[-1].roles else []
         for problem in _path_violations(steps, planned=path == "planned", own=own) + last:

@@ -18,6 +18,9 @@ EVIDENCE_FIELDS = (  # (summary key, label) in the order an approver reads them
     ("readiness", "Readiness"),
     ("translation", "Consumer groups translated"), ("divergent_records", "Divergent records"),
     ("divergent_policy", "Divergent policy"), ("reason", "Reason"),
+    ("refused_translations", "Not translated"),
+    # approve-translation-resolutions: the approver writes `group=choice` per group in the reason box
+    ("resolution_options", "Choose per group (write group=choice in the reason)"),
 )
 
 

@@ -144,8 +144,7 @@ def build_scorecard(session: DrillSession, *, failover_run: str, failback_run: s
         legs[leg]["consumers"] = _per_leg(acked, processed, groups, leg, failback_at,
                                           switch_epoch.get("failback"), excused)
     if unplanned and "failover" in legs:
-        summary = evidence["failover"].get("translate_consumer_offsets", {}).get("summary", {})
-        legs["failover"]["stated_duplicates_bound"] = summary.get("duplicates_bound_by_group")
+        legs["failover"]["stated_duplicates_bound"] = stated_duplicates_bound(evidence["failover"])
     if unplanned and "failover" in legs and divergent:
         legs["failover"]["rpo_records"] = divergent["lost"]["count"]
         legs["failover"]["predicted_at_risk_records"] = prediction["records"] if prediction else None
@@ -194,6 +193,14 @@ def build_scorecard(session: DrillSession, *, failover_run: str, failback_run: s
     card["passed"] = error is None and all(o["passed"] for o in card["objectives"])
     card["outcome"] = "passed" if card["passed"] else "failed"
     return card
+
+
+def stated_duplicates_bound(evidence: dict) -> dict[str, int] | None:
+    """Per group, the duplicates an unplanned run stated before its switch: the translation's,
+    or after an operator's resolution the bounds of the positions actually applied."""
+    summary = (evidence.get("apply_translation_resolutions", {}).get("summary")
+               or evidence.get("translate_consumer_offsets", {}).get("summary", {}))
+    return summary.get("duplicates_bound_by_group")
 
 
 def _per_leg(acked, processed, groups, leg, failback_at, failback_epoch, excused) -> dict:

@@ -412,10 +412,15 @@ def _by_checkpoints(scope: Scope, groups: list[str], exact: list[Translation] | 
             entry = Translation(group, topic, mirror, p, reference.owner_offset if reference else None,
                                 None, "checkpoint", duplicates_bound=bound, missing=None)
             if checkpoint is None:
-                if reference is None:
+                if reference is None and exact is not None:
                     continue
+                # With the owner down every partition in scope gets an entry: the group's commit
+                # there cannot be read, so the gap is named (and resolvable) instead of skipped.
                 entry.refuse("no-checkpoint", "MM2 emitted no checkpoint for this group and partition "
-                             "(lagging or idle group)")
+                             "(lagging or idle group)" if reference is not None else
+                             f"MM2 emitted no checkpoint for this group and partition, and the owner "
+                             f"{scope.owner!r} is unreachable, so its commit there (if any) cannot be "
+                             "read: the group never committed there, lags, or is idle")
             else:
                 entry.resolve(checkpoint.downstream_offset)
                 if entry.owner_offset is None:
@@ -430,10 +435,6 @@ def _by_checkpoints(scope: Scope, groups: list[str], exact: list[Translation] | 
                     entry.note = (f"measured against exact offset {reference.translated_offset}: "
                                   f"{entry.duplicates_bound} duplicates")
             rows.append(entry)
-        if exact is None and not rows:
-            raise UsageError(f"no MM2 checkpoints for group {group!r} on region {scope.secondary!r} for "
-                             f"{', '.join(scope.mirrors.values())}: unknown group, or MM2 never "
-                             "checkpointed it (groups pattern, or the group never committed)")
         entries.extend(rows)
     return entries
 

@@ -47,9 +47,21 @@ class RunContext:
         """The region that must be kept current (and whose divergent tail is handled)."""
         return self.old_owner if self.state.get("switched") else self.new_owner
 
+    @property
+    def translations(self) -> str:
+        """`refused` once translate_consumer_offsets left entries without an offset, else `ok`."""
+        return "refused" if self.state.get("translate_consumer_offsets", {}).get("refused") else "ok"
+
     def option(self, condition: str) -> bool:
-        """Evaluate a step's `when` condition such as `divergent_policy=discard`."""
-        if not condition:
-            return True
-        name, _, value = condition.partition("=")
-        return str(getattr(self, name)) == value
+        """Evaluate a step's `when` condition such as `divergent_policy=discard`, or several
+        joined by ` and ` (read when the step is reached, so it may name what earlier steps found)."""
+        for clause in clauses(condition):
+            name, _, value = clause.partition("=")
+            if str(getattr(self, name)) != value:
+                return False
+        return True
+
+
+def clauses(condition: str) -> list[str]:
+    """The `name=value` parts of a step's `when` (empty: always)."""
+    return [c.strip() for c in condition.split(" and ") if c.strip()]

@@ -23,6 +23,7 @@ from baton.replication.currency import verify_currency
 from baton.replication.lag import measure_lag, resolve_scope
 from baton.replication.translation import TranslationReport, apply_translation, translate_offsets
 from baton.replication.upstream import keep_returning_positions, translate_to_upstream
+from baton.steps import resolution
 from baton.steps.context import RunContext
 from baton.steps.switch_conditions import fenced_window_left
 from baton.steps.topics import stream_pairs
@@ -220,8 +221,12 @@ def _prove_fence(ctx: RunContext, admin, read_back_at: float) -> dict:
 
 
 def stop_primary_producers(ctx: RunContext) -> dict:
-    evidence = {"authority": _fence_authority(ctx)}
-    admin = _reachable(ctx, ctx.old_owner, timeout=UNREACHABLE_PROBE_SECONDS)
+    # The owner is probed while authority is fenced and published (both read-only towards each
+    # other): a dead owner then costs one timeout, not the publish's plus the probe's.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        probing = pool.submit(_reachable, ctx, ctx.old_owner, UNREACHABLE_PROBE_SECONDS)
+        evidence = {"authority": _fence_authority(ctx)}
+        admin = probing.result()
     if admin is None:
         if not ctx.unplanned:
             # No state is asserted here: compensation reads what is true and the runner says it.
@@ -347,8 +352,18 @@ def translate_consumer_offsets(ctx: RunContext) -> dict:
     evidence["translation"] = report.as_dict()
     evidence["method"] = method
     if report.untranslated:
-        raise StepFailed("refusing to switch: not translated: " + report.refusal_text()
-                         + ". Nothing was applied.")
+        if not ctx.unplanned:  # inside a planned fence: a failed switch condition, nobody is asked
+            raise StepFailed("refusing to switch: not translated: " + report.refusal_text()
+                             + ". Nothing was applied.")
+        # Unplanned: nothing is applied and nothing switches until a person chooses, per group,
+        # where the refused partitions resume (gate approve-translation-resolutions, then
+        # apply_translation_resolutions applies everything at once).
+        refused = resolution.refused(evidence["translation"])
+        evidence["refused"] = [resolution.describe(e) for e in refused]
+        evidence["resolution_options"] = resolution.options(refused)
+        ctx.log("translate_consumer_offsets: not translated, a choice is needed at gate "
+                f"{resolution.GATE}: " + report.refusal_text())
+        return evidence
     # In a failback the returning region's offsets date from before the failover; the current
     # owner's positions are the truth even where they are lower, except inside the common prefix
     # where the group's own commit there is still true (keep_returning_positions above).
@@ -359,15 +374,7 @@ def translate_consumer_offsets(ctx: RunContext) -> dict:
     evidence["applied"] = [{"group": a.group, "committed": a.committed, "previous": a.previous,
                             "deleted_no_commit_on_owner": a.deleted} for a in applied]
     ctx.state["applied_offsets"] = {a.group: a.committed for a in applied}
-    evidence["summary"] = {
-        "groups": len(applied), "partitions": len(report.entries),
-        "methods": sorted({e.method for e in report.entries}),
-        "duplicates_bound": sum(e.duplicates_bound or 0 for e in report.entries),
-        # what this run states it may re-deliver per group (unplanned: after the last checkpoint)
-        "duplicates_bound_by_group": {g: sum(e.duplicates_bound or 0 for e in report.entries if e.group == g)
-                                      for g in sorted({e.group for e in report.entries})},
-        "missing": sum(e.missing or 0 for e in report.entries),
-    }
+    evidence["summary"] = resolution.summary(report.entries, len(applied))
     return evidence
 
 

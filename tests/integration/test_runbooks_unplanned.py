@@ -151,3 +151,146 @@ def test_unplanned_failover_then_failback_accounts_for_every_divergent_record(
             lab.fault("restart", "east")
         restore_lab(t)
         wait_until(lambda: lab.status()["replication"]["state"] == "RUNNING", 90, "replication RUNNING")
+
+
+def _failover_in_thread(path):
+    """An unplanned failover of the domain in a thread (its gates answered through the Prefect
+    API); returns (thread, outcome) where outcome gets "summary" or "error"."""
+    import contextvars
+    import threading
+
+    from flows.failover import failover
+
+    outcome: dict = {}
+
+    def run():
+        try:
+            outcome["summary"] = failover(config=str(path), unplanned=True, reason="east hung by the test")
+        except BaseException as e:  # noqa: BLE001 - reported to the test
+            outcome["error"] = e
+
+    # Prefect's settings (the test server's URL) live in context variables: carry them over.
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(run,), daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def test_unplanned_failover_pauses_for_a_group_it_cannot_translate_and_applies_the_choice(
+        lab, topology, tmp_path, prefect_api):
+    """Owner dead, one group checkpointed by MM2 and one never: the run names the refused
+    group-partitions at approve-translation-resolutions; a rejection returns to the last safe state with
+    nothing applied; `earliest` is applied (read back) as the mirror's log start."""
+    import json
+
+    from confluent_kafka import TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    from baton.authority import State, authority_store
+    from baton.kafka.admin import admin_client
+    from baton.kafka.reading import watermarks
+    from flows.runner import escape_markdown
+    from tests.integration.runbook_support import committed, resume, wait_paused_at
+
+    path = make_domain(topology, tmp_path, partitions=2, lease_ttl_seconds=1)
+    t = load_topology(path)
+    topic, (translated, refused) = t.domain.topics[0], t.domain.consumer_groups
+    mirror = t.replication.remote_topic(topic, "east")
+    produce(t, "east", topic, 40, 2, "east")
+    commit(t, "east", translated, topic, {0: 10, 1: 12})
+    wait_mirrored(t, topic, 40)
+    engine = engine_for(t)
+    wait_until(lambda: len([k for k in engine.checkpoints("east", "west").items if k[0] == translated]) == 2,
+               60, "MM2 checkpoints for the translated group")
+    # The mirror's retention moved partition 0's log start: `earliest` is a measured offset, not 0.
+    admin = AdminClient(t.regions["west"].client_config("admin"))
+    for future in admin.delete_records([TopicPartition(mirror, 0, 5)]).values():
+        future.result()
+    store = AuditStore.for_topology(t)
+    lab.fault("hang", "east")
+    try:
+        # 1. rejected at the resolution gate: back to the last safe state, nothing applied on west
+        thread, outcome = _failover_in_thread(path)
+        resume(wait_paused_at("failover", "approve-failover", config=path), decision="approve")
+        run = wait_paused_at("failover", "approve-translation-resolutions", timeout=60, config=path)
+        run_id = store.runs(t.domain.name)[0].id
+        shown = json.loads(next(s.evidence for s in store.run(run_id).steps
+                                if s.name == "translate_consumer_offsets"))
+        assert sorted(shown["refused"]) == sorted(
+            f"{refused} {mirror}[{p}] no-checkpoint: " + next(
+                e["note"] for e in shown["translation"]["entries"]
+                if e["group"] == refused and e["partition"] == p) for p in (0, 1))
+        assert shown["resolution_options"] == {refused: ["earliest", "latest"]}
+        schema, description = _pause_form(run)  # what the approver reads and answers in the UI
+        assert set(schema["properties"]) == {"decision", "reason", "choices"}
+        for line in (f"{refused} {mirror}[0] no-checkpoint", f"{refused} {mirror}[1] no-checkpoint",
+                     f"{refused}: earliest, latest"):
+            assert escape_markdown(line) in description, line
+        lab.fault("resume", "east")  # the owner is back while the gate waits: rejected
+        resume(run, decision="reject", reason="east is back")
+        thread.join(60)
+        assert "rejected" in str(outcome.get("error")), outcome
+        view = store.run(run_id)
+        assert view.status == "failed"
+        assert [a.decision for a in view.approvals
+                if a.gate == "approve-translation-resolutions"] == ["rejected"]
+        assert "apply_translation_resolutions" not in {s.name for s in view.steps}
+        authority = authority_store(t, store).current(t.domain.name)
+        assert (authority.owner, authority.state, authority.epoch) == ("east", State.ACTIVE, 3)
+        assert committed(t, "west", translated) == {} and committed(t, "west", refused) == {}
+        lab.fault("hang", "east")
+
+        # 2. approved with `earliest` for the refused group: applied and read back
+        thread, outcome = _failover_in_thread(path)
+        resume(wait_paused_at("failover", "approve-failover", config=path), decision="approve")
+        run = wait_paused_at("failover", "approve-translation-resolutions", timeout=60, config=path)
+        resume(run, decision="approve", choices=f"{refused}=checkpoint")  # not offered: asked again
+        run = wait_paused_at("failover", "approve-translation-resolutions", timeout=30, config=path)
+        resume(run, decision="approve", approver="alice", choices=f"{refused}=earliest")
+        run = wait_paused_at("failover", "approve-switch", timeout=60, config=path)
+        run_id = store.runs(t.domain.name)[0].id
+        marks = watermarks(admin_client(t.regions["west"]), [(mirror, 0), (mirror, 1)], "west")
+        starts = {p: marks[(mirror, p)].start for p in (0, 1)}
+        assert starts[0] == 5
+        assert committed(t, "west", refused) == {(mirror, 0): starts[0], (mirror, 1): starts[1]}
+        applied = json.loads(next(s.evidence for s in store.run(run_id).steps
+                                  if s.name == "apply_translation_resolutions"))
+        assert {(e["partition"], e["method"], e["translated_offset"], e["chosen_by"])
+                for e in applied["resolved"]} == {
+            (p, "operator-resolution:earliest", starts[p], "alice (prefect-ui, unverified)") for p in (0, 1)}
+        assert committed(t, "west", translated) == {
+            (mirror, e["partition"]): e["translated_offset"] for e in applied["entries"]
+            if e["group"] == translated}
+        # the switch itself is what every unplanned test proves; here it is declined (owner back)
+        lab.fault("resume", "east")
+        resume(run, decision="reject", reason="east is back")
+        thread.join(60)
+        assert "rejected" in str(outcome.get("error")), outcome
+    finally:
+        lab.fault("resume", "east")
+        wait_until(lambda: _restored(t), 60, "east to answer after it was resumed")
+
+
+def _pause_form(flow_run_id: str) -> tuple[dict, str]:
+    import asyncio
+    import json
+
+    from prefect.client.orchestration import get_client
+
+    async def read():
+        async with get_client() as client:
+            keyset = (await client.read_flow_run(flow_run_id)).state.state_details.run_input_keyset
+            return (await client.read_flow_run_input(flow_run_id, keyset["schema"]),
+                    await client.read_flow_run_input(flow_run_id, keyset["description"]))
+
+    schema, description = asyncio.run(read())
+    return json.loads(schema), json.loads(description)
+
+
+def _restored(t) -> bool:
+    from baton.errors import BatonError
+
+    try:
+        restore_lab(t)
+    except BatonError:  # a resumed broker may need a moment before its controller answers
+        return False
+    return True

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from baton.steps.context import clauses
 from runbooks import FAILBACK, FAILOVER, REPROTECT, RUNBOOKS
 from runbooks.model import Kind, RunbookInvalid, validate, violations
 from runbooks.render import markdown
@@ -26,7 +27,8 @@ def swapped(runbook, first, second):
 def test_shipped_runbooks_are_valid_and_ordered_as_the_issue_says():
     assert [s.name for s in FAILOVER.steps] == [
         "check_lag", "approve-failover", "stop_primary_producers", "verify_secondary_currency",
-        "translate_consumer_offsets", "check_switch_conditions", "approve-switch", "switch_authority",
+        "translate_consumer_offsets", "approve-translation-resolutions", "apply_translation_resolutions",
+        "check_switch_conditions", "approve-switch", "switch_authority",
         "reconcile", "find_divergent_tail", "handle_divergent_tail", "start_reverse_replication",
         "verify_standby_current"]
     # A planned failover ends by reprotecting the old owner; an unplanned one ends at reconcile.
@@ -98,7 +100,7 @@ def test_no_human_gate_inside_a_planned_fenced_window(runbook):
     assert any("'approve-switch' is a human gate inside the fenced window of a planned run" in p
                for p in problems), problems
     # The shipped runbooks decide before the fence: on the planned path no gate follows the fence.
-    planned = [s for s in runbook.steps if s.when != "unplanned=True"]
+    planned = [s for s in runbook.steps if "unplanned=True" not in clauses(s.when)]
     fence = next(i for i, s in enumerate(planned) if s.name == "stop_primary_producers")
     switch = next(i for i, s in enumerate(planned) if s.name == "switch_authority")
     assert [s.name for s in planned[fence:switch] if s.kind is Kind.GATE] == []
