@@ -16,6 +16,7 @@ from runbooks.reprotect import (
     FIND_DIVERGENT_TAIL,
     HANDLE_DIVERGENT_TAIL,
     START_REVERSE_REPLICATION,
+    VERIFY_STANDBY_CURRENT,
 )
 
 APPROVE_FAILBACK = Step(
@@ -32,9 +33,11 @@ FAILBACK = Runbook(
     name="failback",
     title="Failback",
     purpose="Return write authority to the region that held it before a failover, once it is "
-    "reachable again: handle its divergent tail, replicate back, then fail over in reverse.",
+    "reachable again: handle its divergent tail, replicate back until the returning region is "
+    "current (a lag measured while the reverse flow is still copying the backlog would refuse or "
+    "mislead), then fail over in reverse.",
     steps=(FIND_DIVERGENT_TAIL, APPROVE_DISCARD, HANDLE_DIVERGENT_TAIL, START_REVERSE_REPLICATION,
-           CHECK_LAG, APPROVE_FAILBACK, STOP_PRIMARY_PRODUCERS, VERIFY_SECONDARY_CURRENCY,
-           TRANSLATE_CONSUMER_OFFSETS, CHECK_SWITCH_CONDITIONS, APPROVE_SWITCH, SWITCH_AUTHORITY,
-           RESTORE_REPLICATION, RECONCILE),
+           VERIFY_STANDBY_CURRENT, CHECK_LAG, APPROVE_FAILBACK, STOP_PRIMARY_PRODUCERS,
+           VERIFY_SECONDARY_CURRENCY, TRANSLATE_CONSUMER_OFFSETS, CHECK_SWITCH_CONDITIONS,
+           APPROVE_SWITCH, SWITCH_AUTHORITY, RESTORE_REPLICATION, RECONCILE),
 )

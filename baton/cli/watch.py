@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import sys
 import threading
 from typing import Annotated
 
@@ -31,6 +32,8 @@ def watch(
         min=0.5, help="seconds between samples (default: watch.interval_seconds)")] = None,
     once: Annotated[bool, typer.Option("--once", help="sample once, store it and exit")] = False,
     alerts: Annotated[bool, typer.Option(help="post readiness alerts to the approvals channel")] = True,
+    worker: Annotated[bool, typer.Option(
+        "--worker", hidden=True, help="sample in this process (the supervisor's child)")] = False,
 ) -> None:
     """Sample lag, replication, checkpoints and the lease of each domain every interval (a service)."""
     from baton.settings import load_topology
@@ -44,6 +47,8 @@ def watch(
     names = [t.domain.name for t in topologies]
     if len(set(names)) != len(names):
         raise UsageError(f"domain listed twice: {names}; pass each topology file once")
+    if not once and not worker:
+        return _supervised()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     for noisy in ("httpx", "alembic"):  # one line per Connect REST call or migration check otherwise
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -67,6 +72,21 @@ def watch(
         signal.signal(signum, lambda *_: stop.set())
     err.print(f"watching {', '.join(names)} every {service.interval:g}s", highlight=False)
     service.run(stop)
+
+
+def _supervised() -> None:
+    """`baton watch` as a service: the same command with --worker in a child process, started again
+    whenever it dies (a native librdkafka crash cannot be caught in-process)."""
+    from baton.watch.supervisor import supervise
+
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    xoptions = [f"-X{k}" if v is True else f"-X{k}={v}" for k, v in sys._xoptions.items()]
+    command = [sys.executable, *xoptions, "-X", "faulthandler", "-m", "baton", *sys.argv[1:], "--worker"]
+    code = supervise(command, stop, lambda line: err.print(line, highlight=False))
+    if code:
+        raise typer.Exit(code)
 
 
 @handles_errors
