@@ -213,3 +213,20 @@ def resume(flow_run_id: str, **run_input) -> str:
 
 def lab_topology_from(path: Path) -> Topology:
     return load_topology(path)
+
+
+def wait_checkpointed(topology: Topology, partitions: int = 3, timeout: float = 120) -> None:
+    """Every domain group has an MM2 checkpoint for every partition on the secondary: an unplanned
+    run translates from them, and a group MM2 has not checkpointed yet is refused, not guessed."""
+    engine = engine_for(topology)
+
+    def done() -> bool:
+        keys = [k[0] for k in engine.checkpoints("east", "west").items]
+        return all(keys.count(g) >= partitions for g in topology.domain.consumer_groups)
+
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            groups = topology.domain.consumer_groups
+            raise AssertionError(f"MM2 did not checkpoint {groups} within {timeout:.0f}s")
+        time.sleep(0.5)

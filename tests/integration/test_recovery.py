@@ -29,6 +29,7 @@ from tests.integration.runbook_support import (
     produce,
     restore_lab,
     resume,
+    wait_checkpointed,
     wait_mirrored,
     wait_paused_at,
 )
@@ -102,10 +103,16 @@ def assert_replication_copies(t) -> None:
 UNPLANNED = ("--unplanned", "--reason", "a pause inside the fenced window, for the test")
 
 
+def start_unplanned(path):
+    """The CLI's unplanned failover of a seeded domain, once MM2 has checkpointed its groups."""
+    wait_checkpointed(load_topology(path))
+    return start_cli_failover(path, *UNPLANNED)
+
+
 def paused_at_switch_then_crash(path) -> str:
     """An unplanned failover of the domain, approved to approve-switch (east fenced), whose CLI
     is then killed."""
-    process = start_cli_failover(path, *UNPLANNED)
+    process = start_unplanned(path)
     try:
         run = wait_paused_at("failover", "approve-failover", config=path, process=process)
         resume(run, decision="approve", approver="alice")
@@ -331,7 +338,7 @@ def test_audit_database_not_writable_stops_the_run_and_resume_finishes_it(domain
     # The database file and its write-ahead log immutable: every write fails ("disk I/O error").
     database = t.audit.database_url.removeprefix("sqlite:///")
     files = [database, database + "-wal"]
-    process = start_cli_failover(path, *UNPLANNED)
+    process = start_unplanned(path)
     try:
         run = wait_paused_at("failover", "approve-failover", config=path, process=process)
         resume(run, decision="approve", approver="alice")
@@ -465,7 +472,7 @@ def test_target_killed_at_the_last_gate_leaves_no_connector_acl_or_lock_behind(l
     path = domain()
     t = load_topology(path)
     seed(t)
-    process = start_cli_failover(path, *UNPLANNED)
+    process = start_unplanned(path)
     try:
         run = wait_paused_at("failover", "approve-failover", config=path, process=process)
         resume(run, decision="approve", approver="alice")
