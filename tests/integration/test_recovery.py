@@ -403,6 +403,7 @@ def test_gate_waits_out_a_prefect_server_outage_until_its_own_timeout(domain, tm
     path = domain(gate_timeout_seconds=300)
     t = load_topology(path)
     seed(t)
+    wait_checkpointed(t)
     server = start_prefect_server()
     port = int(server.url.rsplit(":", 1)[1].split("/")[0])
     log = tmp_path / "cli.err"
