@@ -65,10 +65,10 @@ def _text(binding: AclBinding) -> str:
             f"for {binding.principal}")
 
 
-def present_bindings(topology: Topology, region: str) -> list[AclBinding]:
+def present_bindings(topology: Topology, region: str, admin=None) -> list[AclBinding]:
     """Which of the region's fence bindings exist right now (read from the brokers)."""
     wanted = {_key(b): b for b in fence_bindings(topology, region)}
-    admin = check_reachable(region, topology.regions[region])
+    admin = admin or check_reachable(region, topology.regions[region])
     found = []
     for principal in {b.principal for b in wanted.values()}:
         query = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, principal, None,
@@ -86,8 +86,8 @@ def is_fenced(topology: Topology, region: str) -> bool:
 
 def _apply(topology: Topology, region: str, fencing: bool) -> dict[str, Any]:
     bindings = fence_bindings(topology, region)
-    admin = check_reachable(region, topology.regions[region])
-    before = {_key(b) for b in present_bindings(topology, region)}
+    admin = check_reachable(region, topology.regions[region])  # one client for change and read-back
+    before = {_key(b) for b in present_bindings(topology, region, admin)}
     try:
         if fencing:
             missing = [b for b in bindings if _key(b) not in before]
@@ -110,7 +110,7 @@ def _apply(topology: Topology, region: str, fencing: bool) -> dict[str, Any]:
     # A broker that has just (re)started serves ACLs from a metadata image that can trail the
     # controller by a moment: read back until it shows the change, within a bound.
     deadline = time.monotonic() + READ_BACK_SECONDS
-    while (after := {_key(b) for b in present_bindings(topology, region)}) != expected \
+    while (after := {_key(b) for b in present_bindings(topology, region, admin)}) != expected \
             and time.monotonic() < deadline:
         time.sleep(0.2)
     if after != expected:

@@ -23,7 +23,14 @@ from dataclasses import asdict, dataclass, field
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 
 from baton.errors import RegionUnreachable, ReplicationError, StepFailed, UsageError
-from baton.kafka.reading import Partition, Rec, committed_offsets, read_ranges, watermarks
+from baton.kafka.reading import (
+    Partition,
+    Rec,
+    committed_offsets,
+    read_ranges,
+    read_ranges_of_both,
+    watermarks,
+)
 from baton.replication.engine import ReplicationEngine
 from baton.replication.lag import LagReport, Scope, latest_hint, measure_lag, resolve_scope
 from baton.replication.matching import common_prefix, match_run
@@ -140,8 +147,12 @@ class TranslationReport:
 def translate_offsets(topology: Topology, *, groups: list[str] | None = None,
                       topics: list[str] | None = None, owner: str | None = None, method: str = "exact",
                       hint: str = "offset-sync", engine: ReplicationEngine | None = None,
-                      scope: Scope | None = None) -> TranslationReport:
-    """Translate each group's committed offsets on the owner to positions on the secondary."""
+                      scope: Scope | None = None, lag: LagReport | None = None) -> TranslationReport:
+    """Translate each group's committed offsets on the owner to positions on the secondary.
+
+    lag: a measurement of this scope the caller already holds (the currency step's, on a fenced
+    owner whose end offsets and the mirror's were re-read unchanged since); else measured here.
+    """
     if method not in ("exact", "checkpoint"):
         raise UsageError(f"--method must be exact or checkpoint, not {method!r}")
     if hint not in ("offset-sync", "timestamp"):
@@ -159,7 +170,7 @@ def translate_offsets(topology: Topology, *, groups: list[str] | None = None,
         entries = _by_checkpoints(scope, groups, None, problems)
         _exact_from_syncs(scope, entries, problems)
         return TranslationReport(scope.owner, scope.secondary, False, entries, problems)
-    lag = measure_lag(topology, scope=scope)
+    lag = lag or measure_lag(topology, scope=scope)
     problems.extend(lag.problems)
     exact = _exact(scope, groups, lag, hint)
     entries = _by_checkpoints(scope, groups, exact, problems) if method == "checkpoint" else exact
@@ -257,10 +268,10 @@ def _verify_hinted(scope: Scope, pending: list[tuple[Translation, Partition]], l
         mirror_ranges.setdefault(scope.mirror_of(tp), []).append(
             (hint.downstream_offset,
              min(part.mirror_end, hint.downstream_offset + next_offset - hint.upstream_offset + RUN_AFTER)))
-    owner_recs = read_ranges(scope.config(scope.owner), owner_ranges, scope.owner,
-                             timestamps=scope.timestamps, exclude_headers=scope.engine.replication_headers)
-    mirror_recs = read_ranges(scope.config(scope.secondary), mirror_ranges, scope.secondary,
-                              timestamps=scope.timestamps, exclude_headers=scope.engine.replication_headers)
+    owner_recs, mirror_recs = read_ranges_of_both(
+        (scope.config(scope.owner), owner_ranges, scope.owner),
+        (scope.config(scope.secondary), mirror_ranges, scope.secondary),
+        timestamps=scope.timestamps, exclude_headers=scope.engine.replication_headers)
     resolved = set()
     for entry, tp, hint, next_offset in plan:
         owner_seq = [r for r in _sorted(owner_recs[tp]) if hint.upstream_offset <= r.offset]

@@ -30,6 +30,9 @@ from baton.watch.store import data_at_risk
 
 PROGRESS_EVERY = 5.0
 UNREACHABLE_PROBE_SECONDS = 3.0  # how long to ask a region that may be down before moving on
+# Currency is polled from 50 ms, doubling to 1 s: after a fence MM2 copies the last records
+# within tens of milliseconds, and every poll while producers are refused is outage.
+CURRENCY_FIRST_POLL, CURRENCY_MAX_POLL = 0.05, 1.0
 
 
 class PairedEngine:
@@ -271,9 +274,12 @@ def verify_secondary_currency(ctx: RunContext) -> dict:
     timeout = ctx.topology.thresholds.step_timeout_seconds
     left = fenced_window_left(ctx)  # a planned run waits no longer than its fenced window allows
     timeout = timeout if left is None else max(0.0, min(timeout, left))
-    started, last_note = time.monotonic(), time.monotonic()
+    started, last_note, pause = time.monotonic(), time.monotonic(), CURRENCY_FIRST_POLL
+    scope = resolve_scope(ctx.topology, owner=ctx.old_owner)  # topics, mirrors, clients: once
+    measured = 0
     while True:
-        report = verify_currency(ctx.topology, owner=ctx.old_owner)
+        measured += 1
+        report = verify_currency(ctx.topology, lag=measure_lag(ctx.topology, scope=scope))
         if report.current:
             break
         if time.monotonic() - started > timeout:
@@ -285,19 +291,48 @@ def verify_secondary_currency(ctx: RunContext) -> dict:
             ctx.log(f"verify_secondary_currency: {report.lag.statement()} "
                     f"({time.monotonic() - started:.0f} s)")
             last_note = time.monotonic()
-        time.sleep(1)
-    evidence = report.as_dict() | {"waited_seconds": round(time.monotonic() - started, 2)}
+        time.sleep(pause)
+        pause = min(CURRENCY_MAX_POLL, 2 * pause)
+    evidence = report.as_dict() | {"waited_seconds": round(time.monotonic() - started, 2),
+                                   "measurements": measured}
     final = ctx.state.get("final_end_offsets")
     if final:
         owner_ends = {f"{p.topic}[{p.partition}]": p.owner_end for p in report.lag.partitions}
         moved = {k: (final[k], owner_ends[k]) for k in final if k in owner_ends and owner_ends[k] != final[k]}
         if moved:
             raise StepFailed(f"{ctx.old_owner} was written to after its fence: {moved}")
+    ctx.reuse["currency"] = (scope, report.lag)
     ctx.log(f"verify_secondary_currency: {ctx.new_owner} holds every record ({report.lag.statement()})")
     return evidence
 
 
 # -- translate_consumer_offsets ---------------------------------------------------------------
+
+
+def _currency_measurement(ctx: RunContext, native: dict[str, str], evidence: dict):
+    """(scope, lag) of the currency step when translation may use them, else (None, None).
+
+    The lag was measured on the fenced owner (its end offsets proven still) and showed the mirror
+    current. It still describes both sides if every owner start/end/stable offset and every mirror
+    start/end offset reads the same now: the owner is fenced, and a mirror that grew (a replayed
+    copy) or lost its head (retention) would show here, so then everything is measured again.
+    """
+    scope, lag = ctx.reuse.get("currency", (None, None))
+    if ctx.unplanned or scope is None or scope.mirrors != native:
+        return None, None
+    pairs = scope.pairs()
+    owner = watermarks(scope.owner_admin, pairs, scope.owner, scope.timeout, stable=True)
+    mirror = watermarks(scope.secondary_admin, [scope.mirror_of(tp) for tp in pairs], scope.secondary,
+                        scope.timeout)
+    moved = [f"{p.topic}[{p.partition}]" for p in lag.partitions
+             if owner[(p.topic, p.partition)] != (p.owner_start, p.owner_end, p.owner_stable_end)
+             or mirror[(p.mirror_topic, p.partition)][:2] != (p.mirror_start, p.mirror_end)]
+    if moved:
+        evidence["lag"] = f"measured again: offsets moved since verify_secondary_currency on {moved[:5]}"
+        return None, None
+    evidence["lag"] = ("verify_secondary_currency's measurement: owner and mirror start/end offsets of "
+                       f"{len(pairs)} partition(s) re-read unchanged")
+    return scope, lag
 
 
 def translate_consumer_offsets(ctx: RunContext) -> dict:
@@ -314,7 +349,8 @@ def translate_consumer_offsets(ctx: RunContext) -> dict:
             raise StepFailed("stop these consumer groups on " + ctx.old_owner + " first: " + "; ".join(
                 f"{g}: {', '.join(m)}" for g, m in active.items()))
         evidence["groups_on_owner"] = states
-        pairs = stream_pairs(topology, ctx.old_owner, ctx.new_owner)
+        pairs = stream_pairs(topology, ctx.old_owner, ctx.new_owner,
+                             existing=set(owner_admin.list_topics(timeout=10).topics))
     else:
         pairs = {t: topology.replication.remote_topic(t, ctx.old_owner) for t in topology.domain.topics}
     native = {t: m for t, m in pairs.items() if m == topology.replication.remote_topic(t, ctx.old_owner)}
@@ -322,11 +358,12 @@ def translate_consumer_offsets(ctx: RunContext) -> dict:
     declared = _declared_unreachable(ctx, ctx.old_owner)
     if declared:
         evidence["owner_declared_unreachable"] = declared  # by an earlier step: not probed again
-    scope = resolve_scope(topology, owner=ctx.old_owner, topics=list(native),
-                          engine=PairedEngine(engine_for(topology), native),
-                          owner_required=not ctx.unplanned, owner_known_unreachable=bool(declared),
-                          # unplanned: the owner is known to be down; do not wait long to hear it again
-                          timeout=UNREACHABLE_PROBE_SECONDS if ctx.unplanned else None)
+    scope, lag = _currency_measurement(ctx, native, evidence)
+    scope = scope or resolve_scope(topology, owner=ctx.old_owner, topics=list(native),
+                                   engine=PairedEngine(engine_for(topology), native),
+                                   owner_required=not ctx.unplanned, owner_known_unreachable=bool(declared),
+                                   # unplanned: the owner is known down; do not wait long to hear it again
+                                   timeout=UNREACHABLE_PROBE_SECONDS if ctx.unplanned else None)
     method = "checkpoint" if ctx.unplanned else "exact"
     native_groups = groups
     if owner_admin is not None:  # a group may sit only on mirrors (e.g. at failback): skip it here
@@ -334,7 +371,7 @@ def translate_consumer_offsets(ctx: RunContext) -> dict:
         native_groups = [g for g in groups if any(
             t in native for t, _ in committed_offsets(owner_admin, g, ctx.old_owner, timeout))]
     if native_groups:
-        report = translate_offsets(topology, groups=native_groups, method=method, scope=scope)
+        report = translate_offsets(topology, groups=native_groups, method=method, scope=scope, lag=lag)
     else:
         report = TranslationReport(ctx.old_owner, ctx.new_owner, owner_admin is not None, [])
     # From the second hand-over on, groups also sit on mirrors whose upstream is the new owner.
@@ -381,7 +418,6 @@ def switch_authority(ctx: RunContext) -> dict:
         return {"authority": current.model_dump(mode="json"), "already": True}
     if current.state != State.FENCED or current.run_id != ctx.run_id:
         raise StepFailed(f"authority is {current.describe()}; this run did not fence it, refusing to switch")
-    engine = engine_for(ctx.topology)
     # Mirrors in their own topics (default naming): no replicated record can land where the new
     # owner's producers write, so stopping the connectors overlaps the switch. Identity naming:
     # the mirror is the producers' topic, so replication must stop before anyone may write.
@@ -389,7 +425,8 @@ def switch_authority(ctx: RunContext) -> dict:
     evidence: dict = {"replication_stop": "overlapped with the switch" if overlap
                       else "before the switch (identity naming: mirror = producers' topic)"}
     with ThreadPoolExecutor(max_workers=1) as pool:
-        stopping = pool.submit(engine.stop, ctx.old_owner, ctx.new_owner)
+        # Even the engine's client is made on the side: nothing before the switch waits on Connect.
+        stopping = pool.submit(lambda: engine_for(ctx.topology).stop(ctx.old_owner, ctx.new_owner))
         if not overlap:
             evidence["replication_stopped"] = stopping.result().as_dict()
         evidence["unfence_new_owner"] = unfence(ctx.topology, ctx.new_owner)
