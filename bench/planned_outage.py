@@ -142,7 +142,11 @@ def one_failover(variant: str, path: Path, topology, delay: float) -> dict:
     gates = sum((s.ended_at - s.started_at).total_seconds()
                 for s in view.steps if s.name.startswith("approve-"))
     steps = {s.name: round((s.ended_at - s.started_at).total_seconds(), 3) for s in view.steps}
+    by_name = {s.name: s for s in view.steps}
+    fenced = (by_name["switch_authority"].ended_at
+              - by_name["stop_primary_producers"].started_at).total_seconds()
     return {"write_gap_s": writer.gap(started - 2, ended + 2), "automated_s": (ended - started) - gates,
+            "fenced_s": fenced,
             "gate_wait_s": gates, "gates": len(approver.answered), "steps": steps}
 
 
@@ -209,6 +213,8 @@ def main() -> None:
                         "automated_s": round(statistics.median(r["automated_s"] for r in results), 2),
                         "gate_wait_s": round(statistics.median(r["gate_wait_s"] for r in results), 2),
                         "write_gaps_s": [round(r["write_gap_s"], 2) for r in results],
+                        "automated_runs_s": [round(r["automated_s"], 2) for r in results],
+                        "fenced_s": [round(r["fenced_s"], 2) for r in results],
                         "steps_s": results[-1]["steps"]}), flush=True)
     finally:
         if server is not None:

@@ -242,9 +242,12 @@ def measure_lag(topology: Topology, *, owner: str | None = None, topics: list[st
         heartbeat_read = pool.submit(scope.engine.heartbeat_age, scope.owner, scope.secondary,
                                      int(now * 1000))
         state_read = pool.submit(scope.engine.status, scope.owner, scope.secondary)
-        owner_marks = watermarks(scope.owner_admin, pairs, scope.owner, scope.timeout, stable=True)
+        # The mirror first: then every record it holds was on the owner when the owner is read,
+        # even while producers write (read the other way round, a record written and copied
+        # between the two reads is on the mirror but past the owner's end: position unknown).
         mirror_marks = watermarks(scope.secondary_admin, [scope.mirror_of(tp) for tp in pairs],
                                   scope.secondary, scope.timeout)
+        owner_marks = watermarks(scope.owner_admin, pairs, scope.owner, scope.timeout, stable=True)
         hints = hints_read.result()
     problems.extend(hint_problems)
     now = time.time()  # ages of missing records count from after the reads, as before

@@ -43,6 +43,9 @@ MAX_VERIFY = 50_000
 MAX_SEARCH = 400_000
 
 
+# The note of an entry verified before a fence and carried into it by still_verified.
+CARRIED_NOTE = "verified record by record before the fence"
+
 # Every entry ends with exactly one outcome: "ok" (an offset and its method) or one refusal.
 REFUSALS = (
     "not-found",  # the record the group resumes at is not where the mirror could hold it
@@ -76,6 +79,8 @@ class Translation:
     missing: int | None = 0  # records the group has not processed that the secondary lacks
     note: str = ""
     checkpoint_offset: int | None = None  # the engine's checkpoint beside an exact-syncs answer
+    # (upstream, downstream) of the offset sync the answer was verified from, record by record
+    verified_from_sync: tuple[int, int] | None = None
 
     def __setattr__(self, name: str, value) -> None:
         if name in ("status", "translated_offset") and "translated_offset" in self.__dict__:
@@ -147,11 +152,14 @@ class TranslationReport:
 def translate_offsets(topology: Topology, *, groups: list[str] | None = None,
                       topics: list[str] | None = None, owner: str | None = None, method: str = "exact",
                       hint: str = "offset-sync", engine: ReplicationEngine | None = None,
-                      scope: Scope | None = None, lag: LagReport | None = None) -> TranslationReport:
+                      scope: Scope | None = None, lag: LagReport | None = None,
+                      prior: list[Translation] | None = None) -> TranslationReport:
     """Translate each group's committed offsets on the owner to positions on the secondary.
 
     lag: a measurement of this scope the caller already holds (the currency step's, on a fenced
     owner whose end offsets and the mirror's were re-read unchanged since); else measured here.
+    prior: an earlier translation (before the fence); an entry of it is carried only where
+    `still_verified` says it is still the answer, every other entry is verified here.
     """
     if method not in ("exact", "checkpoint"):
         raise UsageError(f"--method must be exact or checkpoint, not {method!r}")
@@ -172,7 +180,8 @@ def translate_offsets(topology: Topology, *, groups: list[str] | None = None,
         return TranslationReport(scope.owner, scope.secondary, False, entries, problems)
     lag = lag or measure_lag(topology, scope=scope)
     problems.extend(lag.problems)
-    exact = _exact(scope, groups, lag, hint)
+    exact = _exact(scope, groups, lag, hint,
+                   {(e.group, e.topic, e.partition): e for e in prior or []})
     entries = _by_checkpoints(scope, groups, exact, problems) if method == "checkpoint" else exact
     translated = {(e.group, e.topic, e.partition) for e in exact}
     absent = {g: [scope.mirror_of(tp) for tp in scope.pairs() if (g, *tp) not in translated] for g in groups}
@@ -197,9 +206,36 @@ def _sorted(records: dict[int, Rec]) -> list[Rec]:
     return [records[offset] for offset in sorted(records)]
 
 
-def _exact(scope: Scope, groups: list[str], lag: LagReport, hint_kind: str) -> list[Translation]:
+def still_verified(entry: Translation, prior: Translation | None, part, hints: list) -> bool:
+    """Carry a translation verified earlier (before the fence) when it is still the answer.
+
+    It was verified record by record from offset sync S. Records never change at an offset, so
+    it still holds when the group's committed offset is the same, that offset is still in the
+    owner's log and its copy in the mirror's, and S is still the newest-written sync at or below
+    it: a later engine lifetime copying the record again writes a newer sync at or below it
+    (see plausible_bounds), which sends the entry to verification again.
+    """
+    if prior is None or not prior.usable or prior.verified_from_sync is None \
+            or prior.owner_offset != entry.owner_offset or entry.owner_offset < part.owner_start \
+            or not part.mirror_start <= prior.translated_offset < part.mirror_end:
+        return False
+    hint = latest_hint(hints, upstream_at_most=entry.owner_offset,
+                       downstream_within=(part.mirror_start, part.mirror_end))
+    if hint is None or (hint.upstream_offset, hint.downstream_offset) != prior.verified_from_sync:
+        return False
+    entry.resolve(prior.translated_offset)
+    entry.verified_from_sync = prior.verified_from_sync
+    entry.note = (f"{CARRIED_NOTE} from offset sync "
+                  f"{hint.upstream_offset}->{hint.downstream_offset}; unchanged in the fence: same "
+                  "committed offset, same newest sync at or below it (no copy since)")
+    return True
+
+
+def _exact(scope: Scope, groups: list[str], lag: LagReport, hint_kind: str,
+           prior: dict | None = None) -> list[Translation]:
     committed = _committed(scope, groups)
     positions = lag.by_partition()
+    prior = prior or {}
     entries: list[Translation] = []
     pending: list[tuple[Translation, Partition]] = []
     for group in groups:
@@ -233,7 +269,8 @@ def _exact(scope: Scope, groups: list[str], lag: LagReport, hint_kind: str) -> l
                     entry.note = (f"mirror is not current: {entry.duplicates_bound} records this group "
                                   "already processed would arrive after this position")
                 continue
-            pending.append((entry, tp))
+            if not still_verified(entry, prior.get((group, *tp)), part, lag.hints.get(tp, [])):
+                pending.append((entry, tp))
 
     unresolved = _verify_hinted(scope, pending, lag, hint_kind)
     _search(scope, unresolved, lag)
@@ -284,6 +321,7 @@ def _verify_hinted(scope: Scope, pending: list[tuple[Translation, Partition]], l
         # C's copy must verify, and so must every record read after it on both sides.
         if common > index and common == min(len(owner_seq), len(mirror_seq)):
             entry.resolve(mirror_seq[index].offset)
+            entry.verified_from_sync = (hint.upstream_offset, hint.downstream_offset)
             resolved.add(id(entry))
     return [(entry, tp) for entry, tp in pending if id(entry) not in resolved]
 

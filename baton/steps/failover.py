@@ -14,14 +14,19 @@ from confluent_kafka import KafkaException
 
 from baton.authority import State, change_authority
 from baton.authority.control import read as read_control
-from baton.errors import RegionUnreachable, ReplicationError, StepFailed
+from baton.errors import BatonError, RegionUnreachable, ReplicationError, StepFailed
 from baton.kafka.admin import check_reachable
 from baton.kafka.fencing import fence, is_fenced, unfence
 from baton.kafka.reading import committed_offsets, watermarks
 from baton.replication import engine_for
 from baton.replication.currency import verify_currency
 from baton.replication.lag import measure_lag, resolve_scope
-from baton.replication.translation import TranslationReport, apply_translation, translate_offsets
+from baton.replication.translation import (
+    CARRIED_NOTE,
+    TranslationReport,
+    apply_translation,
+    translate_offsets,
+)
 from baton.replication.upstream import keep_returning_positions, translate_to_upstream
 from baton.steps.context import RunContext
 from baton.steps.switch_conditions import fenced_window_left
@@ -118,9 +123,10 @@ def check_lag(ctx: RunContext) -> dict:
         ctx.log(f"check_lag: {evidence['data_at_risk']['statement']}")
         return evidence
 
-    lag = measure_lag(topology, owner=ctx.old_owner)
+    scope = resolve_scope(topology, owner=ctx.old_owner)
+    lag = measure_lag(topology, scope=scope)
     evidence["lag"] = lag.as_dict()
-    owner_admin = check_reachable(ctx.old_owner, topology.regions[ctx.old_owner])
+    owner_admin = scope.owner_admin
     evidence["groups"] = _groups_state(ctx, ctx.old_owner, owner_admin)
     refusals = []
     state = evidence["replication"].get("state")
@@ -139,8 +145,37 @@ def check_lag(ctx: RunContext) -> dict:
             raise StepFailed("refusing to fail over: " + "; ".join(refusals)
                              + ". Fix replication, or override with --override-lag REASON.")
         evidence["override"] = ctx.lag_override_reason
+    evidence["translation_before_fence"] = _translate_before_fence(ctx, scope, lag)
     ctx.log(f"check_lag: {lag.statement()}")
     return evidence
+
+
+def _groups_on(ctx: RunContext, admin, topics) -> list[str]:
+    """The domain's groups with a commit on one of `topics` on the owner (a group may sit only on
+    mirrors, e.g. at failback)."""
+    timeout = ctx.topology.regions[ctx.old_owner].request_timeout_seconds
+    return [g for g in ctx.topology.domain.consumer_groups
+            if any(t in topics for t, _ in committed_offsets(admin, g, ctx.old_owner, timeout))]
+
+
+def _translate_before_fence(ctx: RunContext, scope, lag) -> dict:
+    """Planned: translate now, read-only, from this step's own measurement, so that inside the
+    fence only what may have changed is verified again (translation.still_verified). Nothing is
+    applied and nothing is trusted from here without that check; a failure only means the fenced
+    step does all the work."""
+    try:
+        groups = _groups_on(ctx, scope.owner_admin, scope.topics)
+        if not groups:
+            return {"prepared": False, "why": "no group has a commit on the owner's topics"}
+        report = translate_offsets(ctx.topology, groups=groups, scope=scope, lag=lag)
+    except BatonError as e:
+        return {"prepared": False, "why": f"translated inside the fence instead: {e}"}
+    ctx.reuse["translation_before_fence"] = report.entries
+    return {"prepared": True, "entries": len(report.entries),
+            "verified_from_offset_syncs": sum(1 for e in report.entries if e.verified_from_sync),
+            "untranslated_now": [e.where() for e in report.untranslated][:20],
+            "statement": "read-only, nothing applied: inside the fence an entry is carried only if its "
+                         "group's committed offset and the newest offset sync at or below it are unchanged"}
 
 
 # -- stop_primary_producers -------------------------------------------------------------------
@@ -365,13 +400,12 @@ def translate_consumer_offsets(ctx: RunContext) -> dict:
                                    # unplanned: the owner is known down; do not wait long to hear it again
                                    timeout=UNREACHABLE_PROBE_SECONDS if ctx.unplanned else None)
     method = "checkpoint" if ctx.unplanned else "exact"
-    native_groups = groups
-    if owner_admin is not None:  # a group may sit only on mirrors (e.g. at failback): skip it here
-        timeout = topology.regions[ctx.old_owner].request_timeout_seconds
-        native_groups = [g for g in groups if any(
-            t in native for t, _ in committed_offsets(owner_admin, g, ctx.old_owner, timeout))]
+    native_groups = groups if owner_admin is None else _groups_on(ctx, owner_admin, native)
     if native_groups:
-        report = translate_offsets(topology, groups=native_groups, method=method, scope=scope, lag=lag)
+        report = translate_offsets(topology, groups=native_groups, method=method, scope=scope, lag=lag,
+                                   prior=None if ctx.unplanned else ctx.reuse.get("translation_before_fence"))
+        evidence["verified_before_fence_and_carried"] = sum(1 for e in report.entries
+                                                            if e.note.startswith(CARRIED_NOTE))
     else:
         report = TranslationReport(ctx.old_owner, ctx.new_owner, owner_admin is not None, [])
     # From the second hand-over on, groups also sit on mirrors whose upstream is the new owner.
