@@ -104,15 +104,23 @@ def check_lag(ctx: RunContext) -> dict:
     topology, thresholds = ctx.topology, ctx.topology.thresholds
     engine = engine_for(topology)
     evidence: dict = {"owner": ctx.old_owner, "secondary": ctx.new_owner, "unplanned": ctx.unplanned}
-    try:
-        evidence["replication"] = engine.status(ctx.old_owner, ctx.new_owner).as_dict()
-    except ReplicationError as e:
-        evidence["replication"] = {"state": "UNKNOWN", "error": str(e)}
-    heartbeat_age = None
-    try:
-        heartbeat_age = engine.heartbeat_age(ctx.old_owner, ctx.new_owner, int(time.time() * 1000))
-    except ReplicationError as e:
-        evidence["heartbeat_error"] = str(e)
+    scope = lag = None
+    # The engine's view (connectors, heartbeat) is read beside the brokers' measurement.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        status = pool.submit(engine.status, ctx.old_owner, ctx.new_owner)
+        heartbeat = pool.submit(engine.heartbeat_age, ctx.old_owner, ctx.new_owner, int(time.time() * 1000))
+        if not ctx.unplanned:
+            scope = resolve_scope(topology, owner=ctx.old_owner)
+            lag = measure_lag(topology, scope=scope)
+        try:
+            evidence["replication"] = status.result().as_dict()
+        except ReplicationError as e:
+            evidence["replication"] = {"state": "UNKNOWN", "error": str(e)}
+        heartbeat_age = None
+        try:
+            heartbeat_age = heartbeat.result()
+        except ReplicationError as e:
+            evidence["heartbeat_error"] = str(e)
     evidence["heartbeat_age_seconds"] = heartbeat_age
 
     if ctx.unplanned:
@@ -123,8 +131,6 @@ def check_lag(ctx: RunContext) -> dict:
         ctx.log(f"check_lag: {evidence['data_at_risk']['statement']}")
         return evidence
 
-    scope = resolve_scope(topology, owner=ctx.old_owner)
-    lag = measure_lag(topology, scope=scope)
     evidence["lag"] = lag.as_dict()
     owner_admin = scope.owner_admin
     evidence["groups"] = _groups_state(ctx, ctx.old_owner, owner_admin)
@@ -490,15 +496,19 @@ def reconcile(ctx: RunContext) -> dict:
     evidence: dict = {"authority": current.model_dump(mode="json")}
     if current.owner != ctx.new_owner or current.state != State.ACTIVE:
         problems.append(f"authority is {current.describe()}, expected ACTIVE on {ctx.new_owner}")
-    published = read_control(topology, ctx.new_owner)
+    # Independent read-backs, each its own round trips: asked at once.
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        control = pool.submit(read_control, topology, ctx.new_owner)
+        fenced = pool.submit(is_fenced, topology, ctx.new_owner)
+        new_reachable = pool.submit(check_reachable, ctx.new_owner, topology.regions[ctx.new_owner])
+        old_admin = _reachable(ctx, ctx.old_owner, timeout=UNREACHABLE_PROBE_SECONDS)
+        published, still_fenced, new_admin = control.result(), fenced.result(), new_reachable.result()
     evidence["control_topic_on_new_owner"] = published.model_dump(mode="json") if published else None
     if published is None or published.epoch != current.epoch:
         problems.append(f"the control topic on {ctx.new_owner} does not show epoch {current.epoch}")
-    if is_fenced(topology, ctx.new_owner):
+    if still_fenced:
         problems.append(f"{ctx.new_owner} still has fencing ACLs: its producers cannot write")
-    new_admin = check_reachable(ctx.new_owner, topology.regions[ctx.new_owner])
     final = ctx.state.get("final_end_offsets")
-    old_admin = _reachable(ctx, ctx.old_owner, timeout=UNREACHABLE_PROBE_SECONDS)
     if final and old_admin is not None:
         partitions = [(key.rsplit("[", 1)[0], int(key.rsplit("[", 1)[1][:-1])) for key in final]
         now = _end_offsets(ctx, ctx.old_owner, old_admin, partitions)
