@@ -84,9 +84,9 @@ def is_fenced(topology: Topology, region: str) -> bool:
     return len(present_bindings(topology, region)) == len(fence_bindings(topology, region))
 
 
-def _apply(topology: Topology, region: str, fencing: bool) -> dict[str, Any]:
+def _apply(topology: Topology, region: str, fencing: bool, admin=None) -> dict[str, Any]:
     bindings = fence_bindings(topology, region)
-    admin = check_reachable(region, topology.regions[region])  # one client for change and read-back
+    admin = admin or check_reachable(region, topology.regions[region])  # one client for change and read-back
     before = {_key(b) for b in present_bindings(topology, region, admin)}
     try:
         if fencing:
@@ -130,24 +130,26 @@ def _apply(topology: Topology, region: str, fencing: bool) -> dict[str, Any]:
     }
 
 
-def _recorded(topology, region, run_id, audit, fencing: bool) -> dict[str, Any]:
+def _recorded(topology, region, run_id, audit, fencing: bool, admin=None) -> dict[str, Any]:
     if run_id is None:
-        return _apply(topology, region, fencing)
+        return _apply(topology, region, fencing, admin)
     if audit is None:
         from baton.audit import AuditStore
 
         audit = AuditStore.for_topology(topology)
     with audit.step(run_id, "fence_region" if fencing else "unfence_region", region=region) as step:
-        step.evidence = _apply(topology, region, fencing)
+        step.evidence = _apply(topology, region, fencing, admin)
     return step.evidence
 
 
-def fence(topology: Topology, region: str, run_id: str | None = None, *, audit=None) -> dict[str, Any]:
+def fence(topology: Topology, region: str, run_id: str | None = None, *, audit=None,
+          admin=None) -> dict[str, Any]:
     """Deny the domain's producer principals WRITE in `region`; verified by read-back.
 
     With a run id the step is recorded as evidence in the audit database (and failures too).
+    admin: a client of `region` the caller already holds (one fewer connection in a fence).
     """
-    return _recorded(topology, region, run_id, audit, fencing=True)
+    return _recorded(topology, region, run_id, audit, fencing=True, admin=admin)
 
 
 def unfence(topology: Topology, region: str, run_id: str | None = None, *, audit=None) -> dict[str, Any]:

@@ -210,10 +210,11 @@ def still_verified(entry: Translation, prior: Translation | None, part, hints: l
     """Carry a translation verified earlier (before the fence) when it is still the answer.
 
     It was verified record by record from offset sync S. Records never change at an offset, so
-    it still holds when the group's committed offset is the same, that offset is still in the
-    owner's log and its copy in the mirror's, and S is still the newest-written sync at or below
-    it: a later engine lifetime copying the record again writes a newer sync at or below it
-    (see plausible_bounds), which sends the entry to verification again.
+    with the same committed offset, that offset still in the owner's log and its copy in the
+    mirror's, and S still the newest-written sync at or below it, verifying again here would
+    pick S and compare the same records: the same answer. A later engine lifetime copying the
+    record again writes a newer sync at or below it (see plausible_bounds), which changes the
+    pick and sends the entry to verification again.
     """
     if prior is None or not prior.usable or prior.verified_from_sync is None \
             or prior.owner_offset != entry.owner_offset or entry.owner_offset < part.owner_start \

@@ -275,7 +275,7 @@ def stop_primary_producers(ctx: RunContext) -> dict:
                                  "why": f"{ctx.old_owner} unreachable; ACLs cannot be written there"}
         evidence["declared_unreachable"] = {ctx.old_owner: _declared_unreachable(ctx, ctx.old_owner)}
     else:
-        evidence["acl_fence"] = fence(ctx.topology, ctx.old_owner)
+        evidence["acl_fence"] = fence(ctx.topology, ctx.old_owner, admin=admin)
     if admin is not None and not ctx.unplanned:
         if ctx.topology.thresholds.fence_proof == "fixed-quiesce":
             evidence |= _quiesce(ctx, admin)
