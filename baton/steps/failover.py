@@ -264,18 +264,26 @@ def _prove_fence(ctx: RunContext, admin, read_back_at: float) -> dict:
 
 
 def stop_primary_producers(ctx: RunContext) -> dict:
+    started = time.monotonic()
+    # Planned: connect to the owner before the window opens (and refuse before changing anything
+    # if it does not answer); unplanned: fence the authority first, then probe the owner once.
+    admin = None if ctx.unplanned else _reachable(ctx, ctx.old_owner, timeout=UNREACHABLE_PROBE_SECONDS)
+    connected = time.monotonic()
     evidence = {"authority": _fence_authority(ctx)}
-    admin = _reachable(ctx, ctx.old_owner, timeout=UNREACHABLE_PROBE_SECONDS)
+    authority_fenced = time.monotonic()
+    if ctx.unplanned:
+        admin = _reachable(ctx, ctx.old_owner, timeout=UNREACHABLE_PROBE_SECONDS)
     if admin is None:
         if not ctx.unplanned:
             # No state is asserted here: compensation reads what is true and the runner says it.
-            raise StepFailed(f"owner {ctx.old_owner} became unreachable while fencing (no answer within "
+            raise StepFailed(f"owner {ctx.old_owner} did not answer as the fence began (no answer within "
                              f"{UNREACHABLE_PROBE_SECONDS:g} s)")
         evidence["acl_fence"] = {"applied": False,
                                  "why": f"{ctx.old_owner} unreachable; ACLs cannot be written there"}
         evidence["declared_unreachable"] = {ctx.old_owner: _declared_unreachable(ctx, ctx.old_owner)}
     else:
         evidence["acl_fence"] = fence(ctx.topology, ctx.old_owner, admin=admin)
+    acl_fenced = time.monotonic()
     if admin is not None and not ctx.unplanned:
         if ctx.topology.thresholds.fence_proof == "fixed-quiesce":
             evidence |= _quiesce(ctx, admin)
@@ -286,6 +294,10 @@ def stop_primary_producers(ctx: RunContext) -> dict:
         evidence["quiesce"] = "skipped: unplanned failover"
         evidence["lease_wait"] = _wait_out_lease(ctx)
     ctx.state["fenced"] = True
+    evidence["seconds"] = {"connect_owner": round(connected - started, 3),
+                           "authority_fenced": round(authority_fenced - connected, 3),
+                           "acl_fence_read_back": round(acl_fenced - authority_fenced, 3),
+                           "proof_or_lease_wait": round(time.monotonic() - acl_fenced, 3)}
     return evidence
 
 
@@ -469,7 +481,9 @@ def switch_authority(ctx: RunContext) -> dict:
         stopping = pool.submit(lambda: engine_for(ctx.topology).stop(ctx.old_owner, ctx.new_owner))
         if not overlap:
             evidence["replication_stopped"] = stopping.result().as_dict()
+        started = time.monotonic()
         evidence["unfence_new_owner"] = unfence(ctx.topology, ctx.new_owner)
+        unfenced = time.monotonic()
         result = change_authority(ctx.topology, current.epoch, ctx.new_owner, State.ACTIVE,
                                   run_id=ctx.run_id, changed_by=ctx.operator,
                                   reason=f"{ctx.runbook}: write authority to {ctx.new_owner}",
@@ -477,6 +491,8 @@ def switch_authority(ctx: RunContext) -> dict:
         evidence["authority"] = result.as_dict()
         ctx.state["switched"] = True
         switched = time.monotonic()
+        evidence["seconds"] = {"unfence_new_owner": round(unfenced - started, 3),
+                               "authority_active": round(switched - unfenced, 3)}
         # The step ends only once replication stopped (reconcile and failback rely on it); a
         # failure here is reported after the switch, which has happened and stays.
         evidence["replication_stopped"] = stopping.result().as_dict()
