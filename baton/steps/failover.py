@@ -17,7 +17,7 @@ from baton.authority.control import read as read_control
 from baton.errors import BatonError, RegionUnreachable, ReplicationError, StepFailed
 from baton.kafka.admin import check_reachable
 from baton.kafka.fencing import fence, is_fenced, unfence
-from baton.kafka.reading import committed_offsets, watermarks
+from baton.kafka.reading import committed_offsets, partition_counts, watermarks
 from baton.replication import engine_for
 from baton.replication.currency import verify_currency
 from baton.replication.lag import measure_lag, resolve_scope
@@ -152,6 +152,7 @@ def check_lag(ctx: RunContext) -> dict:
                              + ". Fix replication, or override with --override-lag REASON.")
         evidence["override"] = ctx.lag_override_reason
     evidence["translation_before_fence"] = _translate_before_fence(ctx, scope, lag)
+    ctx.reuse["scope"] = scope
     ctx.log(f"check_lag: {lag.statement()}")
     return evidence
 
@@ -319,6 +320,20 @@ def _wait_out_lease(ctx: RunContext) -> dict:
 # -- verify_secondary_currency ----------------------------------------------------------------
 
 
+def _scope_of_check_lag(ctx: RunContext):
+    """check_lag's scope (clients, mirror names, fingerprint modes) when every topic and mirror
+    still has the partitions it had then (a partition added since would go unchecked), else
+    resolved anew."""
+    scope = ctx.reuse.get("scope")
+    if scope is not None:
+        owner = partition_counts(scope.owner_admin, scope.topics, scope.owner, scope.timeout)
+        mirror = partition_counts(scope.secondary_admin, scope.mirrors.values(), scope.secondary,
+                                  scope.timeout)
+        if all(owner[t] == scope.partitions[t] == mirror[scope.mirrors[t]] for t in scope.topics):
+            return scope
+    return resolve_scope(ctx.topology, owner=ctx.old_owner)
+
+
 def verify_secondary_currency(ctx: RunContext) -> dict:
     if ctx.unplanned:
         return {"verified": False,
@@ -328,7 +343,7 @@ def verify_secondary_currency(ctx: RunContext) -> dict:
     left = fenced_window_left(ctx)  # a planned run waits no longer than its fenced window allows
     timeout = timeout if left is None else max(0.0, min(timeout, left))
     started, last_note, pause = time.monotonic(), time.monotonic(), CURRENCY_FIRST_POLL
-    scope = resolve_scope(ctx.topology, owner=ctx.old_owner)  # topics, mirrors, clients: once
+    scope = _scope_of_check_lag(ctx)  # topics, mirrors, clients: resolved once
     measured = 0
     while True:
         measured += 1
