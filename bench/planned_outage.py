@@ -145,8 +145,10 @@ def one_failover(variant: str, path: Path, topology, delay: float) -> dict:
     by_name = {s.name: s for s in view.steps}
     fenced = (by_name["switch_authority"].ended_at
               - by_name["stop_primary_producers"].started_at).total_seconds()
+    inside = ("stop_primary_producers", "verify_secondary_currency", "translate_consumer_offsets",
+              "check_switch_conditions", "approve-switch", "switch_authority")
     return {"write_gap_s": writer.gap(started - 2, ended + 2), "automated_s": (ended - started) - gates,
-            "fenced_s": fenced,
+            "fenced_s": fenced, "between_steps_s": fenced - sum(steps.get(name, 0) for name in inside),
             "gate_wait_s": gates, "gates": len(approver.answered), "steps": steps}
 
 
@@ -215,6 +217,7 @@ def main() -> None:
                         "write_gaps_s": [round(r["write_gap_s"], 2) for r in results],
                         "automated_runs_s": [round(r["automated_s"], 2) for r in results],
                         "fenced_s": [round(r["fenced_s"], 2) for r in results],
+                        "between_steps_s": [round(r["between_steps_s"], 2) for r in results],
                         "steps_s": results[-1]["steps"]}), flush=True)
     finally:
         if server is not None:
