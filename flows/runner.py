@@ -15,6 +15,7 @@ import time
 
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.utilities.annotations import quote
 
 from baton.approvals.policy import auto_approve_refusal, unverified
 from baton.audit import AuditStore
@@ -206,7 +207,9 @@ def execute(runbook: Runbook, ctx: RunContext, *, auto_approve: bool = False, no
                                                         notifier=notifier, poll_seconds=poll_seconds)
                 ctx.state[step.name] = record.evidence  # e.g. the choices of approve-translation-resolutions
             else:
-                STEP_TASKS[step.name](ctx)
+                # quote: Prefect would otherwise walk the whole context (every earlier step's
+                # evidence) to track task inputs, before every task: seconds inside the fence.
+                STEP_TASKS[step.name](quote(ctx))
     except AuditUnwritable as error:
         _stop_for_audit(ctx, error)
         raise
@@ -257,7 +260,7 @@ def _compensate(ctx: RunContext, why: str) -> None:
         ctx.state["compensation"] = record.evidence
         return
     try:
-        recovery = recover_task(ctx, why)
+        recovery = recover_task(quote(ctx), why)
     except AuditUnwritable:
         raise
     except BatonError as e:  # recorded as a failed step `compensate`; the original error stays the headline

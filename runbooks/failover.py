@@ -7,7 +7,9 @@ CHECK_LAG = Step(
     "check_lag", Kind.MEASURE,
     "Measure lag and RPO per partition (records and seconds at risk), replication health, "
     "and the consumer groups in scope. Refuse when replication is down or lag exceeds "
-    "thresholds.max_lag_records / max_lag_seconds, unless overridden with a reason.",
+    "thresholds.max_lag_records / max_lag_seconds, unless overridden with a reason. Planned runs "
+    "also translate every group now, read-only and from this measurement, so the fenced "
+    "translation only verifies again what may have changed since.",
     unplanned="The owner is unreachable: record the last lag that can still be measured from "
     "the secondary (mirror end offsets, newest replicated heartbeat) as data at risk.",
 )
@@ -26,7 +28,11 @@ STOP_PRIMARY_PRODUCERS = Step(
     "any more instead of waiting a fixed time: the owner's end offsets read equal twice in a row, "
     "the second read at least one producer retry interval (thresholds.fence_settle_seconds) after "
     "the read-back (bounded by thresholds.step_timeout_seconds); record that evidence and every "
-    "partition's final end offset.",
+    "partition's final end offset. Why this is enough: a broker authorizes a produce request when "
+    "it handles it and appends it in the same handling, and KRaft brokers apply committed ACLs "
+    "within milliseconds; so after the read-back only requests authorized just before can still "
+    "land, within one settle interval, and equal end offsets after it show none did. The settle "
+    "interval is the proof's floor, not a guess about the producers' traffic.",
     changes="authority FENCED (epoch + 1); DENY WRITE ACLs on the owner (domain topics, txn ids)",
     unplanned="Authority to FENCED; the ACL fence is attempted and its failure recorded; no "
     "quiesce: wait out the lease TTL so isolated guarded producers have fenced themselves.",
@@ -34,15 +40,21 @@ STOP_PRIMARY_PRODUCERS = Step(
 )
 VERIFY_SECONDARY_CURRENCY = Step(
     "verify_secondary_currency", Kind.MEASURE,
-    "Wait (bounded) until the secondary holds every record up to the owner's final end "
-    "offsets; record the result and any missing offset ranges per partition.",
+    "Wait (bounded, and never past the fenced window's limit) until the secondary holds every "
+    "record up to the owner's final end offsets, measuring from 50 ms apart, doubling to 1 s (the "
+    "replication engine's copy latency is the floor); record the result and any missing offset "
+    "ranges per partition.",
     unplanned="Cannot be verified without the owner: record the last known lag as data at risk.",
     roles=frozenset({Role.CURRENCY}),
 )
 TRANSLATE_CONSUMER_OFFSETS = Step(
     "translate_consumer_offsets", Kind.CHANGE,
     "Require the groups to be stopped on the owner (no active members), translate each "
-    "group's position exactly (record fingerprints), apply to the secondary, read back.",
+    "group's position exactly (record fingerprints), apply to the secondary, read back. Planned "
+    "runs use the currency step's measurement when every owner and mirror offset re-reads "
+    "unchanged, and carry an entry translated before the fence only when its committed offset "
+    "and the newest offset sync at or below it are unchanged (no copy of the record since); every "
+    "other entry is verified record by record here.",
     changes="committed offsets of the domain's groups on the secondary",
     unplanned="Translate from MirrorMaker 2 checkpoints (never skips data), exactly where the "
     "engine's offset syncs prove a one-to-one segment, and record the duplicates bound per "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 from confluent_kafka import (
@@ -197,3 +198,13 @@ def read_ranges(
     finally:
         consumer.close()
     return records
+
+
+def read_ranges_of_both(owner: tuple[dict, dict, str], mirror: tuple[dict, dict, str],
+                        **options) -> tuple[dict[Partition, dict[int, Rec]], dict[Partition, dict[int, Rec]]]:
+    """read_ranges of two regions at once, each (config, ranges, region): two consumers whose
+    broker round trips overlap (librdkafka waits without holding the GIL)."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        first = pool.submit(read_ranges, *owner, **options)
+        second = read_ranges(*mirror, **options)
+        return first.result(), second

@@ -11,6 +11,7 @@ the mirror's end; without a usable hint the mirror's tail is searched on the own
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 from confluent_kafka.admin import AdminClient
@@ -24,6 +25,7 @@ from baton.kafka.reading import (
     Watermarks,
     partition_counts,
     read_ranges,
+    read_ranges_of_both,
     timestamp_types,
     watermarks,
 )
@@ -232,11 +234,23 @@ def measure_lag(topology: Topology, *, owner: str | None = None, topics: list[st
     scope = scope or resolve_scope(topology, owner=owner, topics=topics, engine=engine)
     problems: list[str] = []
     pairs = scope.pairs()
-    owner_marks = watermarks(scope.owner_admin, pairs, scope.owner, scope.timeout, stable=True)
-    mirror_marks = watermarks(scope.secondary_admin, [scope.mirror_of(tp) for tp in pairs],
-                              scope.secondary, scope.timeout)
-    hints = read_hints(scope, problems)
     now = time.time()
+    # The engine's side (offset syncs, heartbeat, connector state) is read beside the brokers'
+    # offsets: independent reads, each a round trip of its own.
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        hints_read = pool.submit(read_hints, scope, hint_problems := [])
+        heartbeat_read = pool.submit(scope.engine.heartbeat_age, scope.owner, scope.secondary,
+                                     int(now * 1000))
+        state_read = pool.submit(scope.engine.status, scope.owner, scope.secondary)
+        # The mirror first: then every record it holds was on the owner when the owner is read,
+        # even while producers write (read the other way round, a record written and copied
+        # between the two reads is on the mirror but past the owner's end: position unknown).
+        mirror_marks = watermarks(scope.secondary_admin, [scope.mirror_of(tp) for tp in pairs],
+                                  scope.secondary, scope.timeout)
+        owner_marks = watermarks(scope.owner_admin, pairs, scope.owner, scope.timeout, stable=True)
+        hints = hints_read.result()
+    problems.extend(hint_problems)
+    now = time.time()  # ages of missing records count from after the reads, as before
 
     results: dict[Partition, PartitionLag] = {}
     hinted: dict[Partition, OffsetHint] = {}
@@ -263,10 +277,10 @@ def measure_lag(topology: Topology, *, owner: str | None = None, topics: list[st
         owner_ranges[tp] = [(hint.upstream_offset,
                              min(owner_marks[tp].end, hint.upstream_offset + 2 * n + TAIL + 1))]
         mirror_ranges[scope.mirror_of(tp)] = [(hint.downstream_offset, hint.downstream_offset + n)]
-    owner_recs = read_ranges(scope.config(scope.owner), owner_ranges, scope.owner,
-                             timestamps=scope.timestamps, exclude_headers=scope.engine.replication_headers)
-    mirror_recs = read_ranges(scope.config(scope.secondary), mirror_ranges, scope.secondary,
-                              timestamps=scope.timestamps, exclude_headers=scope.engine.replication_headers)
+    owner_recs, mirror_recs = read_ranges_of_both(
+        (scope.config(scope.owner), owner_ranges, scope.owner),
+        (scope.config(scope.secondary), mirror_ranges, scope.secondary),
+        timestamps=scope.timestamps, exclude_headers=scope.engine.replication_headers)
     oldest: dict[Partition, Rec] = {}
     for tp in hinted:
         owner_seq = _sorted(owner_recs[tp])
@@ -325,12 +339,12 @@ def measure_lag(topology: Topology, *, owner: str | None = None, topics: list[st
 
     heartbeat = None
     try:
-        heartbeat = scope.engine.heartbeat_age(scope.owner, scope.secondary, int(now * 1000))
+        heartbeat = heartbeat_read.result()
     except ReplicationError as e:
         problems.append(str(e))
     # The figures above come from the brokers alone; the engine's state says whether lag will shrink.
     try:
-        state = scope.engine.status(scope.owner, scope.secondary).state
+        state = state_read.result().state
     except ReplicationError as e:
         state = "DOWN"
         problems.append(str(e))
@@ -352,14 +366,14 @@ def _search(scope: Scope, pending: list[Partition], owner_marks: dict[Partition,
     for tp in pending:
         marks = mirror_marks[scope.mirror_of(tp)]
         mirror_ranges[scope.mirror_of(tp)] = [(max(marks.start, marks.end - TAIL), marks.end)]
-    tails = read_ranges(scope.config(scope.secondary), mirror_ranges, scope.secondary,
-                        timestamps=scope.timestamps, exclude_headers=scope.engine.replication_headers)
     owner_ranges = {}
     for tp in pending:
         marks = owner_marks[tp]
         owner_ranges[tp] = [(max(marks.start, marks.end - SEARCH), marks.end)]
-    owners = read_ranges(scope.config(scope.owner), owner_ranges, scope.owner, timestamps=scope.timestamps,
-                         exclude_headers=scope.engine.replication_headers)
+    owners, tails = read_ranges_of_both(
+        (scope.config(scope.owner), owner_ranges, scope.owner),
+        (scope.config(scope.secondary), mirror_ranges, scope.secondary),
+        timestamps=scope.timestamps, exclude_headers=scope.engine.replication_headers)
     for tp in pending:
         tail = _sorted(tails[scope.mirror_of(tp)])
         owner_seq = _sorted(owners[tp])

@@ -23,7 +23,14 @@ from dataclasses import asdict, dataclass, field
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 
 from baton.errors import RegionUnreachable, ReplicationError, StepFailed, UsageError
-from baton.kafka.reading import Partition, Rec, committed_offsets, read_ranges, watermarks
+from baton.kafka.reading import (
+    Partition,
+    Rec,
+    committed_offsets,
+    read_ranges,
+    read_ranges_of_both,
+    watermarks,
+)
 from baton.replication.engine import ReplicationEngine
 from baton.replication.lag import LagReport, Scope, latest_hint, measure_lag, resolve_scope
 from baton.replication.matching import common_prefix, match_run
@@ -35,6 +42,9 @@ MAX_VERIFY = 50_000
 # Mirror records searched at most for one record, between its plausible bounds.
 MAX_SEARCH = 400_000
 
+
+# The note of an entry verified before a fence and carried into it by still_verified.
+CARRIED_NOTE = "verified record by record before the fence"
 
 # Every entry ends with exactly one outcome: "ok" (an offset and its method) or one refusal.
 REFUSALS = (
@@ -69,6 +79,8 @@ class Translation:
     missing: int | None = 0  # records the group has not processed that the secondary lacks
     note: str = ""
     checkpoint_offset: int | None = None  # the engine's checkpoint beside an exact-syncs answer
+    # (upstream, downstream) of the offset sync the answer was verified from, record by record
+    verified_from_sync: tuple[int, int] | None = None
 
     def __setattr__(self, name: str, value) -> None:
         if name in ("status", "translated_offset") and "translated_offset" in self.__dict__:
@@ -140,8 +152,15 @@ class TranslationReport:
 def translate_offsets(topology: Topology, *, groups: list[str] | None = None,
                       topics: list[str] | None = None, owner: str | None = None, method: str = "exact",
                       hint: str = "offset-sync", engine: ReplicationEngine | None = None,
-                      scope: Scope | None = None) -> TranslationReport:
-    """Translate each group's committed offsets on the owner to positions on the secondary."""
+                      scope: Scope | None = None, lag: LagReport | None = None,
+                      prior: list[Translation] | None = None) -> TranslationReport:
+    """Translate each group's committed offsets on the owner to positions on the secondary.
+
+    lag: a measurement of this scope the caller already holds (the currency step's, on a fenced
+    owner whose end offsets and the mirror's were re-read unchanged since); else measured here.
+    prior: an earlier translation (before the fence); an entry of it is carried only where
+    `still_verified` says it is still the answer, every other entry is verified here.
+    """
     if method not in ("exact", "checkpoint"):
         raise UsageError(f"--method must be exact or checkpoint, not {method!r}")
     if hint not in ("offset-sync", "timestamp"):
@@ -159,9 +178,10 @@ def translate_offsets(topology: Topology, *, groups: list[str] | None = None,
         entries = _by_checkpoints(scope, groups, None, problems)
         _exact_from_syncs(scope, entries, problems)
         return TranslationReport(scope.owner, scope.secondary, False, entries, problems)
-    lag = measure_lag(topology, scope=scope)
+    lag = lag or measure_lag(topology, scope=scope)
     problems.extend(lag.problems)
-    exact = _exact(scope, groups, lag, hint)
+    exact = _exact(scope, groups, lag, hint,
+                   {(e.group, e.topic, e.partition): e for e in prior or []})
     entries = _by_checkpoints(scope, groups, exact, problems) if method == "checkpoint" else exact
     translated = {(e.group, e.topic, e.partition) for e in exact}
     absent = {g: [scope.mirror_of(tp) for tp in scope.pairs() if (g, *tp) not in translated] for g in groups}
@@ -186,9 +206,37 @@ def _sorted(records: dict[int, Rec]) -> list[Rec]:
     return [records[offset] for offset in sorted(records)]
 
 
-def _exact(scope: Scope, groups: list[str], lag: LagReport, hint_kind: str) -> list[Translation]:
+def still_verified(entry: Translation, prior: Translation | None, part, hints: list) -> bool:
+    """Carry a translation verified earlier (before the fence) when it is still the answer.
+
+    It was verified record by record from offset sync S. Records never change at an offset, so
+    with the same committed offset, that offset still in the owner's log and its copy in the
+    mirror's, and S still the newest-written sync at or below it, verifying again here would
+    pick S and compare the same records: the same answer. A later engine lifetime copying the
+    record again writes a newer sync at or below it (see plausible_bounds), which changes the
+    pick and sends the entry to verification again.
+    """
+    if prior is None or not prior.usable or prior.verified_from_sync is None \
+            or prior.owner_offset != entry.owner_offset or entry.owner_offset < part.owner_start \
+            or not part.mirror_start <= prior.translated_offset < part.mirror_end:
+        return False
+    hint = latest_hint(hints, upstream_at_most=entry.owner_offset,
+                       downstream_within=(part.mirror_start, part.mirror_end))
+    if hint is None or (hint.upstream_offset, hint.downstream_offset) != prior.verified_from_sync:
+        return False
+    entry.resolve(prior.translated_offset)
+    entry.verified_from_sync = prior.verified_from_sync
+    entry.note = (f"{CARRIED_NOTE} from offset sync "
+                  f"{hint.upstream_offset}->{hint.downstream_offset}; unchanged in the fence: same "
+                  "committed offset, same newest sync at or below it (no copy since)")
+    return True
+
+
+def _exact(scope: Scope, groups: list[str], lag: LagReport, hint_kind: str,
+           prior: dict | None = None) -> list[Translation]:
     committed = _committed(scope, groups)
     positions = lag.by_partition()
+    prior = prior or {}
     entries: list[Translation] = []
     pending: list[tuple[Translation, Partition]] = []
     for group in groups:
@@ -222,7 +270,8 @@ def _exact(scope: Scope, groups: list[str], lag: LagReport, hint_kind: str) -> l
                     entry.note = (f"mirror is not current: {entry.duplicates_bound} records this group "
                                   "already processed would arrive after this position")
                 continue
-            pending.append((entry, tp))
+            if not still_verified(entry, prior.get((group, *tp)), part, lag.hints.get(tp, [])):
+                pending.append((entry, tp))
 
     unresolved = _verify_hinted(scope, pending, lag, hint_kind)
     _search(scope, unresolved, lag)
@@ -257,10 +306,10 @@ def _verify_hinted(scope: Scope, pending: list[tuple[Translation, Partition]], l
         mirror_ranges.setdefault(scope.mirror_of(tp), []).append(
             (hint.downstream_offset,
              min(part.mirror_end, hint.downstream_offset + next_offset - hint.upstream_offset + RUN_AFTER)))
-    owner_recs = read_ranges(scope.config(scope.owner), owner_ranges, scope.owner,
-                             timestamps=scope.timestamps, exclude_headers=scope.engine.replication_headers)
-    mirror_recs = read_ranges(scope.config(scope.secondary), mirror_ranges, scope.secondary,
-                              timestamps=scope.timestamps, exclude_headers=scope.engine.replication_headers)
+    owner_recs, mirror_recs = read_ranges_of_both(
+        (scope.config(scope.owner), owner_ranges, scope.owner),
+        (scope.config(scope.secondary), mirror_ranges, scope.secondary),
+        timestamps=scope.timestamps, exclude_headers=scope.engine.replication_headers)
     resolved = set()
     for entry, tp, hint, next_offset in plan:
         owner_seq = [r for r in _sorted(owner_recs[tp]) if hint.upstream_offset <= r.offset]
@@ -273,6 +322,7 @@ def _verify_hinted(scope: Scope, pending: list[tuple[Translation, Partition]], l
         # C's copy must verify, and so must every record read after it on both sides.
         if common > index and common == min(len(owner_seq), len(mirror_seq)):
             entry.resolve(mirror_seq[index].offset)
+            entry.verified_from_sync = (hint.upstream_offset, hint.downstream_offset)
             resolved.add(id(entry))
     return [(entry, tp) for entry, tp in pending if id(entry) not in resolved]
 

@@ -14,7 +14,7 @@ by its policy (republished, quarantined or discarded), so they must not be consu
 from __future__ import annotations
 
 from baton.kafka.admin import check_reachable, client_config
-from baton.kafka.reading import committed_offsets, read_ranges, watermarks
+from baton.kafka.reading import committed_offsets, read_ranges_of_both, watermarks
 from baton.replication import engine_for
 from baton.replication.matching import match_run
 from baton.replication.translation import Translation
@@ -30,11 +30,7 @@ def translate_to_upstream(topology: Topology, *, mirror_region: str, upstream_re
         return []
     mirror_settings, upstream_settings = topology.regions[mirror_region], topology.regions[upstream_region]
     mirror_admin = check_reachable(mirror_region, mirror_settings)
-    upstream_admin = check_reachable(upstream_region, upstream_settings)
     timeout = mirror_settings.request_timeout_seconds
-    engine = engine_for(topology)
-    hints = engine.offset_hints(upstream_region, mirror_region).items
-    exclude = frozenset(getattr(engine, "replication_headers", frozenset()))
 
     wanted: list[tuple[str, str, int, int]] = []  # group, mirror topic, partition, committed
     for group in groups:
@@ -43,7 +39,11 @@ def translate_to_upstream(topology: Topology, *, mirror_region: str, upstream_re
             if topic in pairs and offset >= 0:
                 wanted.append((group, topic, partition, offset))
     if not wanted:
-        return []
+        return []  # no group sits on a mirror (a first hand-over): nothing else to ask
+    upstream_admin = check_reachable(upstream_region, upstream_settings)
+    engine = engine_for(topology)
+    hints = engine.offset_hints(upstream_region, mirror_region).items
+    exclude = frozenset(getattr(engine, "replication_headers", frozenset()))
     mirror_marks = watermarks(mirror_admin, {(t, p) for _, t, p, _ in wanted}, mirror_region, timeout)
     upstream_marks = watermarks(upstream_admin, {(pairs[t], p) for _, t, p, _ in wanted},
                                 upstream_region, timeout)
@@ -66,11 +66,10 @@ def translate_to_upstream(topology: Topology, *, mirror_region: str, upstream_re
         pending.append((entry, (topic, partition), (offset, min(offset + RUN, mirror_end)),
                         (upstream, partition), (low, high)))
     if pending:
-        mirror_records = read_ranges(client_config(mirror_settings), {m: [r] for _, m, r, _, _ in pending},
-                                     mirror_region, exclude_headers=exclude)
-        upstream_records = read_ranges(client_config(upstream_settings),
-                                       {u: [r] for _, _, _, u, r in pending}, upstream_region,
-                                       exclude_headers=exclude)
+        mirror_records, upstream_records = read_ranges_of_both(
+            (client_config(mirror_settings), {m: [r] for _, m, r, _, _ in pending}, mirror_region),
+            (client_config(upstream_settings), {u: [r] for _, _, _, u, r in pending}, upstream_region),
+            exclude_headers=exclude)
         for entry, mirror_tp, (start, stop), upstream_tp, (low, high) in pending:
             run = [r for o, r in sorted(mirror_records[mirror_tp].items()) if start <= o < stop]
             window = [r for o, r in sorted(upstream_records[upstream_tp].items()) if low <= o < high]

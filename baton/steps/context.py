@@ -31,6 +31,10 @@ class RunContext:
     # What earlier steps measured or did, for later steps and for compensation.
     state: dict[str, Any] = field(default_factory=dict)
     log: Callable[[str], None] = field(default=logging.getLogger("baton.steps").info)
+    # Clients and measurements a later step of the same process may reuse to keep the fenced
+    # window short (e.g. the currency step's lag for translation). Never evidence, never
+    # persisted: a resumed run starts without it and measures again.
+    reuse: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def domain(self) -> str:

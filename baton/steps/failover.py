@@ -14,14 +14,19 @@ from confluent_kafka import KafkaException
 
 from baton.authority import State, change_authority
 from baton.authority.control import read as read_control
-from baton.errors import RegionUnreachable, ReplicationError, StepFailed
+from baton.errors import BatonError, RegionUnreachable, ReplicationError, StepFailed
 from baton.kafka.admin import check_reachable
 from baton.kafka.fencing import fence, is_fenced, unfence
-from baton.kafka.reading import committed_offsets, watermarks
+from baton.kafka.reading import committed_offsets, partition_counts, watermarks
 from baton.replication import engine_for
 from baton.replication.currency import verify_currency
 from baton.replication.lag import measure_lag, resolve_scope
-from baton.replication.translation import TranslationReport, apply_translation, translate_offsets
+from baton.replication.translation import (
+    CARRIED_NOTE,
+    TranslationReport,
+    apply_translation,
+    translate_offsets,
+)
 from baton.replication.upstream import keep_returning_positions, translate_to_upstream
 from baton.steps import resolution
 from baton.steps.context import RunContext
@@ -31,6 +36,9 @@ from baton.watch.store import data_at_risk
 
 PROGRESS_EVERY = 5.0
 UNREACHABLE_PROBE_SECONDS = 3.0  # how long to ask a region that may be down before moving on
+# Currency is polled from 50 ms, doubling to 1 s: after a fence MM2 copies the last records
+# within tens of milliseconds, and every poll while producers are refused is outage.
+CURRENCY_FIRST_POLL, CURRENCY_MAX_POLL = 0.05, 1.0
 
 
 class PairedEngine:
@@ -97,15 +105,23 @@ def check_lag(ctx: RunContext) -> dict:
     topology, thresholds = ctx.topology, ctx.topology.thresholds
     engine = engine_for(topology)
     evidence: dict = {"owner": ctx.old_owner, "secondary": ctx.new_owner, "unplanned": ctx.unplanned}
-    try:
-        evidence["replication"] = engine.status(ctx.old_owner, ctx.new_owner).as_dict()
-    except ReplicationError as e:
-        evidence["replication"] = {"state": "UNKNOWN", "error": str(e)}
-    heartbeat_age = None
-    try:
-        heartbeat_age = engine.heartbeat_age(ctx.old_owner, ctx.new_owner, int(time.time() * 1000))
-    except ReplicationError as e:
-        evidence["heartbeat_error"] = str(e)
+    scope = lag = None
+    # The engine's view (connectors, heartbeat) is read beside the brokers' measurement.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        status = pool.submit(engine.status, ctx.old_owner, ctx.new_owner)
+        heartbeat = pool.submit(engine.heartbeat_age, ctx.old_owner, ctx.new_owner, int(time.time() * 1000))
+        if not ctx.unplanned:
+            scope = resolve_scope(topology, owner=ctx.old_owner)
+            lag = measure_lag(topology, scope=scope)
+        try:
+            evidence["replication"] = status.result().as_dict()
+        except ReplicationError as e:
+            evidence["replication"] = {"state": "UNKNOWN", "error": str(e)}
+        heartbeat_age = None
+        try:
+            heartbeat_age = heartbeat.result()
+        except ReplicationError as e:
+            evidence["heartbeat_error"] = str(e)
     evidence["heartbeat_age_seconds"] = heartbeat_age
 
     if ctx.unplanned:
@@ -116,9 +132,8 @@ def check_lag(ctx: RunContext) -> dict:
         ctx.log(f"check_lag: {evidence['data_at_risk']['statement']}")
         return evidence
 
-    lag = measure_lag(topology, owner=ctx.old_owner)
     evidence["lag"] = lag.as_dict()
-    owner_admin = check_reachable(ctx.old_owner, topology.regions[ctx.old_owner])
+    owner_admin = scope.owner_admin
     evidence["groups"] = _groups_state(ctx, ctx.old_owner, owner_admin)
     refusals = []
     state = evidence["replication"].get("state")
@@ -137,8 +152,38 @@ def check_lag(ctx: RunContext) -> dict:
             raise StepFailed("refusing to fail over: " + "; ".join(refusals)
                              + ". Fix replication, or override with --override-lag REASON.")
         evidence["override"] = ctx.lag_override_reason
+    evidence["translation_before_fence"] = _translate_before_fence(ctx, scope, lag)
+    ctx.reuse["scope"] = scope
     ctx.log(f"check_lag: {lag.statement()}")
     return evidence
+
+
+def _groups_on(ctx: RunContext, admin, topics) -> list[str]:
+    """The domain's groups with a commit on one of `topics` on the owner (a group may sit only on
+    mirrors, e.g. at failback)."""
+    timeout = ctx.topology.regions[ctx.old_owner].request_timeout_seconds
+    return [g for g in ctx.topology.domain.consumer_groups
+            if any(t in topics for t, _ in committed_offsets(admin, g, ctx.old_owner, timeout))]
+
+
+def _translate_before_fence(ctx: RunContext, scope, lag) -> dict:
+    """Planned: translate now, read-only, from this step's own measurement, so that inside the
+    fence only what may have changed is verified again (translation.still_verified). Nothing is
+    applied and nothing is trusted from here without that check; a failure only means the fenced
+    step does all the work."""
+    try:
+        groups = _groups_on(ctx, scope.owner_admin, scope.topics)
+        if not groups:
+            return {"prepared": False, "why": "no group has a commit on the owner's topics"}
+        report = translate_offsets(ctx.topology, groups=groups, scope=scope, lag=lag)
+    except BatonError as e:
+        return {"prepared": False, "why": f"translated inside the fence instead: {e}"}
+    ctx.reuse["translation_before_fence"] = report.entries
+    return {"prepared": True, "entries": len(report.entries),
+            "verified_from_offset_syncs": sum(1 for e in report.entries if e.verified_from_sync),
+            "untranslated_now": [e.where() for e in report.untranslated][:20],
+            "statement": "read-only, nothing applied: inside the fence an entry is carried only if its "
+                         "group's committed offset and the newest offset sync at or below it are unchanged"}
 
 
 # -- stop_primary_producers -------------------------------------------------------------------
@@ -221,22 +266,33 @@ def _prove_fence(ctx: RunContext, admin, read_back_at: float) -> dict:
 
 
 def stop_primary_producers(ctx: RunContext) -> dict:
-    # The owner is probed while authority is fenced and published (both read-only towards each
-    # other): a dead owner then costs one timeout, not the publish's plus the probe's.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        probing = pool.submit(_reachable, ctx, ctx.old_owner, UNREACHABLE_PROBE_SECONDS)
+    started = time.monotonic()
+    # Planned: connect to the owner before the window opens (and refuse before changing anything
+    # if it does not answer). Unplanned: probe the owner while authority is fenced and published
+    # (independent of each other), so a dead owner costs one timeout, not the publish's plus the probe's.
+    if ctx.unplanned:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            probing = pool.submit(_reachable, ctx, ctx.old_owner, UNREACHABLE_PROBE_SECONDS)
+            connected = time.monotonic()
+            evidence = {"authority": _fence_authority(ctx)}
+            authority_fenced = time.monotonic()
+            admin = probing.result()
+    else:
+        admin = _reachable(ctx, ctx.old_owner, timeout=UNREACHABLE_PROBE_SECONDS)
+        connected = time.monotonic()
         evidence = {"authority": _fence_authority(ctx)}
-        admin = probing.result()
+        authority_fenced = time.monotonic()
     if admin is None:
         if not ctx.unplanned:
             # No state is asserted here: compensation reads what is true and the runner says it.
-            raise StepFailed(f"owner {ctx.old_owner} became unreachable while fencing (no answer within "
+            raise StepFailed(f"owner {ctx.old_owner} did not answer as the fence began (no answer within "
                              f"{UNREACHABLE_PROBE_SECONDS:g} s)")
         evidence["acl_fence"] = {"applied": False,
                                  "why": f"{ctx.old_owner} unreachable; ACLs cannot be written there"}
         evidence["declared_unreachable"] = {ctx.old_owner: _declared_unreachable(ctx, ctx.old_owner)}
     else:
-        evidence["acl_fence"] = fence(ctx.topology, ctx.old_owner)
+        evidence["acl_fence"] = fence(ctx.topology, ctx.old_owner, admin=admin)
+    acl_fenced = time.monotonic()
     if admin is not None and not ctx.unplanned:
         if ctx.topology.thresholds.fence_proof == "fixed-quiesce":
             evidence |= _quiesce(ctx, admin)
@@ -247,6 +303,10 @@ def stop_primary_producers(ctx: RunContext) -> dict:
         evidence["quiesce"] = "skipped: unplanned failover"
         evidence["lease_wait"] = _wait_out_lease(ctx)
     ctx.state["fenced"] = True
+    evidence["seconds"] = {"connect_owner": round(connected - started, 3),
+                           "authority_fenced": round(authority_fenced - connected, 3),
+                           "acl_fence_read_back": round(acl_fenced - authority_fenced, 3),
+                           "proof_or_lease_wait": round(time.monotonic() - acl_fenced, 3)}
     return evidence
 
 
@@ -268,6 +328,20 @@ def _wait_out_lease(ctx: RunContext) -> dict:
 # -- verify_secondary_currency ----------------------------------------------------------------
 
 
+def _scope_of_check_lag(ctx: RunContext):
+    """check_lag's scope (clients, mirror names, fingerprint modes) when every topic and mirror
+    still has the partitions it had then (a partition added since would go unchecked), else
+    resolved anew."""
+    scope = ctx.reuse.get("scope")
+    if scope is not None:
+        owner = partition_counts(scope.owner_admin, scope.topics, scope.owner, scope.timeout)
+        mirror = partition_counts(scope.secondary_admin, scope.mirrors.values(), scope.secondary,
+                                  scope.timeout)
+        if all(owner[t] == scope.partitions[t] == mirror[scope.mirrors[t]] for t in scope.topics):
+            return scope
+    return resolve_scope(ctx.topology, owner=ctx.old_owner)
+
+
 def verify_secondary_currency(ctx: RunContext) -> dict:
     if ctx.unplanned:
         return {"verified": False,
@@ -276,9 +350,12 @@ def verify_secondary_currency(ctx: RunContext) -> dict:
     timeout = ctx.topology.thresholds.step_timeout_seconds
     left = fenced_window_left(ctx)  # a planned run waits no longer than its fenced window allows
     timeout = timeout if left is None else max(0.0, min(timeout, left))
-    started, last_note = time.monotonic(), time.monotonic()
+    started, last_note, pause = time.monotonic(), time.monotonic(), CURRENCY_FIRST_POLL
+    scope = _scope_of_check_lag(ctx)  # topics, mirrors, clients: resolved once
+    measured = 0
     while True:
-        report = verify_currency(ctx.topology, owner=ctx.old_owner)
+        measured += 1
+        report = verify_currency(ctx.topology, lag=measure_lag(ctx.topology, scope=scope))
         if report.current:
             break
         if time.monotonic() - started > timeout:
@@ -290,19 +367,48 @@ def verify_secondary_currency(ctx: RunContext) -> dict:
             ctx.log(f"verify_secondary_currency: {report.lag.statement()} "
                     f"({time.monotonic() - started:.0f} s)")
             last_note = time.monotonic()
-        time.sleep(1)
-    evidence = report.as_dict() | {"waited_seconds": round(time.monotonic() - started, 2)}
+        time.sleep(pause)
+        pause = min(CURRENCY_MAX_POLL, 2 * pause)
+    evidence = report.as_dict() | {"waited_seconds": round(time.monotonic() - started, 2),
+                                   "measurements": measured}
     final = ctx.state.get("final_end_offsets")
     if final:
         owner_ends = {f"{p.topic}[{p.partition}]": p.owner_end for p in report.lag.partitions}
         moved = {k: (final[k], owner_ends[k]) for k in final if k in owner_ends and owner_ends[k] != final[k]}
         if moved:
             raise StepFailed(f"{ctx.old_owner} was written to after its fence: {moved}")
+    ctx.reuse["currency"] = (scope, report.lag)
     ctx.log(f"verify_secondary_currency: {ctx.new_owner} holds every record ({report.lag.statement()})")
     return evidence
 
 
 # -- translate_consumer_offsets ---------------------------------------------------------------
+
+
+def _currency_measurement(ctx: RunContext, native: dict[str, str], evidence: dict):
+    """(scope, lag) of the currency step when translation may use them, else (None, None).
+
+    The lag was measured on the fenced owner (its end offsets proven still) and showed the mirror
+    current. It still describes both sides if every owner start/end/stable offset and every mirror
+    start/end offset reads the same now: the owner is fenced, and a mirror that grew (a replayed
+    copy) or lost its head (retention) would show here, so then everything is measured again.
+    """
+    scope, lag = ctx.reuse.get("currency", (None, None))
+    if ctx.unplanned or scope is None or scope.mirrors != native:
+        return None, None
+    pairs = scope.pairs()
+    owner = watermarks(scope.owner_admin, pairs, scope.owner, scope.timeout, stable=True)
+    mirror = watermarks(scope.secondary_admin, [scope.mirror_of(tp) for tp in pairs], scope.secondary,
+                        scope.timeout)
+    moved = [f"{p.topic}[{p.partition}]" for p in lag.partitions
+             if owner[(p.topic, p.partition)] != (p.owner_start, p.owner_end, p.owner_stable_end)
+             or mirror[(p.mirror_topic, p.partition)][:2] != (p.mirror_start, p.mirror_end)]
+    if moved:
+        evidence["lag"] = f"measured again: offsets moved since verify_secondary_currency on {moved[:5]}"
+        return None, None
+    evidence["lag"] = ("verify_secondary_currency's measurement: owner and mirror start/end offsets of "
+                       f"{len(pairs)} partition(s) re-read unchanged")
+    return scope, lag
 
 
 def translate_consumer_offsets(ctx: RunContext) -> dict:
@@ -319,7 +425,8 @@ def translate_consumer_offsets(ctx: RunContext) -> dict:
             raise StepFailed("stop these consumer groups on " + ctx.old_owner + " first: " + "; ".join(
                 f"{g}: {', '.join(m)}" for g, m in active.items()))
         evidence["groups_on_owner"] = states
-        pairs = stream_pairs(topology, ctx.old_owner, ctx.new_owner)
+        pairs = stream_pairs(topology, ctx.old_owner, ctx.new_owner,
+                             existing=set(owner_admin.list_topics(timeout=10).topics))
     else:
         pairs = {t: topology.replication.remote_topic(t, ctx.old_owner) for t in topology.domain.topics}
     native = {t: m for t, m in pairs.items() if m == topology.replication.remote_topic(t, ctx.old_owner)}
@@ -327,19 +434,19 @@ def translate_consumer_offsets(ctx: RunContext) -> dict:
     declared = _declared_unreachable(ctx, ctx.old_owner)
     if declared:
         evidence["owner_declared_unreachable"] = declared  # by an earlier step: not probed again
-    scope = resolve_scope(topology, owner=ctx.old_owner, topics=list(native),
-                          engine=PairedEngine(engine_for(topology), native),
-                          owner_required=not ctx.unplanned, owner_known_unreachable=bool(declared),
-                          # unplanned: the owner is known to be down; do not wait long to hear it again
-                          timeout=UNREACHABLE_PROBE_SECONDS if ctx.unplanned else None)
+    scope, lag = _currency_measurement(ctx, native, evidence)
+    scope = scope or resolve_scope(topology, owner=ctx.old_owner, topics=list(native),
+                                   engine=PairedEngine(engine_for(topology), native),
+                                   owner_required=not ctx.unplanned, owner_known_unreachable=bool(declared),
+                                   # unplanned: the owner is known down; do not wait long to hear it again
+                                   timeout=UNREACHABLE_PROBE_SECONDS if ctx.unplanned else None)
     method = "checkpoint" if ctx.unplanned else "exact"
-    native_groups = groups
-    if owner_admin is not None:  # a group may sit only on mirrors (e.g. at failback): skip it here
-        timeout = topology.regions[ctx.old_owner].request_timeout_seconds
-        native_groups = [g for g in groups if any(
-            t in native for t, _ in committed_offsets(owner_admin, g, ctx.old_owner, timeout))]
+    native_groups = groups if owner_admin is None else _groups_on(ctx, owner_admin, native)
     if native_groups:
-        report = translate_offsets(topology, groups=native_groups, method=method, scope=scope)
+        report = translate_offsets(topology, groups=native_groups, method=method, scope=scope, lag=lag,
+                                   prior=None if ctx.unplanned else ctx.reuse.get("translation_before_fence"))
+        evidence["verified_before_fence_and_carried"] = sum(1 for e in report.entries
+                                                            if e.note.startswith(CARRIED_NOTE))
     else:
         report = TranslationReport(ctx.old_owner, ctx.new_owner, owner_admin is not None, [])
     # From the second hand-over on, groups also sit on mirrors whose upstream is the new owner.
@@ -388,7 +495,6 @@ def switch_authority(ctx: RunContext) -> dict:
         return {"authority": current.model_dump(mode="json"), "already": True}
     if current.state != State.FENCED or current.run_id != ctx.run_id:
         raise StepFailed(f"authority is {current.describe()}; this run did not fence it, refusing to switch")
-    engine = engine_for(ctx.topology)
     # Mirrors in their own topics (default naming): no replicated record can land where the new
     # owner's producers write, so stopping the connectors overlaps the switch. Identity naming:
     # the mirror is the producers' topic, so replication must stop before anyone may write.
@@ -396,10 +502,13 @@ def switch_authority(ctx: RunContext) -> dict:
     evidence: dict = {"replication_stop": "overlapped with the switch" if overlap
                       else "before the switch (identity naming: mirror = producers' topic)"}
     with ThreadPoolExecutor(max_workers=1) as pool:
-        stopping = pool.submit(engine.stop, ctx.old_owner, ctx.new_owner)
+        # Even the engine's client is made on the side: nothing before the switch waits on Connect.
+        stopping = pool.submit(lambda: engine_for(ctx.topology).stop(ctx.old_owner, ctx.new_owner))
         if not overlap:
             evidence["replication_stopped"] = stopping.result().as_dict()
+        started = time.monotonic()
         evidence["unfence_new_owner"] = unfence(ctx.topology, ctx.new_owner)
+        unfenced = time.monotonic()
         result = change_authority(ctx.topology, current.epoch, ctx.new_owner, State.ACTIVE,
                                   run_id=ctx.run_id, changed_by=ctx.operator,
                                   reason=f"{ctx.runbook}: write authority to {ctx.new_owner}",
@@ -407,6 +516,8 @@ def switch_authority(ctx: RunContext) -> dict:
         evidence["authority"] = result.as_dict()
         ctx.state["switched"] = True
         switched = time.monotonic()
+        evidence["seconds"] = {"unfence_new_owner": round(unfenced - started, 3),
+                               "authority_active": round(switched - unfenced, 3)}
         # The step ends only once replication stopped (reconcile and failback rely on it); a
         # failure here is reported after the switch, which has happened and stays.
         evidence["replication_stopped"] = stopping.result().as_dict()
@@ -426,15 +537,19 @@ def reconcile(ctx: RunContext) -> dict:
     evidence: dict = {"authority": current.model_dump(mode="json")}
     if current.owner != ctx.new_owner or current.state != State.ACTIVE:
         problems.append(f"authority is {current.describe()}, expected ACTIVE on {ctx.new_owner}")
-    published = read_control(topology, ctx.new_owner)
+    # Independent read-backs, each its own round trips: asked at once.
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        control = pool.submit(read_control, topology, ctx.new_owner)
+        fenced = pool.submit(is_fenced, topology, ctx.new_owner)
+        new_reachable = pool.submit(check_reachable, ctx.new_owner, topology.regions[ctx.new_owner])
+        old_admin = _reachable(ctx, ctx.old_owner, timeout=UNREACHABLE_PROBE_SECONDS)
+        published, still_fenced, new_admin = control.result(), fenced.result(), new_reachable.result()
     evidence["control_topic_on_new_owner"] = published.model_dump(mode="json") if published else None
     if published is None or published.epoch != current.epoch:
         problems.append(f"the control topic on {ctx.new_owner} does not show epoch {current.epoch}")
-    if is_fenced(topology, ctx.new_owner):
+    if still_fenced:
         problems.append(f"{ctx.new_owner} still has fencing ACLs: its producers cannot write")
-    new_admin = check_reachable(ctx.new_owner, topology.regions[ctx.new_owner])
     final = ctx.state.get("final_end_offsets")
-    old_admin = _reachable(ctx, ctx.old_owner, timeout=UNREACHABLE_PROBE_SECONDS)
     if final and old_admin is not None:
         partitions = [(key.rsplit("[", 1)[0], int(key.rsplit("[", 1)[1][:-1])) for key in final]
         now = _end_offsets(ctx, ctx.old_owner, old_admin, partitions)

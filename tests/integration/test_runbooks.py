@@ -113,6 +113,13 @@ def test_planned_failover_then_failback_moves_authority_and_consumers_exactly(do
     starts_west = {p: translated[(mirror, p)] for p in range(3)}
     starts_east = {p: before[(topic, p)] for p in range(3)}
     assert read_from(t, "west", mirror, starts_west) == read_from(t, "east", topic, starts_east)
+    # Translated read-only before the fence; inside it, entries still verified were carried (their
+    # positions are among those the exactness check above consumed from).
+    steps = AuditStore.for_topology(t).run(summary["run_id"]).steps
+    evidence = {s.name: json.loads(s.evidence) for s in steps}
+    prepared = evidence["check_lag"]["translation_before_fence"]
+    carried = evidence["translate_consumer_offsets"]["verified_before_fence_and_carried"]
+    assert prepared["prepared"] and 1 <= carried <= prepared["verified_from_offset_syncs"]
     assert engine_for(t).status("east", "west").state == "STOPPED"
     # The run published its Prefect artifacts: a Markdown summary and the translated offsets.
     summary_md, offsets_table = latest_artifacts("failover-summary", "failover-offsets")

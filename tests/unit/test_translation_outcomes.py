@@ -83,3 +83,33 @@ def test_proven_segment_needs_equal_deltas_and_the_newest_lifetime():
     long_ago = [hint(0, 0), hint(101, 101), hint(120, 150), hint(221, 251), hint(322, 352)]
     assert proven_segment(long_ago, 300, 353, 100) == (long_ago[3], 352)
     assert proven_segment([hint(10, 10), hint(20, 20)], 5, 21, 100) is None
+
+
+def partition(owner_start=0, mirror_start=0, mirror_end=100):
+    from baton.replication.lag import PartitionLag
+
+    return PartitionLag("t", "east.t", 0, owner_start, 100, mirror_start, mirror_end, 99, 0, None,
+                        "offset-sync")
+
+
+def test_a_translation_verified_before_the_fence_is_carried_only_while_still_true():
+    from baton.replication.translation import CARRIED_NOTE, still_verified
+
+    prior = entry(translated_offset=13, status="ok", verified_from_sync=(5, 8))
+    syncs = [hint(0, 3), hint(5, 8), hint(60, 63)]  # a newer sync above the offset: normal copying
+    carried = entry()
+    assert still_verified(carried, prior, partition(), syncs)
+    assert (carried.translated_offset, carried.verified_from_sync) == (13, (5, 8))
+    assert carried.note.startswith(CARRIED_NOTE)
+    refused = [
+        (entry(), prior, partition(mirror_end=120), syncs + [hint(7, 101)]),  # copied again since
+        (entry(), prior, partition(), [hint(0, 3)]),  # the sync it was verified from is gone
+        (Translation("g", "t", "east.t", 0, 11, None, "exact"), prior, partition(), syncs),  # group moved
+        (entry(), prior, partition(owner_start=11), syncs),  # retention on the owner
+        (entry(), prior, partition(mirror_start=14, mirror_end=120), syncs),  # retention on the mirror
+        (entry(), entry(translated_offset=13, status="ok"), partition(), syncs),  # found by search
+        (entry(), None, partition(), syncs),  # not translated before the fence
+    ]
+    for fresh, before, part, hints in refused:
+        assert not still_verified(fresh, before, part, hints)
+        assert fresh.status == "pending" and fresh.translated_offset is None

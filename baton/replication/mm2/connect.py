@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import functools
+
 import httpx
 
 from baton.errors import ReplicationError
 
 
+@functools.cache
+def _tls_context():
+    # httpx builds a TLS context (the CA bundle, 0.1-0.25 s) for every client; steps make an
+    # engine each, some inside a fenced window, so the same verified context is shared.
+    return httpx.create_ssl_context()
+
+
 class ConnectClient:
     def __init__(self, url: str, timeout: float = 10.0):
         self.url = url.rstrip("/")
-        self._http = httpx.Client(base_url=self.url, timeout=timeout)
+        self._http = httpx.Client(base_url=self.url, timeout=timeout, verify=_tls_context())
 
     def _call(self, method: str, path: str, **kwargs) -> httpx.Response:
         try:
