@@ -518,3 +518,70 @@ def test_lab_runs_prefect_keeper_and_watch_and_runbooks_use_its_prefect(lab, top
                    for r in runs)
     finally:
         restore_lab(t)
+
+
+# -- the watch's lag is `baton lag`'s, measured from the new records only -------------------------
+
+
+def test_watch_lag_equals_baton_lag_per_partition_reading_only_new_records(lab, topology, tmp_path):
+    """Replication stopped; plain records, a committed, an aborted and an open transaction on the
+    owner: the watch continues each partition from its previous verified position (no offset-sync
+    verification) and counts exactly what measure_lag (`baton lag`) counts, partition by partition;
+    then replication resumes and both agree again at 0."""
+    from confluent_kafka import Producer
+
+    from baton.replication.lag import measure_lag
+    from baton.watch.sampler import Sampler
+
+    t = load_topology(make_domain(topology, tmp_path))
+    topic = t.domain.topics[0]
+
+    def compare(sample) -> dict:
+        report = measure_lag(t, owner="east")
+        watched = {(p.topic, p.partition): p for p in sample.lag.partitions}
+        for expected in report.partitions:
+            got = watched[(expected.topic, expected.partition)]
+            assert (got.missing_records, got.replicated_through, got.owner_end, got.owner_stable_end) == (
+                expected.missing_records, expected.replicated_through, expected.owner_end,
+                expected.owner_stable_end), (got, expected)
+            if expected.missing_records:  # the same oldest missing record, aged by the time between
+                assert abs(got.oldest_missing_age_seconds - expected.oldest_missing_age_seconds) <= (
+                    report.measured_at - sample.lag.measured_at + 0.01)
+        assert sample.records_at_risk == report.records_at_risk
+        return {p.partition: p.missing_records for p in report.partitions}
+
+    transactional = Producer(t.regions["east"].client_config("admin") | {"transactional.id": f"tx-{topic}"})
+    try:
+        produce(t, "east", topic, 12, 3, "base")
+        wait_mirrored(t, topic, 12)
+        sampler = Sampler(t)
+        assert sampler.sample().records_at_risk == 0
+
+        lab.fault("stop", "replication")
+        plain_records = produce(t, "east", topic, 10, 3, "risk")
+        transactional.init_transactions(30)
+        for values, end in (([b"c-0", b"c-1", b"c-2"], "commit"), ([b"a-0", b"a-1"], "abort"),
+                            ([b"o-0", b"o-1"], None)):
+            transactional.begin_transaction()
+            for value in values:
+                transactional.produce(topic, value=value, partition=0)
+            transactional.flush(30)
+            if end == "commit":
+                transactional.commit_transaction(30)
+            elif end == "abort":
+                transactional.abort_transaction(30)
+        sample = sampler.sample()
+        assert sampler.breakdown == {"kept": 0, "continued": 3, "measured": 0}, sampler.breakdown
+        missing = compare(sample)
+        # 10 plain records round-robin + the 3 committed ones on partition 0; aborted and open: none.
+        assert missing == {0: 4 + 3, 1: 3, 2: 3} and sample.records_at_risk == len(plain_records) + 3
+
+        transactional.abort_transaction(30)  # the open one: the last stable offset moves to the end
+        restore_lab(t)
+        wait_mirrored(t, topic, 12 + 10 + 3)
+        sample = sampler.sample()
+        assert sampler.breakdown["measured"] == 0 and sampler.breakdown["continued"] >= 1, sampler.breakdown
+        assert compare(sample) == {0: 0, 1: 0, 2: 0}
+    finally:
+        restore_lab(t)
+        wait_until(lambda: lab.status()["replication"]["state"] == "RUNNING", 90, "replication RUNNING")

@@ -252,3 +252,35 @@ def test_transactional_topics_fail_readiness_when_replication_reads_uncommitted(
     assert uncommitted.status == FAIL and "read_uncommitted" in uncommitted.evidence
     committed = check_transactions(t, sample(), engine({"consumer.isolation.level": "read_committed"}))
     assert committed.status == PASS
+
+
+def test_lag_continues_from_the_verified_position_or_asks_for_a_new_measurement():
+    from baton.kafka.reading import Rec, Watermarks
+    from baton.replication.lag import PartitionLag, Verified, continuable, continue_lag
+
+    def recs(offsets, tag):
+        return [Rec(o, f"{tag}{o}".encode(), 1_000_000 + o, 1) for o in offsets]
+
+    # Owner 0..9 committed; the mirror copied 0..5 (mirror offsets 0..5); 6..9 were counted missing.
+    owner_tail = recs(range(6, 10), "r")
+    previous = PartitionLag("t", "east.t", 0, 0, 10, 0, 6, 5, 4, 3.0, "offset-sync", owner_stable_end=10)
+    verified = Verified(5, 6, owner_tail, 10)
+    # Since: owner 10, 11 data, 12 a commit marker (absent from reads), 13..14 an open transaction;
+    # the mirror copied 6, 7 (mirror offsets 6, 7).
+    owner, mirror = Watermarks(0, 15, 13), Watermarks(0, 8)
+    assert continuable(verified, owner, mirror)
+    copies = [Rec(6 + i, r.fingerprint, r.timestamp_ms, 1) for i, r in enumerate(owner_tail[:2])]
+    lag, after = continue_lag(previous, verified, owner, mirror, copies, recs([10, 11], "r"), now=2000.0)
+    assert (lag.replicated_through, lag.missing_records) == (7, 4)  # 8, 9, 10, 11
+    assert lag.oldest_missing_age_seconds == pytest.approx(2000.0 - 1000.008)
+    assert "open transaction holds owner offsets 13..14" in lag.note
+    assert (after.replicated_through, after.mirror_end, after.read_to) == (7, 8, 13)
+    assert [r.offset for r in after.tail] == [8, 9, 10, 11]
+
+    # The engine re-copied an already copied record (a restart): not a continuation.
+    again = [Rec(6, owner_tail[0].fingerprint, 0, 1), Rec(7, owner_tail[0].fingerprint, 0, 1)]
+    assert continue_lag(previous, verified, owner, mirror, again, [], now=2000.0) is None
+    # Retention passed the replicated position, the mirror was truncated, or the span is too long.
+    assert not continuable(verified, Watermarks(7, 15, 13), mirror)
+    assert not continuable(verified, owner, Watermarks(0, 3))
+    assert not continuable(verified, Watermarks(0, 20_000, 20_000), mirror)
