@@ -2,9 +2,9 @@
 
 Sample cost: a fresh domain whose one topic has N partitions (RECORDS per partition, mirrored,
 two groups with positions), SAMPLES samples by one Sampler (clients kept, as the service does)
-with nothing moving (only the offsets are read), then SAMPLES with every partition re-verified
-by fingerprints (as after each scope refresh, or when every partition moved), then the
-readiness checks once. CPU is this process's (librdkafka's
+in each mode: idle (nothing moved), busy (one new record on every partition before each sample,
+replication running) and full (no previous measurement: every partition verified from MM2's
+offset syncs, as at the watch's start), then the readiness checks once. CPU is this process's (librdkafka's
 threads included). Month: the steady state of the retention (the last 24 h raw at 5 s, 29
 days of 1-minute maxima folded from raw samples) in a SQLite audit DB, rows carrying the
 detail of a real sample; then one prune pass.
@@ -15,6 +15,7 @@ detail of a real sample; then one prune pass.
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import tempfile
@@ -71,9 +72,11 @@ def wait_measured(t, partitions: int) -> int:
     raise SystemExit(f"{partitions} partitions not mirrored in time")
 
 
-def timed(sampler: Sampler, *, full: bool) -> tuple[float, float, object]:
-    if full:
-        sampler.forget_measurements()  # as after a scope refresh, or when every partition moved
+def timed(sampler: Sampler, mode: str, move) -> tuple[float, float, object]:
+    if mode == "busy":
+        move()  # one new record on every partition since the previous sample
+    elif mode == "full":
+        sampler.forget_measurements()  # no previous measurement: every partition from offset syncs
     started, cpu = time.perf_counter(), time.process_time()
     sample = sampler.sample()
     return time.perf_counter() - started, time.process_time() - cpu, sample
@@ -85,10 +88,18 @@ def cost(partitions: int, topology) -> dict:
     sampler = Sampler(t)
     sampler.sample()  # resolve the scope once, as a running watch has
     result = {"partitions": partitions, "checkpoints": checkpoints}
-    for mode in ("idle", "full"):
-        runs = [timed(sampler, full=mode == "full") for _ in range(SAMPLES)]
+    producer = Producer(t.regions["east"].client_config("producer") | {"linger.ms": 5})
+
+    def move() -> None:
+        for p in range(partitions):
+            producer.produce(t.domain.topics[0], value=f"busy-{time.time()}".encode(), partition=p)
+        producer.flush(60)
+
+    for mode in ("idle", "busy", "full"):
+        runs = [timed(sampler, mode, move) for _ in range(SAMPLES)]
         result[mode] = (statistics.median(r[0] for r in runs), max(r[0] for r in runs),
                         statistics.median(r[1] for r in runs))
+        result[f"{mode}_how"] = getattr(sampler, "breakdown", None)  # of the last sample
     sample = runs[-1][2]
     started = time.perf_counter()
     readiness = readiness_of(sampler, sample)
@@ -97,7 +108,8 @@ def cost(partitions: int, topology) -> dict:
     # Thousands of partitions left behind exhaust the lab brokers' small heaps (seen: east OOM).
     topic = t.domain.topics[0]
     for region, names in (("east", [topic]), ("west", [topic, t.replication.remote_topic(topic, "east")])):
-        for future in admin_client(t.regions[region]).delete_topics(names, operation_timeout=60).values():
+        admin = admin_client(t.regions[region])  # held: a collected client cancels its requests
+        for future in admin.delete_topics(names, operation_timeout=60).values():
             future.result()
     return result
 
@@ -159,13 +171,12 @@ def main() -> None:
         return
     for partitions in [int(a) for a in sys.argv[1:]] or [6, 100, 1000]:
         r = cost(partitions, topology)
-        idle, full = r["idle"], r["full"]
-        print(f"{partitions:5} partitions: unchanged partitions: wall median {idle[0]:.3f} s "
-              f"(max {idle[1]:.3f}), CPU {idle[2]:.3f} s; every partition re-verified: "
-              f"wall median {full[0]:.3f} s "
-              f"(max {full[1]:.3f}), CPU {full[2]:.3f} s; readiness {r['readiness']:.3f} s; at risk "
+        figures = "; ".join(f"{mode}: wall median {r[mode][0]:.3f} s (max {r[mode][1]:.3f}), CPU "
+                            f"{r[mode][2]:.3f} s {r[f'{mode}_how'] or ''}"
+                            for mode in ("idle", "busy", "full"))
+        print(f"{partitions:5} partitions: {figures}; readiness {r['readiness']:.3f} s; at risk "
               f"{r['records_at_risk']}; MM2 checkpoints {r['checkpoints']} of {2 * partitions}; "
-              f"failing {r['failing']}", flush=True)
+              f"failing {r['failing']}; load {os.getloadavg()[0]:.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -284,3 +284,41 @@ def test_lag_continues_from_the_verified_position_or_asks_for_a_new_measurement(
     assert not continuable(verified, Watermarks(7, 15, 13), mirror)
     assert not continuable(verified, owner, Watermarks(0, 3))
     assert not continuable(verified, Watermarks(0, 20_000, 20_000), mirror)
+
+
+def test_open_alerts_survive_a_restart_of_the_watch_and_a_database_outage(tmp_path):
+    from baton.errors import AuditError
+    from baton.watch.alerts import StoredAlerts
+
+    store = AuditStore(f"sqlite:///{tmp_path / 'audit.db'}")
+    posted: list[str] = []
+
+    def watch() -> Alerts:  # a watch process starting: nothing in memory
+        return Alerts(lambda text: posted.append(text) or True, stored=StoredAlerts(lambda: store))
+
+    first = watch()
+    first.observe(readiness(0, replication_running=FAIL, heartbeat_fresh=FAIL))
+    assert len(posted) == 2
+    restarted = watch()
+    restarted.observe(readiness(5, replication_running=FAIL, heartbeat_fresh=FAIL))
+    assert len(posted) == 2  # still failing: not alerted again
+    restarted = watch()  # restarted again; meanwhile replication recovered
+    restarted.observe(readiness(10, replication_running=PASS, heartbeat_fresh=FAIL))
+    restarted.observe(readiness(15, replication_running=PASS, heartbeat_fresh=FAIL))
+    # Exactly one recovery, timed from the first watch's alert.
+    assert len(posted) == 3 and "replication_running recovered after 10 s" in posted[2]
+    assert watch().observe(readiness(20, replication_running=PASS)) == []
+
+    # The database goes away: the watch goes on from memory, then writes what it missed.
+    outage = watch()
+    outage.observe(readiness(25, heartbeat_fresh=FAIL))  # still open from before: nothing
+    outage.stored._audit = None
+    outage.stored._factory = lambda: (_ for _ in ()).throw(AuditError("audit database down"))
+    outage.observe(readiness(30, heartbeat_fresh=PASS, lease_renewing=FAIL))
+    assert len(posted) == 5 and "heartbeat_fresh recovered" in posted[3] and "lease_renewing" in posted[4]
+    outage.stored._factory = lambda: store
+    outage.observe(readiness(35, heartbeat_fresh=PASS, lease_renewing=FAIL))
+    after = watch()
+    after.observe(readiness(40, heartbeat_fresh=PASS, lease_renewing=FAIL))
+    assert len(posted) == 5  # neither the recovery nor the alert is repeated after the outage
+    assert set(StoredAlerts(lambda: store).open_alerts("orders")) == {"lease_renewing"}
