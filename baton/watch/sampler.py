@@ -75,6 +75,9 @@ class Sample:
     at_risk: list[list] = field(default_factory=list)  # [topic, partition, missing|None, age|None]
     offset_sync_gaps: dict[str, int | None] = field(default_factory=dict)  # "topic[p]" -> records
     checkpoints: list[GroupCheckpoints] = field(default_factory=list)
+    # Topics this watch has seen written in transactions (topic -> evidence): an open transaction
+    # (last stable offset below the end) or offsets without committed data among new records.
+    transactions_seen: dict[str, str] = field(default_factory=dict)
     authority: Authority | None = None
     problems: list[str] = field(default_factory=list)
     error: str | None = None
@@ -134,6 +137,7 @@ class Sampler:
         self._syncs: dict = {}  # (topic, partition) -> newest offset sync's upstream offset
         self._syncs_at: dict | None = None  # where the offset-syncs topic was read to
         self.breakdown: dict = {}  # partitions kept / continued / measured anew by the newest sample
+        self.transactions_seen: dict[str, str] = {}  # topic -> evidence, since the watch started
         self.last_owner = topology.domain.initial_owner
         # Checkpoints, engine view, owner offsets and owner reads run beside the secondary's.
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="baton-watch-read")
@@ -240,6 +244,9 @@ class Sampler:
         for tp in pairs:
             own, mir = owner_marks[tp], mirror_marks[scope.mirror_of(tp)]
             keys[tp] = (own.start, own.end, own.stable, mir.start, mir.end)
+            if own.stable is not None and own.stable < own.end:  # only a transaction holds it back
+                self.transactions_seen[tp[0]] = (f"open transaction from offset {own.stable} of "
+                                                 f"partition {tp[1]}")
             cached = self._cache.get(tp)
             if cached is not None and cached.key == keys[tp] and cached.lag.missing_records is not None:
                 kept[tp] = cached
@@ -320,6 +327,12 @@ class Sampler:
         owner_recs = owner_read.result()
         results = {}
         for tp, cached in continuing.items():
+            (start, stop), = owner_ranges[tp]
+            if len(owner_recs[tp]) < stop - start:
+                # Records written since the previous sample (the active segment: not compacted)
+                # with offsets holding no committed data: transaction markers or aborted records.
+                self.transactions_seen[tp[0]] = (f"{stop - start - len(owner_recs[tp])} of offsets {start}.."
+                                                 f"{stop - 1} of partition {tp[1]} hold no committed data")
             mirror_tp = scope.mirror_of(tp)
             continued = continue_lag(cached.lag, cached.verified, owner_marks[tp], mirror_marks[mirror_tp],
                                      _in_order(mirror_recs[mirror_tp]), _in_order(owner_recs[tp]), now)
@@ -336,6 +349,7 @@ class Sampler:
 
     def _from_lag(self, sample: Sample, lag: LagReport) -> None:
         sample.lag = lag
+        sample.transactions_seen = dict(self.transactions_seen)
         sample.replication_state = lag.replication_state
         sample.heartbeat_age_seconds = lag.heartbeat_age_seconds
         sample.records_at_risk = lag.records_at_risk

@@ -575,6 +575,8 @@ def test_watch_lag_equals_baton_lag_per_partition_reading_only_new_records(lab, 
         missing = compare(sample)
         # 10 plain records round-robin + the 3 committed ones on partition 0; aborted and open: none.
         assert missing == {0: 4 + 3, 1: 3, 2: 3} and sample.records_at_risk == len(plain_records) + 3
+        # Transactions seen without being declared (watch.transactional_topics is empty here).
+        assert topic in sample.transactions_seen, sample.transactions_seen
 
         transactional.abort_transaction(30)  # the open one: the last stable offset moves to the end
         restore_lab(t)
@@ -585,3 +587,41 @@ def test_watch_lag_equals_baton_lag_per_partition_reading_only_new_records(lab, 
     finally:
         restore_lab(t)
         wait_until(lambda: lab.status()["replication"]["state"] == "RUNNING", 90, "replication RUNNING")
+
+
+def test_a_restarted_watch_neither_alerts_again_nor_misses_the_recovery(lab, topology, tmp_path):
+    """Alert state lives in the audit DB: a new watch (a restart) finds the open alert, does not
+    post it again while the cause still fails, and posts exactly one recovery once it clears."""
+    from baton.watch.alerts import StoredAlerts
+    from baton.watch.service import Watch
+    from tests.slack_standin import BOT_TOKEN, CHANNEL, SlackStandIn
+
+    slack = SlackStandIn().start()
+    path, _ = ready_domain(topology, tmp_path)
+    document = yaml.safe_load(path.read_text())
+    document["approvals"] |= {"slack_channel": CHANNEL, "slack_bot_token": BOT_TOKEN,
+                              "slack_api_url": slack.api_url}
+    path.write_text(yaml.safe_dump(document))
+    t = load_topology(path)
+
+    def lease_posts() -> list[str]:
+        return [a["text"] for a in slack.called("chat.postMessage") if "lease_renewing" in a["text"]]
+
+    def a_watch_samples_once() -> None:  # a watch process starting: alert state only from the DB
+        watch = Watch([t])
+        watch.run_once(watch.domains[0])
+
+    try:
+        a_watch_samples_once()  # no authority record yet: lease_renewing fails
+        assert len(lease_posts()) == 1 and "lease_renewing failing" in lease_posts()[0]
+        a_watch_samples_once()
+        assert len(lease_posts()) == 1, lease_posts()
+        with lease_keeper(t):  # the keeper initializes the domain and renews its lease
+            a_watch_samples_once()
+            a_watch_samples_once()
+        posts = lease_posts()
+        assert len(posts) == 2 and "lease_renewing recovered" in posts[1], posts
+        stored = StoredAlerts(lambda: AuditStore.for_topology(t)).open_alerts(t.domain.name)
+        assert "lease_renewing" not in stored
+    finally:
+        slack.stop()

@@ -252,6 +252,13 @@ def test_transactional_topics_fail_readiness_when_replication_reads_uncommitted(
     assert uncommitted.status == FAIL and "read_uncommitted" in uncommitted.evidence
     committed = check_transactions(t, sample(), engine({"consumer.isolation.level": "read_committed"}))
     assert committed.status == PASS
+    # Not declared, but the watch saw a transaction on it: the same check applies.
+    seen = sample(transactions_seen={"orders.events": "open transaction from offset 7 of partition 0",
+                                     "other.topic": "not a domain topic"})
+    detected = check_transactions(topology(), seen, engine({}))
+    assert detected.status == FAIL and "open transaction from offset 7" in detected.evidence
+    assert "other.topic" not in detected.evidence
+    assert check_transactions(topology(), sample(), engine({})).status == PASS
 
 
 def test_lag_continues_from_the_verified_position_or_asks_for_a_new_measurement():
