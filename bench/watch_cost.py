@@ -51,8 +51,11 @@ def domain(topology, partitions: int):
     for group in groups:
         offsets = [TopicPartition(topic, p, 2) for p in range(partitions)]
         east.alter_consumer_group_offsets([ConsumerGroupTopicPartitions(group, offsets)])[group].result()
-    return topology.model_copy(update={"domain": topology.domain.model_copy(update={
-        "name": f"wbench-{partitions}", "topics": [topic], "consumer_groups": groups})})
+    audit = Path(tempfile.mkdtemp(prefix="baton-watch-bench-")) / "audit.db"  # not the lab's
+    return topology.model_copy(update={
+        "domain": topology.domain.model_copy(update={"name": f"wbench-{partitions}", "topics": [topic],
+                                                     "consumer_groups": groups}),
+        "audit": topology.audit.model_copy(update={"database_url": f"sqlite:///{audit}"})})
 
 
 def wait_measured(t, partitions: int) -> int:
