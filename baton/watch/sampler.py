@@ -139,8 +139,9 @@ class Sampler:
         self.breakdown: dict = {}  # partitions kept / continued / measured anew by the newest sample
         self.transactions_seen: dict[str, str] = {}  # topic -> evidence, since the watch started
         self.last_owner = topology.domain.initial_owner
-        # Checkpoints, engine view, owner offsets and owner reads run beside the secondary's.
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="baton-watch-read")
+        # Checkpoints, engine view, offset syncs, owner offsets and owner reads run beside the
+        # secondary's: they wait on brokers and Connect, not on CPU.
+        self._pool = ThreadPoolExecutor(max_workers=6, thread_name_prefix="baton-watch-read")
 
     @property
     def audit(self) -> AuditStore:
@@ -226,9 +227,9 @@ class Sampler:
         truncated, rewritten or re-copied, go through measure_lag (offset syncs and
         fingerprint verification). Heartbeat and engine state are read meanwhile.
         """
-        started_at = time.time()
-        view = self._pool.submit(read_engine_view, scope.engine, scope.owner, scope.secondary, started_at,
-                                 problems := [])
+        problems: list[str] = []
+        view = self._pool.submit(read_engine_view, scope.engine, scope.owner, scope.secondary, time.time(),
+                                 problems)
         signature = _signature(scope)
         if self._cache_scope != signature:
             self._cache, self._cache_scope, self._syncs, self._syncs_at = {}, signature, {}, None
