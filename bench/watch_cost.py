@@ -24,7 +24,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from confluent_kafka import ConsumerGroupTopicPartitions, Producer, TopicPartition
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, Producer, TopicPartition
 
 from baton.kafka.admin import admin_client, ensure_topics
 from baton.lab.lab import Lab
@@ -36,9 +36,18 @@ RECORDS = 5
 SAMPLES = 10
 
 
-def domain(topology, partitions: int):
-    topic = f"orders.wbench-{uuid.uuid4().hex[:6]}"
-    groups = [f"orders-wbench-{uuid.uuid4().hex[:6]}" for _ in range(2)]
+def domain(topology, partitions: int, reuse: str | None = None):
+    """A fresh bench domain, or (reuse: a topic a previous run kept) the same one again, so two
+    versions of the sampler can be measured on the same partitions back to back."""
+    topic = reuse or f"orders.wbench-{uuid.uuid4().hex[:6]}"
+    groups = [f"{topic}-group-{i}" for i in range(2)]
+    audit = Path(tempfile.mkdtemp(prefix="baton-watch-bench-")) / "audit.db"  # not the lab's
+    t = topology.model_copy(update={
+        "domain": topology.domain.model_copy(update={"name": f"wbench-{partitions}", "topics": [topic],
+                                                     "consumer_groups": groups}),
+        "audit": topology.audit.model_copy(update={"database_url": f"sqlite:///{audit}"})})
+    if reuse:
+        return t
     for region in topology.regions.values():
         ensure_topics(admin_client(region), {topic: partitions})
     producer = Producer(topology.regions["east"].client_config("producer") | {"linger.ms": 20})
@@ -51,11 +60,7 @@ def domain(topology, partitions: int):
     for group in groups:
         offsets = [TopicPartition(topic, p, 2) for p in range(partitions)]
         east.alter_consumer_group_offsets([ConsumerGroupTopicPartitions(group, offsets)])[group].result()
-    audit = Path(tempfile.mkdtemp(prefix="baton-watch-bench-")) / "audit.db"  # not the lab's
-    return topology.model_copy(update={
-        "domain": topology.domain.model_copy(update={"name": f"wbench-{partitions}", "topics": [topic],
-                                                     "consumer_groups": groups}),
-        "audit": topology.audit.model_copy(update={"database_url": f"sqlite:///{audit}"})})
+    return t
 
 
 def wait_measured(t, partitions: int) -> int:
@@ -85,8 +90,8 @@ def timed(sampler: Sampler, mode: str, move) -> tuple[float, float, object]:
     return time.perf_counter() - started, time.process_time() - cpu, sample
 
 
-def cost(partitions: int, topology) -> dict:
-    t = domain(topology, partitions)
+def cost(partitions: int, topology, reuse: str | None = None) -> dict:
+    t = domain(topology, partitions, reuse)
     checkpoints = wait_measured(t, partitions)
     sampler = Sampler(t)
     sampler.sample()  # resolve the scope once, as a running watch has
@@ -107,14 +112,21 @@ def cost(partitions: int, topology) -> dict:
     started = time.perf_counter()
     readiness = readiness_of(sampler, sample)
     result |= {"readiness": time.perf_counter() - started, "records_at_risk": sample.records_at_risk,
-               "failing": [c.name for c in readiness.checks if c.status == "fail"]}
-    # Thousands of partitions left behind exhaust the lab brokers' small heaps (seen: east OOM).
-    topic = t.domain.topics[0]
-    for region, names in (("east", [topic]), ("west", [topic, t.replication.remote_topic(topic, "east")])):
-        admin = admin_client(t.regions[region])  # held: a collected client cancels its requests
-        for future in admin.delete_topics(names, operation_timeout=60).values():
-            future.result()
+               "failing": [c.name for c in readiness.checks if c.status == "fail"],
+               "topic": t.domain.topics[0]}
     return result
+
+
+def delete(topology, topic: str) -> None:
+    """Thousands of partitions left behind exhaust the lab brokers' small heaps (seen: east OOM)."""
+    mirror = topology.replication.remote_topic(topic, "east")
+    for region, names in (("east", [topic]), ("west", [topic, mirror])):
+        admin = admin_client(topology.regions[region])  # held: a collected client cancels its requests
+        for name, future in admin.delete_topics(names, operation_timeout=60).items():
+            try:
+                future.result()
+            except KafkaException as e:
+                print(f"{name} on {region} not deleted: {e}", flush=True)
 
 
 def month(detail: str) -> dict:
@@ -172,14 +184,18 @@ def main() -> None:
               f"{result['bytes'] / 1e6:.1f} MB (detail {result['detail_bytes']} B/row); "
               f"prune pass {result['prune_s']:.2f} s {result['pruned']}")
         return
+    # WATCH_BENCH_REUSE=topic measures a topic a run with WATCH_BENCH_KEEP=1 left (one size).
+    reuse, keep = os.environ.get("WATCH_BENCH_REUSE"), os.environ.get("WATCH_BENCH_KEEP") == "1"
     for partitions in [int(a) for a in sys.argv[1:]] or [6, 100, 1000]:
-        r = cost(partitions, topology)
+        r = cost(partitions, topology, reuse)
         figures = "; ".join(f"{mode}: wall median {r[mode][0]:.3f} s (max {r[mode][1]:.3f}), CPU "
                             f"{r[mode][2]:.3f} s {r[f'{mode}_how'] or ''}"
                             for mode in ("idle", "busy", "full"))
         print(f"{partitions:5} partitions: {figures}; readiness {r['readiness']:.3f} s; at risk "
               f"{r['records_at_risk']}; MM2 checkpoints {r['checkpoints']} of {2 * partitions}; "
-              f"failing {r['failing']}; load {os.getloadavg()[0]:.1f}", flush=True)
+              f"failing {r['failing']}; load {os.getloadavg()[0]:.1f}; topic {r['topic']}", flush=True)
+        if not keep:
+            delete(topology, r["topic"])
 
 
 if __name__ == "__main__":
