@@ -40,7 +40,7 @@ def domain(topology, partitions: int, reuse: str | None = None):
     """A fresh bench domain, or (reuse: a topic a previous run kept) the same one again, so two
     versions of the sampler can be measured on the same partitions back to back."""
     topic = reuse or f"orders.wbench-{uuid.uuid4().hex[:6]}"
-    groups = [f"{topic}-group-{i}" for i in range(2)]
+    groups = [f"orders-wbench-{topic[-6:]}-{i}" for i in range(2)]  # MM2 checkpoints orders-*
     audit = Path(tempfile.mkdtemp(prefix="baton-watch-bench-")) / "audit.db"  # not the lab's
     t = topology.model_copy(update={
         "domain": topology.domain.model_copy(update={"name": f"wbench-{partitions}", "topics": [topic],
