@@ -2,9 +2,9 @@
 
 Sample cost: a fresh domain whose one topic has N partitions (RECORDS per partition, mirrored,
 two groups with positions), SAMPLES samples by one Sampler (clients kept, as the service does)
-with nothing moving (only the offsets are read), then SAMPLES with every partition re-verified
-by fingerprints (as after each scope refresh, or when every partition moved), then the
-readiness checks once. CPU is this process's (librdkafka's
+in each mode: idle (nothing moved), busy (one new record on every partition before each sample,
+replication running) and full (no previous measurement: every partition verified from MM2's
+offset syncs, as at the watch's start), then the readiness checks once. CPU is this process's (librdkafka's
 threads included). Month: the steady state of the retention (the last 24 h raw at 5 s, 29
 days of 1-minute maxima folded from raw samples) in a SQLite audit DB, rows carrying the
 detail of a real sample; then one prune pass.
@@ -15,6 +15,7 @@ detail of a real sample; then one prune pass.
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import tempfile
@@ -23,7 +24,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from confluent_kafka import ConsumerGroupTopicPartitions, Producer, TopicPartition
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, Producer, TopicPartition
 
 from baton.kafka.admin import admin_client, ensure_topics
 from baton.lab.lab import Lab
@@ -35,9 +36,18 @@ RECORDS = 5
 SAMPLES = 10
 
 
-def domain(topology, partitions: int):
-    topic = f"orders.wbench-{uuid.uuid4().hex[:6]}"
-    groups = [f"orders-wbench-{uuid.uuid4().hex[:6]}" for _ in range(2)]
+def domain(topology, partitions: int, reuse: str | None = None):
+    """A fresh bench domain, or (reuse: a topic a previous run kept) the same one again, so two
+    versions of the sampler can be measured on the same partitions back to back."""
+    topic = reuse or f"orders.wbench-{uuid.uuid4().hex[:6]}"
+    groups = [f"orders-wbench-{topic[-6:]}-{i}" for i in range(2)]  # MM2 checkpoints orders-*
+    audit = Path(tempfile.mkdtemp(prefix="baton-watch-bench-")) / "audit.db"  # not the lab's
+    t = topology.model_copy(update={
+        "domain": topology.domain.model_copy(update={"name": f"wbench-{partitions}", "topics": [topic],
+                                                     "consumer_groups": groups}),
+        "audit": topology.audit.model_copy(update={"database_url": f"sqlite:///{audit}"})})
+    if reuse:
+        return t
     for region in topology.regions.values():
         ensure_topics(admin_client(region), {topic: partitions})
     producer = Producer(topology.regions["east"].client_config("producer") | {"linger.ms": 20})
@@ -50,8 +60,7 @@ def domain(topology, partitions: int):
     for group in groups:
         offsets = [TopicPartition(topic, p, 2) for p in range(partitions)]
         east.alter_consumer_group_offsets([ConsumerGroupTopicPartitions(group, offsets)])[group].result()
-    return topology.model_copy(update={"domain": topology.domain.model_copy(update={
-        "name": f"wbench-{partitions}", "topics": [topic], "consumer_groups": groups})})
+    return t
 
 
 def wait_measured(t, partitions: int) -> int:
@@ -71,35 +80,53 @@ def wait_measured(t, partitions: int) -> int:
     raise SystemExit(f"{partitions} partitions not mirrored in time")
 
 
-def timed(sampler: Sampler, *, full: bool) -> tuple[float, float, object]:
-    if full:
-        sampler.forget_measurements()  # as after a scope refresh, or when every partition moved
+def timed(sampler: Sampler, mode: str, move) -> tuple[float, float, object]:
+    if mode == "busy":
+        move()  # one new record on every partition since the previous sample
+    elif mode == "full":
+        sampler.forget_measurements()  # no previous measurement: every partition from offset syncs
     started, cpu = time.perf_counter(), time.process_time()
     sample = sampler.sample()
     return time.perf_counter() - started, time.process_time() - cpu, sample
 
 
-def cost(partitions: int, topology) -> dict:
-    t = domain(topology, partitions)
+def cost(partitions: int, topology, reuse: str | None = None) -> dict:
+    t = domain(topology, partitions, reuse)
     checkpoints = wait_measured(t, partitions)
     sampler = Sampler(t)
     sampler.sample()  # resolve the scope once, as a running watch has
     result = {"partitions": partitions, "checkpoints": checkpoints}
-    for mode in ("idle", "full"):
-        runs = [timed(sampler, full=mode == "full") for _ in range(SAMPLES)]
+    producer = Producer(t.regions["east"].client_config("producer") | {"linger.ms": 5})
+
+    def move() -> None:
+        for p in range(partitions):
+            producer.produce(t.domain.topics[0], value=f"busy-{time.time()}".encode(), partition=p)
+        producer.flush(60)
+
+    for mode in ("idle", "busy", "full"):
+        runs = [timed(sampler, mode, move) for _ in range(SAMPLES)]
         result[mode] = (statistics.median(r[0] for r in runs), max(r[0] for r in runs),
                         statistics.median(r[1] for r in runs))
+        result[f"{mode}_how"] = getattr(sampler, "breakdown", None)  # of the last sample
     sample = runs[-1][2]
     started = time.perf_counter()
     readiness = readiness_of(sampler, sample)
     result |= {"readiness": time.perf_counter() - started, "records_at_risk": sample.records_at_risk,
-               "failing": [c.name for c in readiness.checks if c.status == "fail"]}
-    # Thousands of partitions left behind exhaust the lab brokers' small heaps (seen: east OOM).
-    topic = t.domain.topics[0]
-    for region, names in (("east", [topic]), ("west", [topic, t.replication.remote_topic(topic, "east")])):
-        for future in admin_client(t.regions[region]).delete_topics(names, operation_timeout=60).values():
-            future.result()
+               "failing": [c.name for c in readiness.checks if c.status == "fail"],
+               "topic": t.domain.topics[0]}
     return result
+
+
+def delete(topology, topic: str) -> None:
+    """Thousands of partitions left behind exhaust the lab brokers' small heaps (seen: east OOM)."""
+    mirror = topology.replication.remote_topic(topic, "east")
+    for region, names in (("east", [topic]), ("west", [topic, mirror])):
+        admin = admin_client(topology.regions[region])  # held: a collected client cancels its requests
+        for name, future in admin.delete_topics(names, operation_timeout=60).items():
+            try:
+                future.result()
+            except KafkaException as e:
+                print(f"{name} on {region} not deleted: {e}", flush=True)
 
 
 def month(detail: str) -> dict:
@@ -157,15 +184,18 @@ def main() -> None:
               f"{result['bytes'] / 1e6:.1f} MB (detail {result['detail_bytes']} B/row); "
               f"prune pass {result['prune_s']:.2f} s {result['pruned']}")
         return
+    # WATCH_BENCH_REUSE=topic measures a topic a run with WATCH_BENCH_KEEP=1 left (one size).
+    reuse, keep = os.environ.get("WATCH_BENCH_REUSE"), os.environ.get("WATCH_BENCH_KEEP") == "1"
     for partitions in [int(a) for a in sys.argv[1:]] or [6, 100, 1000]:
-        r = cost(partitions, topology)
-        idle, full = r["idle"], r["full"]
-        print(f"{partitions:5} partitions: unchanged partitions: wall median {idle[0]:.3f} s "
-              f"(max {idle[1]:.3f}), CPU {idle[2]:.3f} s; every partition re-verified: "
-              f"wall median {full[0]:.3f} s "
-              f"(max {full[1]:.3f}), CPU {full[2]:.3f} s; readiness {r['readiness']:.3f} s; at risk "
+        r = cost(partitions, topology, reuse)
+        figures = "; ".join(f"{mode}: wall median {r[mode][0]:.3f} s (max {r[mode][1]:.3f}), CPU "
+                            f"{r[mode][2]:.3f} s {r[f'{mode}_how'] or ''}"
+                            for mode in ("idle", "busy", "full"))
+        print(f"{partitions:5} partitions: {figures}; readiness {r['readiness']:.3f} s; at risk "
               f"{r['records_at_risk']}; MM2 checkpoints {r['checkpoints']} of {2 * partitions}; "
-              f"failing {r['failing']}", flush=True)
+              f"failing {r['failing']}; load {os.getloadavg()[0]:.1f}; topic {r['topic']}", flush=True)
+        if not keep:
+            delete(topology, r["topic"])
 
 
 if __name__ == "__main__":

@@ -233,3 +233,19 @@ class WatchSample(SQLModel, table=True):
     lease_seconds_left: float | None = None
     readiness: str = Field(default="", max_length=8, description="pass | warn | fail, worst check")
     detail: str = Field(default="{}", sa_column=Column(Text, nullable=False))
+
+
+class WatchAlert(SQLModel, table=True):
+    """An alert the watch posted whose recovery is not posted yet (one per domain and cause).
+
+    Mutable state, not evidence: it lets a restarted watch (or a second watch on the same
+    database) know what is already open, so a still-failing cause is not alerted again and a
+    cleared one gets exactly one recovery message. The row is claimed before the post.
+    """
+
+    __tablename__ = "watch_alerts"
+
+    domain: str = Field(primary_key=True, max_length=200)
+    cause: str = Field(primary_key=True, max_length=80)
+    opened_at: datetime
+    evidence: str = Field(default="", sa_column=Column(Text, nullable=False))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import NamedTuple
 
 from confluent_kafka import (
@@ -21,6 +21,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient, ConfigResource, OffsetSpec, ResourceType
+from confluent_kafka.cimpl import _AdminClientImpl
 
 from baton.errors import RegionUnreachable
 from baton.kafka.fingerprint import TimestampMode, message_fingerprint
@@ -87,25 +88,46 @@ def timestamp_types(admin: AdminClient, topics: Iterable[str], region: str,
 
 def watermarks(admin: AdminClient, partitions: Iterable[Partition], region: str,
                timeout: float = 10, *, stable: bool = False) -> dict[Partition, Watermarks]:
-    """Log start and end offsets of many partitions, two batched requests (three with `stable`)."""
+    """Log start and end offsets of many partitions: two batched requests (three with `stable`) at once."""
     partitions = list(partitions)
     if not partitions:
         return {}
-    found: dict[str, dict[Partition, int]] = {}
-    asks = [("start", OffsetSpec.earliest(), IsolationLevel.READ_UNCOMMITTED),
-            ("end", OffsetSpec.latest(), IsolationLevel.READ_UNCOMMITTED)]
+    asks = [("start", EARLIEST, IsolationLevel.READ_UNCOMMITTED),
+            ("end", LATEST, IsolationLevel.READ_UNCOMMITTED)]
     if stable:
-        asks.append(("stable", OffsetSpec.latest(), IsolationLevel.READ_COMMITTED))
-    for name, spec, isolation in asks:
-        request = {TopicPartition(t, p): spec for t, p in partitions}
-        futures = admin.list_offsets(request, isolation_level=isolation, request_timeout=timeout)
-        found[name] = {
-            (tp.topic, tp.partition): _result(f, f"listing {name} offsets of {tp.topic}", region,
-                                              timeout).offset
-            for tp, f in futures.items()
-        }
+        asks.append(("stable", LATEST, IsolationLevel.READ_COMMITTED))
+    # Every request is sent before any answer is awaited: one round trip, not one per kind.
+    requested = {name: _list_offsets(admin, partitions, spec, isolation, timeout)
+                 for name, spec, isolation in asks}
+    found: dict[str, dict[Partition, int]] = {}
+    for name, future in requested.items():
+        answers = _result(future, f"listing {name} offsets", region, timeout)
+        found[name] = {}
+        for tp, answer in answers.items():
+            if isinstance(answer, KafkaError):
+                raise RegionUnreachable(f"region {region!r}: listing {name} offsets of "
+                                        f"{tp.topic}[{tp.partition}] failed: {answer}")
+            found[name][(tp.topic, tp.partition)] = answer.offset
     return {tp: Watermarks(found["start"][tp], found["end"][tp], found.get("stable", {}).get(tp))
             for tp in partitions}
+
+
+# ListOffsets' special timestamps (Kafka protocol): the log start and the end offset.
+EARLIEST, LATEST = -2, -1
+
+
+def _list_offsets(admin: AdminClient, partitions: list[Partition], spec: int, isolation: IsolationLevel,
+                  timeout: float) -> Future:
+    """One ListOffsets request whose single future answers {TopicPartition: result or KafkaError}.
+
+    AdminClient.list_offsets wraps the same call in one Python future per partition: at 1000
+    partitions and five requests per watch sample that was the sample's largest CPU cost.
+    """
+    future: Future = Future()
+    future.set_running_or_notify_cancel()
+    _AdminClientImpl.list_offsets(admin, [TopicPartition(t, p, spec) for t, p in partitions], future,
+                                  isolation_level_value=isolation.value, request_timeout=timeout)
+    return future
 
 
 def offsets_for_times(admin: AdminClient, wanted: dict[Partition, int], region: str,
@@ -147,18 +169,21 @@ def read_ranges(
     timestamps: dict[str, TimestampMode] | None = None,
     exclude_headers: frozenset[str] = frozenset(),
     timeout: float = 60,
+    consumer: Consumer | None = None,
 ) -> dict[Partition, dict[int, Rec]]:
-    """Records in [start, stop) of each partition, by offset. Stops must not pass the end offsets."""
+    """Records in [start, stop) of each partition, by offset. Stops must not pass the end offsets.
+
+    consumer: a reader() kept by the caller between reads (left open, unassigned); by default
+    one is made and closed here.
+    """
     merged = {tp: _merge(spans) for tp, spans in ranges.items()}
     merged = {tp: spans for tp, spans in merged.items() if spans}
     records: dict[Partition, dict[int, Rec]] = {tp: {} for tp in ranges}
     if not merged:
         return records
     timestamps = timestamps or {}
-    consumer = Consumer(config | {
-        "group.id": "baton-reader", "enable.auto.commit": False, "enable.partition.eof": True,
-        "auto.offset.reset": "earliest", "socket.connection.setup.timeout.ms": 5000,
-    })
+    own = consumer is None
+    consumer = consumer or reader(config)
     deadline = time.monotonic() + timeout
     try:
         rounds = max(len(spans) for spans in merged.values())
@@ -196,7 +221,8 @@ def read_ranges(
                         pending.pop(tp)
             consumer.unassign()
     finally:
-        consumer.close()
+        if own:
+            consumer.close()
     return records
 
 
@@ -208,3 +234,11 @@ def read_ranges_of_both(owner: tuple[dict, dict, str], mirror: tuple[dict, dict,
         first = pool.submit(read_ranges, *owner, **options)
         second = read_ranges(*mirror, **options)
         return first.result(), second
+
+
+def reader(config: dict) -> Consumer:
+    """A consumer for read_ranges: assigned explicitly, commits nothing."""
+    return Consumer(config | {
+        "group.id": "baton-reader", "enable.auto.commit": False, "enable.partition.eof": True,
+        "auto.offset.reset": "earliest", "socket.connection.setup.timeout.ms": 5000,
+    })

@@ -79,6 +79,7 @@ class EngineReading:
 
     items: dict
     problems: list[str] = field(default_factory=list)
+    position: dict | None = None  # where the reading ended: pass it back to read only what is newer
 
 
 class ReplicationEngine(Protocol):
@@ -102,11 +103,13 @@ class ReplicationEngine(Protocol):
     def internal_topics(self, source: str, target: str) -> dict[str, tuple[str, str]]:
         """The engine's bookkeeping topics: purpose -> (region, topic)."""
 
-    def offset_hints(self, source: str, target: str) -> EngineReading:
-        """(topic, partition) -> [OffsetHint] in the order the engine wrote them."""
+    def offset_hints(self, source: str, target: str, after: dict | None = None) -> EngineReading:
+        """(topic, partition) -> [OffsetHint] in the order the engine wrote them; with `after` (an
+        earlier reading's position) only the hints written since."""
 
-    def checkpoints(self, source: str, target: str) -> EngineReading:
-        """(group, mirror topic, partition) -> newest GroupCheckpoint."""
+    def checkpoints(self, source: str, target: str, after: dict | None = None) -> EngineReading:
+        """(group, mirror topic, partition) -> newest GroupCheckpoint; with `after` (an earlier
+        reading's position) only those written since."""
 
     def heartbeat_age(self, source: str, target: str, now_ms: int) -> float | None:
         """Seconds since the newest heartbeat that travelled source -> target (None: none seen)."""

@@ -11,7 +11,7 @@ the mirror's end; without a usable hint the mirror's tail is searched on the own
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 from confluent_kafka.admin import AdminClient
@@ -165,6 +165,21 @@ class PartitionLag:
 
 
 @dataclass
+class Verified:
+    """A partition's verified position, to continue from at the next measurement (the watch).
+
+    The mirror's records up to `mirror_end` are copies of the owner's committed records up to
+    `replicated_through`; `tail` holds the owner's committed data records after it, read up to
+    owner offset `read_to` (the last stable offset then).
+    """
+
+    replicated_through: int
+    mirror_end: int
+    tail: list[Rec]
+    read_to: int
+
+
+@dataclass
 class LagReport:
     owner: str
     secondary: str
@@ -174,6 +189,7 @@ class LagReport:
     problems: list[str] = field(default_factory=list)
     hints: dict = field(default_factory=dict, repr=False)  # (topic, p) -> [OffsetHint], reused
     replication_state: str = "UNKNOWN"  # the engine's own view: RUNNING, STOPPED, DEGRADED, DOWN
+    verified: dict = field(default_factory=dict, repr=False)  # (topic, p) -> Verified, for the watch
 
     @property
     def unknown(self) -> list[PartitionLag]:
@@ -229,8 +245,14 @@ def read_hints(scope: Scope, problems: list[str]) -> dict:
 
 
 def measure_lag(topology: Topology, *, owner: str | None = None, topics: list[str] | None = None,
-                engine: ReplicationEngine | None = None, scope: Scope | None = None) -> LagReport:
-    """Exact per-partition lag of the secondary behind the owner, and the RPO statement."""
+                engine: ReplicationEngine | None = None, scope: Scope | None = None,
+                marks: tuple[dict, dict] | None = None, engine_view: bool = True) -> LagReport:
+    """Exact per-partition lag of the secondary behind the owner, and the RPO statement.
+
+    marks: owner (with stable offsets) and mirror watermarks already read by the caller;
+    engine_view=False leaves heartbeat and engine state to the caller (the watch reads them
+    concurrently).
+    """
     scope = scope or resolve_scope(topology, owner=owner, topics=topics, engine=engine)
     problems: list[str] = []
     pairs = scope.pairs()
@@ -239,15 +261,20 @@ def measure_lag(topology: Topology, *, owner: str | None = None, topics: list[st
     # offsets: independent reads, each a round trip of its own.
     with ThreadPoolExecutor(max_workers=3) as pool:
         hints_read = pool.submit(read_hints, scope, hint_problems := [])
-        heartbeat_read = pool.submit(scope.engine.heartbeat_age, scope.owner, scope.secondary,
-                                     int(now * 1000))
-        state_read = pool.submit(scope.engine.status, scope.owner, scope.secondary)
-        # The mirror first: then every record it holds was on the owner when the owner is read,
-        # even while producers write (read the other way round, a record written and copied
-        # between the two reads is on the mirror but past the owner's end: position unknown).
-        mirror_marks = watermarks(scope.secondary_admin, [scope.mirror_of(tp) for tp in pairs],
-                                  scope.secondary, scope.timeout)
-        owner_marks = watermarks(scope.owner_admin, pairs, scope.owner, scope.timeout, stable=True)
+        engine_reads = None
+        if engine_view:
+            engine_reads = (pool.submit(scope.engine.heartbeat_age, scope.owner, scope.secondary,
+                                        int(now * 1000)),
+                            pool.submit(scope.engine.status, scope.owner, scope.secondary))
+        if marks is None:
+            # The mirror first: then every record it holds was on the owner when the owner is read,
+            # even while producers write (read the other way round, a record written and copied
+            # between the two reads is on the mirror but past the owner's end: position unknown).
+            mirror_marks = watermarks(scope.secondary_admin, [scope.mirror_of(tp) for tp in pairs],
+                                      scope.secondary, scope.timeout)
+            owner_marks = watermarks(scope.owner_admin, pairs, scope.owner, scope.timeout, stable=True)
+        else:
+            owner_marks, mirror_marks = marks
         hints = hints_read.result()
     problems.extend(hint_problems)
     now = time.time()  # ages of missing records count from after the reads, as before
@@ -305,51 +332,113 @@ def measure_lag(topology: Topology, *, owner: str | None = None, topics: list[st
         if start < stable:  # past the count limit only the oldest missing record is read
             span = COUNT_LIMIT if stable - start <= COUNT_LIMIT else TAIL
             need[tp] = [(start, min(stable, start + span))]
-    counted = read_ranges(scope.config(scope.owner), need, scope.owner)
+    # Fingerprinted as for matching, so the watch can continue from these records (Verified).
+    counted = read_ranges(scope.config(scope.owner), need, scope.owner, timestamps=scope.timestamps,
+                          exclude_headers=scope.engine.replication_headers)
+    verified = {}
     for tp, result in results.items():
         if tp not in first_missing:
             if not result.note:
                 result.note = "the mirror's last records were not found on the owner"
             continue
         start, stable = first_missing[tp], result.compared_end
-        records = counted.get(tp, {})
-        notes = []
+        records = _sorted(counted.get(tp, {}))
         if stable - start > COUNT_LIMIT:
             result.missing_records = stable - start  # a bound: offsets, not counted one by one
-            notes.append(f"at most {stable - start} records: offsets {start}..{stable - 1} were not read "
-                         "one by one (transaction markers would count)")
+            result.note = "; ".join(filter(None, [
+                result.note, f"at most {stable - start} records: offsets {start}..{stable - 1} were not "
+                "read one by one (transaction markers would count)"]))
         else:
-            result.missing_records = len(records)
-        if records and tp not in oldest:
-            oldest[tp] = records[min(records)]
-        if start < stable and not records and stable - start <= COUNT_LIMIT:
-            notes.append(f"owner offsets {start}..{stable - 1} hold no committed data (transaction "
-                         "markers or aborted records): nothing to replicate")
-        if stable < result.owner_end:
-            notes.append(f"an open transaction holds owner offsets {stable}..{result.owner_end - 1}: "
-                         f"compared against the owner's last stable offset {stable}")
-        if notes:
-            result.note = "; ".join(filter(None, [result.note, *notes]))
-        if result.missing_records and tp in oldest:
-            result.oldest_missing_age_seconds = max(0.0, now - oldest[tp].timestamp_ms / 1000)
+            verified[tp] = Verified(result.replicated_through, result.mirror_end, records, max(start, stable))
+        conclude(result, start, records, oldest.get(tp) or (records[0] if records else None), now)
         if result.replicated_through + 1 < result.owner_start and result.method != "empty":
             result.note = (f"owner log start {result.owner_start} moved past the replicated position: "
                            f"offsets {result.replicated_through + 1}..{result.owner_start - 1} were deleted "
                            "by retention before they were replicated")
 
+    heartbeat, state = None, "UNKNOWN"
+    if engine_view:
+        heartbeat, state = read_engine_view(scope.engine, scope.owner, scope.secondary, now, problems,
+                                            engine_reads)
+    return LagReport(scope.owner, scope.secondary, now, [results[tp] for tp in pairs], heartbeat, problems,
+                     hints, state, verified)
+
+
+def read_engine_view(engine: ReplicationEngine, owner: str, secondary: str, now: float,
+                     problems: list[str], reads: tuple[Future, Future] | None = None
+                     ) -> tuple[float | None, str]:
+    """Heartbeat age and the engine's state (from `reads` when the caller already started them);
+    what fails is added to `problems`."""
     heartbeat = None
     try:
-        heartbeat = heartbeat_read.result()
+        heartbeat = reads[0].result() if reads else engine.heartbeat_age(owner, secondary, int(now * 1000))
     except ReplicationError as e:
         problems.append(str(e))
-    # The figures above come from the brokers alone; the engine's state says whether lag will shrink.
+    # The lag figures come from the brokers alone; the engine's state says whether lag will shrink.
     try:
-        state = state_read.result().state
+        state = (reads[1].result() if reads else engine.status(owner, secondary)).state
     except ReplicationError as e:
         state = "DOWN"
         problems.append(str(e))
-    return LagReport(scope.owner, scope.secondary, now, [results[tp] for tp in pairs], heartbeat, problems,
-                     hints, state)
+    return heartbeat, state
+
+
+def conclude(result: PartitionLag, start: int, records: list[Rec], oldest: Rec | None, now: float) -> None:
+    """Missing records, age and notes of a partition whose committed data after the replicated
+    position, from owner offset `start` up to its last stable offset, is `records` (markers and
+    aborted records are never replicated, so they are not missing). A bound set before is kept."""
+    stable = result.compared_end
+    notes = []
+    if result.missing_records is None:
+        result.missing_records = len(records)
+        if start < stable and not records:
+            notes.append(f"owner offsets {start}..{stable - 1} hold no committed data (transaction "
+                         "markers or aborted records): nothing to replicate")
+    if stable < result.owner_end:
+        notes.append(f"an open transaction holds owner offsets {stable}..{result.owner_end - 1}: "
+                     f"compared against the owner's last stable offset {stable}")
+    if notes:
+        result.note = "; ".join(filter(None, [result.note, *notes]))
+    if result.missing_records and oldest is not None:
+        result.oldest_missing_age_seconds = max(0.0, now - oldest.timestamp_ms / 1000)
+
+
+def continuable(verified: Verified, owner: Watermarks, mirror: Watermarks) -> bool:
+    """Whether a verified position can be continued by reading only what is new on both sides.
+
+    Not when a log was truncated or recreated, retention passed the replicated position, or
+    the span to count or verify is too long: those partitions are measured from scratch."""
+    stable = owner.end if owner.stable is None else owner.stable
+    return (mirror.end >= verified.mirror_end and (mirror.end == verified.mirror_end
+                                                   or mirror.start <= verified.mirror_end)
+            and mirror.end - verified.mirror_end <= MAX_VERIFY
+            and owner.start <= verified.replicated_through + 1
+            and stable >= verified.read_to and owner.end >= verified.read_to
+            and stable - (verified.replicated_through + 1) <= COUNT_LIMIT)
+
+
+def continue_lag(previous: PartitionLag, verified: Verified, owner: Watermarks, mirror: Watermarks,
+                 new_mirror: list[Rec], new_owner: list[Rec], now: float
+                 ) -> tuple[PartitionLag, Verified] | None:
+    """The partition's exact lag from its previous verified position, or None to measure it anew.
+
+    new_mirror: the mirror's records [verified.mirror_end, mirror.end); new_owner: the owner's
+    committed records [verified.read_to, its last stable offset). The new mirror records must
+    be copies of the owner's next records, one by one (else: an engine restart re-copied, a
+    log was rewritten: measured anew); what follows them on the owner is missing.
+    """
+    tail = verified.tail + new_owner
+    copied = len(new_mirror)
+    if copied > len(tail) or common_prefix(tail, new_mirror) != copied:
+        return None
+    through = tail[copied - 1].offset if copied else verified.replicated_through
+    rest = tail[copied:]
+    result = PartitionLag(previous.topic, previous.mirror_topic, previous.partition, owner.start, owner.end,
+                          mirror.start, mirror.end, through, None, None, previous.method,
+                          owner_stable_end=owner.stable)
+    conclude(result, through + 1, rest, rest[0] if rest else None, now)
+    read_to = max(verified.read_to, result.compared_end)
+    return result, Verified(through, mirror.end, rest, read_to)
 
 
 def _sorted(records: dict[int, Rec]) -> list[Rec]:

@@ -300,7 +300,10 @@ def isolation_level(engine, owner: str, secondary: str) -> str | None:
 
 
 def check_transactions(topology: Topology, sample: Sample, engine) -> Check:
-    transactional = [t for t in topology.watch.transactional_topics if t in topology.domain.topics]
+    """Declared transactional topics (watch.transactional_topics) and those the watch saw written
+    in transactions must be mirrored read_committed."""
+    seen = {t: why for t, why in sample.transactions_seen.items() if t in topology.domain.topics}
+    transactional = sorted(set(topology.watch.transactional_topics) & set(topology.domain.topics) | set(seen))
     try:
         level = isolation_level(engine, sample.owner, sample.secondary)
     except BatonError as e:
@@ -314,8 +317,11 @@ def check_transactions(topology: Topology, sample: Sample, engine) -> Check:
                      "no transactional topics declared (watch.transactional_topics); "
                      f"replication reads {level}")
     status = PASS if level == "read_committed" else FAIL
+    detected = "; ".join(f"{t}: {why}" for t, why in sorted(seen.items()))
     return Check("transactions_read_committed", status,
-                 f"{_names(transactional)} transactional; replication consumer reads {level}"
+                 f"{_names(transactional)} transactional"
+                 + (f" (seen by the watch: {detected})" if detected else "")
+                 + f"; replication consumer reads {level}"
                  + ("" if status == PASS else ": aborted records would be mirrored "
                     "(set consumer.isolation.level=read_committed on the source connector)"))
 

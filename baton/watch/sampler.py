@@ -9,8 +9,9 @@ broker or a changed partition count is picked up at the next sample.
 
 from __future__ import annotations
 
+import logging
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, fields, replace
 
 from confluent_kafka import KafkaException
@@ -20,12 +21,26 @@ from baton.audit import AuditStore
 from baton.authority.record import Authority
 from baton.authority.store import AuthorityStore
 from baton.errors import BatonError
-from baton.kafka.reading import committed_offsets, watermarks
+from baton.kafka.reading import committed_offsets, read_ranges, reader, watermarks
 from baton.replication import engine_for
-from baton.replication.lag import LagReport, Scope, measure_lag, resolve_scope
+from baton.replication.engine import EngineReading
+from baton.replication.lag import (
+    LagReport,
+    PartitionLag,
+    Scope,
+    Verified,
+    continuable,
+    continue_lag,
+    measure_lag,
+    read_engine_view,
+    resolve_scope,
+)
 from baton.settings import Topology
 
-# The scope (topics, mirrors, partition counts, clients) is re-resolved at least this often.
+log = logging.getLogger("baton.watch")
+
+# The scope (topics, mirrors, partition counts, clients) is re-resolved at least this often;
+# measurements survive a re-resolution that finds the same topics and partition counts.
 SCOPE_MAX_AGE_SECONDS = 60.0
 
 
@@ -60,6 +75,9 @@ class Sample:
     at_risk: list[list] = field(default_factory=list)  # [topic, partition, missing|None, age|None]
     offset_sync_gaps: dict[str, int | None] = field(default_factory=dict)  # "topic[p]" -> records
     checkpoints: list[GroupCheckpoints] = field(default_factory=list)
+    # Topics this watch has seen written in transactions (topic -> evidence): an open transaction
+    # (last stable offset below the end) or offsets without committed data among new records.
+    transactions_seen: dict[str, str] = field(default_factory=dict)
     authority: Authority | None = None
     problems: list[str] = field(default_factory=list)
     error: str | None = None
@@ -112,10 +130,18 @@ class Sampler:
         self._audit = audit
         self._scope: Scope | None = None
         self._scope_at = 0.0
-        self._cache: dict = {}  # (topic, partition) -> (offsets key, PartitionLag, hints, measured at)
-        self._cache_scope: Scope | None = None
+        self._cache: dict = {}  # (topic, partition) -> _Measured
+        self._cache_scope: tuple | None = None
+        self._readers: dict = {}  # region -> consumer for read_ranges
+        self._checkpoint_cache: tuple = (None, {}, None)  # flow, newest checkpoint per partition, position
+        self._syncs: dict = {}  # (topic, partition) -> newest offset sync's upstream offset
+        self._syncs_at: dict | None = None  # where the offset-syncs topic was read to
+        self.breakdown: dict = {}  # partitions kept / continued / measured anew by the newest sample
+        self.transactions_seen: dict[str, str] = {}  # topic -> evidence, since the watch started
         self.last_owner = topology.domain.initial_owner
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="baton-watch-read")
+        # Checkpoints, engine view, offset syncs, owner offsets and owner reads run beside the
+        # secondary's: they wait on brokers and Connect, not on CPU.
+        self._pool = ThreadPoolExecutor(max_workers=6, thread_name_prefix="baton-watch-read")
 
     @property
     def audit(self) -> AuditStore:
@@ -146,6 +172,18 @@ class Sampler:
 
     def drop_clients(self) -> None:
         self._scope = None
+        readers, self._readers = self._readers, {}
+        for consumer in readers.values():
+            try:
+                consumer.close()
+            except (KafkaException, RuntimeError) as e:
+                log.debug("reader not closed: %s", e)
+
+    def _reader(self, scope: Scope, region: str):
+        """A consumer per region kept between samples (a new one per read costs its connection)."""
+        if region not in self._readers:
+            self._readers[region] = reader(scope.config(region))
+        return self._readers[region]
 
     def forget_measurements(self) -> None:
         """Re-verify every partition at the next sample."""
@@ -162,7 +200,7 @@ class Sampler:
         sample = Sample(self.topology.domain.name, owner, secondary, time.time(),
                         self.topology.watch.interval_seconds, authority=authority, problems=problems)
         # The checkpoints are read while the lag is measured: both wait on brokers, not on CPU.
-        checkpoints = (self._pool.submit(self.engine.checkpoints, owner, secondary)
+        checkpoints = (self._pool.submit(self._read_checkpoints, owner, secondary)
                        if self.topology.domain.consumer_groups else None)
         try:
             scope = self.scope(owner)
@@ -179,68 +217,140 @@ class Sampler:
         return sample
 
     def _measure(self, scope: Scope) -> LagReport:
-        """The exact lag of `baton lag`, re-verified only where something moved.
+        """The exact lag of `baton lag`, reading only what is new since the previous sample.
 
-        A partition whose owner and mirror start and end offsets are the ones of the previous
-        sample has the same records missing (its oldest missing record only aged), so it keeps
-        its measurement; the rest go through measure_lag. Everything is re-verified whenever
-        the scope is re-resolved (at least every SCOPE_MAX_AGE_SECONDS).
+        Per partition: unchanged start, end and stable offsets on both sides keep the previous
+        measurement (its oldest missing record only aged); otherwise the new mirror records are
+        matched one by one against the owner records after the previous verified position,
+        and the owner's committed records after the last copied one are the missing ones
+        (lag.continue_lag). Only partitions without a verified position, or whose logs were
+        truncated, rewritten or re-copied, go through measure_lag (offset syncs and
+        fingerprint verification). Heartbeat and engine state are read meanwhile.
         """
+        problems: list[str] = []
+        view = self._pool.submit(read_engine_view, scope.engine, scope.owner, scope.secondary, time.time(),
+                                 problems)
+        signature = _signature(scope)
+        if self._cache_scope != signature:
+            self._cache, self._cache_scope, self._syncs, self._syncs_at = {}, signature, {}, None
+        syncs = self._pool.submit(self._read_syncs, scope, problems)
         pairs = scope.pairs()
-        owner_marks = watermarks(scope.owner_admin, pairs, scope.owner, scope.timeout)
+        owner_pending = self._pool.submit(watermarks, scope.owner_admin, pairs, scope.owner, scope.timeout,
+                                          stable=True)
         mirror_marks = watermarks(scope.secondary_admin, [scope.mirror_of(tp) for tp in pairs],
                                   scope.secondary, scope.timeout)
-        keys = {tp: (owner_marks[tp].start, owner_marks[tp].end, mirror_marks[scope.mirror_of(tp)].start,
-                     mirror_marks[scope.mirror_of(tp)].end) for tp in pairs}
-        if self._cache_scope is not scope:
-            self._cache, self._cache_scope = {}, scope
-        changed = [tp for tp in pairs if tp not in self._cache or self._cache[tp][0] != keys[tp]
-                   or self._cache[tp][1].missing_records is None]
-        if changed:
-            measured = measure_lag(self.topology, scope=_Subset.of(scope, changed))
-        else:  # nothing moved: the engine's view alone (no offset-sync read)
-            measured = LagReport(scope.owner, scope.secondary, time.time(), [], None)
-            self._engine_view(measured)
-        now = measured.measured_at
-        fresh = measured.by_partition()
-        partitions, hints = [], {}
+        owner_marks = owner_pending.result()
+        now = time.time()
+        kept, continuing, anew, keys = {}, {}, [], {}
         for tp in pairs:
-            if tp in fresh:
-                self._cache[tp] = (keys[tp], fresh[tp], measured.hints.get(tp, []), now)
-                partitions.append(fresh[tp])
-                hints[tp] = measured.hints.get(tp, [])
+            own, mir = owner_marks[tp], mirror_marks[scope.mirror_of(tp)]
+            keys[tp] = (own.start, own.end, own.stable, mir.start, mir.end)
+            if own.stable is not None and own.stable < own.end:  # only a transaction holds it back
+                self.transactions_seen[tp[0]] = (f"open transaction from offset {own.stable} of "
+                                                 f"partition {tp[1]}")
+            cached = self._cache.get(tp)
+            if cached is not None and cached.key == keys[tp] and cached.lag.missing_records is not None:
+                kept[tp] = cached
+            elif cached is not None and cached.verified and continuable(cached.verified, own, mir):
+                continuing[tp] = cached
+            else:
+                anew.append(tp)
+        results = self._continue(scope, continuing, owner_marks, mirror_marks, now, anew)
+        if anew:
+            measured = measure_lag(self.topology, scope=_Subset.of(scope, anew),
+                                   marks=(owner_marks, mirror_marks), engine_view=False)
+            problems.extend(measured.problems)
+            for tp, lag in measured.by_partition().items():
+                results[tp] = (lag, measured.verified.get(tp))
+        self.breakdown = {"kept": len(kept), "continued": len(results) - len(anew), "measured": len(anew)}
+        partitions = []
+        for tp in pairs:
+            if tp in kept:
+                entry = kept[tp]
+                age = entry.lag.oldest_missing_age_seconds
+                partitions.append(replace(entry.lag, oldest_missing_age_seconds=(
+                    None if age is None else age + now - entry.measured_at)))
                 continue
-            _key, kept, kept_hints, at = self._cache[tp]
-            age = kept.oldest_missing_age_seconds
-            aged = None if age is None else age + now - at
-            partitions.append(replace(kept, oldest_missing_age_seconds=aged))
-            hints[tp] = kept_hints
-        return LagReport(measured.owner, measured.secondary, now, partitions, measured.heartbeat_age_seconds,
-                         measured.problems, hints, measured.replication_state)
+            lag, verified = results[tp]
+            self._cache[tp] = _Measured(keys[tp], lag, verified, now)
+            partitions.append(lag)
+        heartbeat, state = view.result()
+        syncs.result()
+        return LagReport(scope.owner, scope.secondary, now, partitions, heartbeat, problems,
+                         replication_state=state)
 
-    def _engine_view(self, report: LagReport) -> None:
-        """Heartbeat age and engine state, as measure_lag reports them."""
+    def _read_checkpoints(self, owner: str, secondary: str) -> EngineReading:
+        """The newest checkpoints of the flow, reading only those written since the last sample."""
+        flow = (owner, secondary)
+        if self._checkpoint_cache[0] != flow:
+            self._checkpoint_cache = (flow, {}, None)
+        _, items, position = self._checkpoint_cache
+        reading = self.engine.checkpoints(owner, secondary, after=position)
+        items = items | reading.items
+        self._checkpoint_cache = (flow, items, reading.position)
+        return EngineReading(items, reading.problems, reading.position)
+
+    def _read_syncs(self, scope: Scope, problems: list[str]) -> None:
+        """The newest offset sync per partition, reading only the syncs written since the last sample."""
         try:
-            report.heartbeat_age_seconds = self.engine.heartbeat_age(report.owner, report.secondary,
-                                                                     int(report.measured_at * 1000))
+            reading = scope.engine.offset_hints(scope.owner, scope.secondary, after=self._syncs_at)
         except BatonError as e:
-            report.problems.append(_short(e))
+            problems.append(f"offset syncs not read: {_short(e)}")
+            return
+        problems.extend(reading.problems)
+        for tp, hints in reading.items.items():
+            newest = max(h.upstream_offset for h in hints)
+            self._syncs[tp] = max(newest, self._syncs.get(tp, newest))
+        self._syncs_at = reading.position
+
+    def _continue(self, scope: Scope, continuing: dict, owner_marks: dict, mirror_marks: dict, now: float,
+                  anew: list) -> dict:
+        """Continue verified positions: one read of the new records per region, both at once.
+
+        A partition whose new records do not continue its verified position is appended to `anew`.
+        """
+        if not continuing:
+            return {}
+        mirror_ranges, owner_ranges = {}, {}
+        for tp, cached in continuing.items():
+            own, mir = owner_marks[tp], mirror_marks[scope.mirror_of(tp)]
+            stable = own.end if own.stable is None else own.stable
+            mirror_ranges[scope.mirror_of(tp)] = [(cached.verified.mirror_end, mir.end)]
+            owner_ranges[tp] = [(cached.verified.read_to, stable)]
+        options = {"timestamps": scope.timestamps, "exclude_headers": scope.engine.replication_headers}
+        owner_read = self._pool.submit(read_ranges, scope.config(scope.owner), owner_ranges, scope.owner,
+                                       consumer=self._reader(scope, scope.owner), **options)
         try:
-            report.replication_state = self.engine.status(report.owner, report.secondary).state
-        except BatonError as e:
-            report.replication_state = "DOWN"
-            report.problems.append(_short(e))
+            mirror_recs = read_ranges(scope.config(scope.secondary), mirror_ranges, scope.secondary,
+                                      consumer=self._reader(scope, scope.secondary), **options)
+        finally:  # the owner's reader must be idle before an error drops (closes) it
+            wait([owner_read])
+        owner_recs = owner_read.result()
+        results = {}
+        for tp, cached in continuing.items():
+            (start, stop), = owner_ranges[tp]
+            if len(owner_recs[tp]) < stop - start:
+                # Records written since the previous sample (the active segment: not compacted)
+                # with offsets holding no committed data: transaction markers or aborted records.
+                self.transactions_seen[tp[0]] = (f"{stop - start - len(owner_recs[tp])} of offsets {start}.."
+                                                 f"{stop - 1} of partition {tp[1]} hold no committed data")
+            mirror_tp = scope.mirror_of(tp)
+            continued = continue_lag(cached.lag, cached.verified, owner_marks[tp], mirror_marks[mirror_tp],
+                                     _in_order(mirror_recs[mirror_tp]), _in_order(owner_recs[tp]), now)
+            if continued is None:
+                anew.append(tp)
+            else:
+                results[tp] = continued
+        return results
 
     def _engine_only(self, sample: Sample) -> None:
         """The owner or the mirror cannot be measured: what the engine alone still says."""
-        view = LagReport(sample.owner, sample.secondary, time.time(), [], None)
-        self._engine_view(view)
-        sample.replication_state = view.replication_state
-        sample.heartbeat_age_seconds = view.heartbeat_age_seconds
-        sample.problems.extend(view.problems)
+        sample.heartbeat_age_seconds, sample.replication_state = read_engine_view(
+            self.engine, sample.owner, sample.secondary, time.time(), sample.problems)
 
     def _from_lag(self, sample: Sample, lag: LagReport) -> None:
         sample.lag = lag
+        sample.transactions_seen = dict(self.transactions_seen)
         sample.replication_state = lag.replication_state
         sample.heartbeat_age_seconds = lag.heartbeat_age_seconds
         sample.records_at_risk = lag.records_at_risk
@@ -254,8 +364,7 @@ class Sampler:
                 sample.at_risk.append([p.topic, p.partition, p.missing_records, age])
             if p.replicated_through is not None and p.replicated_through >= p.owner_start and p.mirror_end:
                 # How far the newest offset sync is behind what the mirror holds (None: no sync at all).
-                hints = lag.hints.get((p.topic, p.partition), [])
-                newest = max((h.upstream_offset for h in hints), default=None)
+                newest = self._syncs.get((p.topic, p.partition))
                 sample.offset_sync_gaps[f"{p.topic}[{p.partition}]"] = (
                     None if newest is None else max(0, p.replicated_through - newest))
 
@@ -293,6 +402,26 @@ class Sampler:
                 freshness.oldest_age_seconds = max(age, freshness.oldest_age_seconds or 0.0)
                 if age > max_age:
                     freshness.stale.append(name)
+
+
+@dataclass
+class _Measured:
+    """A partition's newest measurement: the offsets it was taken at and where to continue from."""
+
+    key: tuple  # owner start, end, stable; mirror start, end
+    lag: PartitionLag
+    verified: Verified | None
+    measured_at: float
+
+
+def _signature(scope: Scope) -> tuple:
+    """What measurements depend on: a scope re-resolved to the same keeps them."""
+    return (scope.owner, scope.secondary, tuple(scope.topics), tuple(sorted(scope.mirrors.items())),
+            tuple(sorted(scope.partitions.items())), tuple(sorted(scope.timestamps.items())))
+
+
+def _in_order(records: dict) -> list:
+    return [records[offset] for offset in sorted(records)]
 
 
 @dataclass

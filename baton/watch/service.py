@@ -20,7 +20,7 @@ from baton.audit.models import WatchSample
 from baton.errors import BatonError, RegionUnreachable
 from baton.kafka.admin import check_reachable
 from baton.settings import Topology
-from baton.watch.alerts import Alerts, slack_poster
+from baton.watch.alerts import Alerts, StoredAlerts, slack_poster
 from baton.watch.metrics import WatchMetrics
 from baton.watch.readiness import Readiness, assess
 from baton.watch.sampler import Sample, Sampler
@@ -76,7 +76,8 @@ class Watch:
             post = slack_poster(topology) if alerts else None
             self.domains.append(DomainWatch(
                 topology, Sampler(topology),
-                Alerts(post, lag_samples=topology.watch.alert_after_samples) if post else None))
+                Alerts(post, lag_samples=topology.watch.alert_after_samples,
+                       stored=StoredAlerts(lambda t=topology: AuditStore.for_topology(t))) if post else None))
         self.interval = min(t.watch.interval_seconds for t in topologies)
 
     def run(self, stop: threading.Event, on_sample=None) -> None:

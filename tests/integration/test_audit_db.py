@@ -232,7 +232,7 @@ def test_migrations_build_exactly_the_models_schema(audit_url):
     store = AuditStore(audit_url)
     with store.engine.connect() as connection:
         assert compare_metadata(MigrationContext.configure(connection), SQLModel.metadata) == []
-        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0004"
+        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0005"
 
 
 def test_concurrent_writers_keep_one_dense_chain(audit_url):

@@ -518,3 +518,110 @@ def test_lab_runs_prefect_keeper_and_watch_and_runbooks_use_its_prefect(lab, top
                    for r in runs)
     finally:
         restore_lab(t)
+
+
+# -- the watch's lag is `baton lag`'s, measured from the new records only -------------------------
+
+
+def test_watch_lag_equals_baton_lag_per_partition_reading_only_new_records(lab, topology, tmp_path):
+    """Replication stopped; plain records, a committed, an aborted and an open transaction on the
+    owner: the watch continues each partition from its previous verified position (no offset-sync
+    verification) and counts exactly what measure_lag (`baton lag`) counts, partition by partition;
+    then replication resumes and both agree again at 0."""
+    from confluent_kafka import Producer
+
+    from baton.replication.lag import measure_lag
+    from baton.watch.sampler import Sampler
+
+    t = load_topology(make_domain(topology, tmp_path))
+    topic = t.domain.topics[0]
+
+    def compare(sample) -> dict:
+        report = measure_lag(t, owner="east")
+        watched = {(p.topic, p.partition): p for p in sample.lag.partitions}
+        for expected in report.partitions:
+            got = watched[(expected.topic, expected.partition)]
+            assert (got.missing_records, got.replicated_through, got.owner_end, got.owner_stable_end) == (
+                expected.missing_records, expected.replicated_through, expected.owner_end,
+                expected.owner_stable_end), (got, expected)
+            if expected.missing_records:  # the same oldest missing record, aged by the time between
+                assert abs(got.oldest_missing_age_seconds - expected.oldest_missing_age_seconds) <= (
+                    report.measured_at - sample.lag.measured_at + 0.01)
+        assert sample.records_at_risk == report.records_at_risk
+        return {p.partition: p.missing_records for p in report.partitions}
+
+    transactional = Producer(t.regions["east"].client_config("admin") | {"transactional.id": f"tx-{topic}"})
+    try:
+        produce(t, "east", topic, 12, 3, "base")
+        wait_mirrored(t, topic, 12)
+        sampler = Sampler(t)
+        assert sampler.sample().records_at_risk == 0
+
+        lab.fault("stop", "replication")
+        plain_records = produce(t, "east", topic, 10, 3, "risk")
+        transactional.init_transactions(30)
+        for values, end in (([b"c-0", b"c-1", b"c-2"], "commit"), ([b"a-0", b"a-1"], "abort"),
+                            ([b"o-0", b"o-1"], None)):
+            transactional.begin_transaction()
+            for value in values:
+                transactional.produce(topic, value=value, partition=0)
+            transactional.flush(30)
+            if end == "commit":
+                transactional.commit_transaction(30)
+            elif end == "abort":
+                transactional.abort_transaction(30)
+        sample = sampler.sample()
+        assert sampler.breakdown == {"kept": 0, "continued": 3, "measured": 0}, sampler.breakdown
+        missing = compare(sample)
+        # 10 plain records round-robin + the 3 committed ones on partition 0; aborted and open: none.
+        assert missing == {0: 4 + 3, 1: 3, 2: 3} and sample.records_at_risk == len(plain_records) + 3
+        # Transactions seen without being declared (watch.transactional_topics is empty here).
+        assert topic in sample.transactions_seen, sample.transactions_seen
+
+        transactional.abort_transaction(30)  # the open one: the last stable offset moves to the end
+        restore_lab(t)
+        wait_mirrored(t, topic, 12 + 10 + 3)
+        sample = sampler.sample()
+        assert sampler.breakdown["measured"] == 0 and sampler.breakdown["continued"] >= 1, sampler.breakdown
+        assert compare(sample) == {0: 0, 1: 0, 2: 0}
+    finally:
+        restore_lab(t)
+        wait_until(lambda: lab.status()["replication"]["state"] == "RUNNING", 90, "replication RUNNING")
+
+
+def test_a_restarted_watch_neither_alerts_again_nor_misses_the_recovery(lab, topology, tmp_path):
+    """Alert state lives in the audit DB: a new watch (a restart) finds the open alert, does not
+    post it again while the cause still fails, and posts exactly one recovery once it clears."""
+    from baton.watch.alerts import StoredAlerts
+    from baton.watch.service import Watch
+    from tests.slack_standin import BOT_TOKEN, CHANNEL, SlackStandIn
+
+    slack = SlackStandIn().start()
+    path, _ = ready_domain(topology, tmp_path)
+    document = yaml.safe_load(path.read_text())
+    document["approvals"] |= {"slack_channel": CHANNEL, "slack_bot_token": BOT_TOKEN,
+                              "slack_api_url": slack.api_url}
+    path.write_text(yaml.safe_dump(document))
+    t = load_topology(path)
+
+    def lease_posts() -> list[str]:
+        return [a["text"] for a in slack.called("chat.postMessage") if "lease_renewing" in a["text"]]
+
+    def a_watch_samples_once() -> None:  # a watch process starting: alert state only from the DB
+        watch = Watch([t])
+        watch.run_once(watch.domains[0])
+
+    try:
+        a_watch_samples_once()  # no authority record yet: lease_renewing fails
+        assert len(lease_posts()) == 1 and "lease_renewing failing" in lease_posts()[0]
+        a_watch_samples_once()
+        assert len(lease_posts()) == 1, lease_posts()
+        with lease_keeper(t):  # the keeper initializes the domain and renews its lease
+            a_watch_samples_once()
+            a_watch_samples_once()
+        posts = lease_posts()
+        assert len(posts) == 2 and "lease_renewing recovered" in posts[1], posts
+        stored = StoredAlerts(lambda: AuditStore.for_topology(t)).open_alerts(t.domain.name)
+        assert "lease_renewing" not in stored
+    finally:
+        slack.stop()

@@ -266,3 +266,80 @@ def test_transactional_topics_fail_readiness_when_replication_reads_uncommitted(
     assert uncommitted.status == FAIL and "read_uncommitted" in uncommitted.evidence
     committed = check_transactions(t, sample(), engine({"consumer.isolation.level": "read_committed"}))
     assert committed.status == PASS
+    # Not declared, but the watch saw a transaction on it: the same check applies.
+    seen = sample(transactions_seen={"orders.events": "open transaction from offset 7 of partition 0",
+                                     "other.topic": "not a domain topic"})
+    detected = check_transactions(topology(), seen, engine({}))
+    assert detected.status == FAIL and "open transaction from offset 7" in detected.evidence
+    assert "other.topic" not in detected.evidence
+    assert check_transactions(topology(), sample(), engine({})).status == PASS
+
+
+def test_lag_continues_from_the_verified_position_or_asks_for_a_new_measurement():
+    from baton.kafka.reading import Rec, Watermarks
+    from baton.replication.lag import PartitionLag, Verified, continuable, continue_lag
+
+    def recs(offsets, tag):
+        return [Rec(o, f"{tag}{o}".encode(), 1_000_000 + o, 1) for o in offsets]
+
+    # Owner 0..9 committed; the mirror copied 0..5 (mirror offsets 0..5); 6..9 were counted missing.
+    owner_tail = recs(range(6, 10), "r")
+    previous = PartitionLag("t", "east.t", 0, 0, 10, 0, 6, 5, 4, 3.0, "offset-sync", owner_stable_end=10)
+    verified = Verified(5, 6, owner_tail, 10)
+    # Since: owner 10, 11 data, 12 a commit marker (absent from reads), 13..14 an open transaction;
+    # the mirror copied 6, 7 (mirror offsets 6, 7).
+    owner, mirror = Watermarks(0, 15, 13), Watermarks(0, 8)
+    assert continuable(verified, owner, mirror)
+    copies = [Rec(6 + i, r.fingerprint, r.timestamp_ms, 1) for i, r in enumerate(owner_tail[:2])]
+    lag, after = continue_lag(previous, verified, owner, mirror, copies, recs([10, 11], "r"), now=2000.0)
+    assert (lag.replicated_through, lag.missing_records) == (7, 4)  # 8, 9, 10, 11
+    assert lag.oldest_missing_age_seconds == pytest.approx(2000.0 - 1000.008)
+    assert "open transaction holds owner offsets 13..14" in lag.note
+    assert (after.replicated_through, after.mirror_end, after.read_to) == (7, 8, 13)
+    assert [r.offset for r in after.tail] == [8, 9, 10, 11]
+
+    # The engine re-copied an already copied record (a restart): not a continuation.
+    again = [Rec(6, owner_tail[0].fingerprint, 0, 1), Rec(7, owner_tail[0].fingerprint, 0, 1)]
+    assert continue_lag(previous, verified, owner, mirror, again, [], now=2000.0) is None
+    # Retention passed the replicated position, the mirror was truncated, or the span is too long.
+    assert not continuable(verified, Watermarks(7, 15, 13), mirror)
+    assert not continuable(verified, owner, Watermarks(0, 3))
+    assert not continuable(verified, Watermarks(0, 20_000, 20_000), mirror)
+
+
+def test_open_alerts_survive_a_restart_of_the_watch_and_a_database_outage(tmp_path):
+    from baton.errors import AuditError
+    from baton.watch.alerts import StoredAlerts
+
+    store = AuditStore(f"sqlite:///{tmp_path / 'audit.db'}")
+    posted: list[str] = []
+
+    def watch() -> Alerts:  # a watch process starting: nothing in memory
+        return Alerts(lambda text: posted.append(text) or True, stored=StoredAlerts(lambda: store))
+
+    first = watch()
+    first.observe(readiness(0, replication_running=FAIL, heartbeat_fresh=FAIL))
+    assert len(posted) == 2
+    restarted = watch()
+    restarted.observe(readiness(5, replication_running=FAIL, heartbeat_fresh=FAIL))
+    assert len(posted) == 2  # still failing: not alerted again
+    restarted = watch()  # restarted again; meanwhile replication recovered
+    restarted.observe(readiness(10, replication_running=PASS, heartbeat_fresh=FAIL))
+    restarted.observe(readiness(15, replication_running=PASS, heartbeat_fresh=FAIL))
+    # Exactly one recovery, timed from the first watch's alert.
+    assert len(posted) == 3 and "replication_running recovered after 10 s" in posted[2]
+    assert watch().observe(readiness(20, replication_running=PASS)) == []
+
+    # The database goes away: the watch goes on from memory, then writes what it missed.
+    outage = watch()
+    outage.observe(readiness(25, heartbeat_fresh=FAIL))  # still open from before: nothing
+    outage.stored._audit = None
+    outage.stored._factory = lambda: (_ for _ in ()).throw(AuditError("audit database down"))
+    outage.observe(readiness(30, heartbeat_fresh=PASS, lease_renewing=FAIL))
+    assert len(posted) == 5 and "heartbeat_fresh recovered" in posted[3] and "lease_renewing" in posted[4]
+    outage.stored._factory = lambda: store
+    outage.observe(readiness(35, heartbeat_fresh=PASS, lease_renewing=FAIL))
+    after = watch()
+    after.observe(readiness(40, heartbeat_fresh=PASS, lease_renewing=FAIL))
+    assert len(posted) == 5  # neither the recovery nor the alert is repeated after the outage
+    assert set(StoredAlerts(lambda: store).open_alerts("orders")) == {"lease_renewing"}

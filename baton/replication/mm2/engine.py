@@ -53,23 +53,28 @@ class MirrorMakerEngine:
     def _config(self, region: str) -> dict:
         return client_config(self.topology.regions[region])
 
-    def offset_hints(self, source: str, target: str) -> EngineReading:
+    def offset_hints(self, source: str, target: str, after: dict | None = None) -> EngineReading:
+        """Every offset sync of the flow; with `after` (an earlier reading's position) only newer ones."""
         region, topic = self.internal_topics(source, target)["offset-syncs"]
-        syncs, problems = internal.offset_syncs(self._config(region), topic, region)
+        syncs, problems, read_to = internal.offset_syncs(self._config(region), topic, region, after)
         return EngineReading(
             {tp: [OffsetHint(s.topic, s.partition, s.upstream_offset, s.downstream_offset) for s in found]
              for tp, found in syncs.items()},
             problems,
+            read_to,
         )
 
-    def checkpoints(self, source: str, target: str) -> EngineReading:
+    def checkpoints(self, source: str, target: str, after: dict | None = None) -> EngineReading:
+        """The newest checkpoint per group partition; with `after` (an earlier reading's position)
+        only those written since."""
         region, topic = self.internal_topics(source, target)["checkpoints"]
-        latest, problems = internal.checkpoints(self._config(region), topic, region)
+        latest, problems, read_to = internal.checkpoints_after(self._config(region), topic, region, after)
         return EngineReading(
             {key: GroupCheckpoint(c.group, c.topic, c.partition, c.upstream_offset, c.downstream_offset,
                                   timestamp)
              for key, (c, timestamp) in latest.items()},
             problems,
+            read_to,
         )
 
     def checkpoint_duplicates_bound(self) -> int | None:

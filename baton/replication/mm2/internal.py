@@ -35,11 +35,14 @@ class Decoded:
     topic: str
     records: list = field(default_factory=list)  # (value, timestamp_ms)
     problems: list[str] = field(default_factory=list)
+    read_to: dict[int, int] = field(default_factory=dict)  # partition -> next offset to read
 
 
 def read_internal(config: dict, topic: str, region: str, decode: Callable[..., T], *,
-                  tail: int | None = None, timeout: float = 30) -> Decoded:
-    """Decode a whole internal topic (or the last `tail` records of each partition)."""
+                  tail: int | None = None, after: dict[int, int] | None = None,
+                  timeout: float = 30) -> Decoded:
+    """Decode a whole internal topic (or the last `tail` records of each partition, or what
+    follows `after`: partition -> offset, a Decoded.read_to of an earlier read)."""
     consumer = Consumer(config | {
         "group.id": "baton-reader", "enable.auto.commit": False, "enable.partition.eof": True,
         "socket.connection.setup.timeout.ms": 5000,
@@ -60,6 +63,9 @@ def read_internal(config: dict, topic: str, region: str, decode: Callable[..., T
         for partition in found.partitions:
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
             start = low if tail is None else max(low, high - tail)
+            if after is not None and low <= after.get(partition, low) <= high:
+                start = after.get(partition, low)
+            result.read_to[partition] = high
             if high > start:
                 assignment.append((TopicPartition(topic, partition, start), high))
         stops = {tp.partition: high for tp, high in assignment}
@@ -94,24 +100,35 @@ def read_internal(config: dict, topic: str, region: str, decode: Callable[..., T
     return result
 
 
-def offset_syncs(config: dict, topic: str, region: str) -> tuple[dict[tuple[str, int], list[OffsetSync]],
-                                                                list[str]]:
-    """Offset syncs per upstream (topic, partition), in the order MM2 wrote them."""
-    decoded = read_internal(config, topic, region, decode_offset_sync)
+def offset_syncs(config: dict, topic: str, region: str, after: dict[int, int] | None = None
+                 ) -> tuple[dict[tuple[str, int], list[OffsetSync]], list[str], dict[int, int]]:
+    """Offset syncs per upstream (topic, partition), in the order MM2 wrote them; where the read
+    ended (pass it as `after` to read only newer syncs)."""
+    decoded = read_internal(config, topic, region, decode_offset_sync, after=after)
     syncs: dict[tuple[str, int], list[OffsetSync]] = {}
     for sync, _ in decoded.records:
         syncs.setdefault((sync.topic, sync.partition), []).append(sync)
-    return syncs, decoded.problems
+    return syncs, decoded.problems, decoded.read_to
 
 
 def checkpoints(config: dict, topic: str, region: str
                 ) -> tuple[dict[tuple[str, str, int], tuple[Checkpoint, int]], list[str]]:
     """The newest checkpoint (and its record time, ms) per (group, mirror topic, partition)."""
-    decoded = read_internal(config, topic, region, decode_checkpoint)
+    latest, problems, _ = checkpoints_after(config, topic, region)
+    return latest, problems
+
+
+Latest = dict[tuple[str, str, int], tuple[Checkpoint, int]]
+
+
+def checkpoints_after(config: dict, topic: str, region: str, after: dict[int, int] | None = None
+                      ) -> tuple[Latest, list[str], dict[int, int]]:
+    """checkpoints(), only from the records after `after` (this function's earlier read_to) on."""
+    decoded = read_internal(config, topic, region, decode_checkpoint, after=after)
     latest = {}
     for checkpoint, timestamp in decoded.records:
         latest[(checkpoint.group, checkpoint.topic, checkpoint.partition)] = (checkpoint, timestamp)
-    return latest, decoded.problems
+    return latest, decoded.problems, decoded.read_to
 
 
 def newest_heartbeat(config: dict, topic: str, region: str, source: str
