@@ -83,7 +83,11 @@ def test_drill_deployment_runs_on_a_worker_and_gates_are_answered_through_the_ap
         assert state.is_completed(), state
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
-        worker.wait(30)
+        try:
+            worker.wait(60)
+        except subprocess.TimeoutExpired:  # a busy machine: the worker's shutdown is not under test
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(30)
         restore_lab(t)
 
     store = AuditStore.for_topology(t)
