@@ -339,8 +339,10 @@ def run_runbook(name: str, **options) -> dict:
     trigger = options.pop("trigger", None) or _trigger()
     options["operator"] = starter(options.get("operator"), trigger)
     if auto_approve:  # the topology's policy, checked before any step (nothing is recorded yet)
-        refusal = auto_approve_refusal(load_topology(options.get("config")),
-                                       [s.name for s in runbook.steps if s.kind is Kind.GATE])
+        # A resumed run keeps the options it was opened with: then every gate counts.
+        known = {} if options.get("resume_run_id") else {
+            k: options[k] for k in ("unplanned", "divergent_policy") if k in options}
+        refusal = auto_approve_refusal(load_topology(options.get("config")), runbook.gates_asked(**known))
         if refusal:
             raise UsageError(refusal)
     ctx = open_run(runbook, log=logger.info, trigger=trigger, **options)

@@ -72,6 +72,17 @@ class Runbook:
     def gates(self) -> list[Step]:
         return [s for s in self.steps if s.kind is Kind.GATE]
 
+    def gates_asked(self, **known: object) -> list[str]:
+        """The gates a run with these options may ask: a `when` clause naming a known option must
+        match it; a clause about what the run finds later (e.g. translations=refused) may hold."""
+        def possible(step: Step) -> bool:
+            for clause in clauses(step.when):
+                name, _, value = clause.partition("=")
+                if name in known and str(known[name]) != value:
+                    return False
+            return True
+        return [s.name for s in self.gates if possible(s)]
+
 
 class RunbookInvalid(ValueError):
     """A runbook breaks a safety invariant; the message lists every violation."""

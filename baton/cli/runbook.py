@@ -40,12 +40,12 @@ def _print_summary(summary: dict, as_json: bool) -> None:
         out.print(f"  {step['name']:28} {step['status']:10} {step['seconds']:7.2f} s")
 
 
-def _check_auto_approve(topology, runbook) -> None:
-    """--yes follows the topology's policy; refused (exit 2) before Prefect starts."""
+def _check_auto_approve(topology, runbook, **known) -> None:
+    """--yes follows the topology's policy for the gates this run may ask; refused (exit 2)
+    before Prefect starts."""
     from baton.approvals.policy import auto_approve_refusal
-    from runbooks.model import Kind
 
-    refusal = auto_approve_refusal(topology, [s.name for s in runbook.steps if s.kind is Kind.GATE])
+    refusal = auto_approve_refusal(topology, runbook.gates_asked(**known))
     if refusal:
         raise UsageError(f"--yes: {refusal}")
 
@@ -88,7 +88,7 @@ def failover(config: ConfigOption = None, plan: PlanOption = False,
         return
     topology = load_topology(config)  # a bad file fails here, before Prefect starts
     if yes:
-        _check_auto_approve(topology, FAILOVER)
+        _check_auto_approve(topology, FAILOVER, unplanned=unplanned)
     config = str(resolve_config_path(config))  # the flow run's parameters name the file used
     use_lab_prefect()
     from flows.failover import failover as flow
@@ -118,7 +118,7 @@ def failback(config: ConfigOption = None, plan: PlanOption = False,
         return
     topology = load_topology(config)
     if yes:
-        _check_auto_approve(topology, FAILBACK)
+        _check_auto_approve(topology, FAILBACK, divergent_policy=policy)
     config = str(resolve_config_path(config))
     use_lab_prefect()
     from flows.failback import failback as flow
@@ -172,7 +172,7 @@ def reprotect(config: ConfigOption = None, plan: PlanOption = False,
         _print_plan(make_plan(topology, REPROTECT), as_json)
         return
     if yes:
-        _check_auto_approve(topology, REPROTECT)
+        _check_auto_approve(topology, REPROTECT, divergent_policy=policy)
     if not resume:
         _refuse_unless_standby_answers(topology)
     config = str(resolve_config_path(config))

@@ -118,3 +118,11 @@ def test_unplanned_path_keeps_its_data_loss_gate():
     unplanned = [s.name for s in FAILOVER.steps if s.when != "unplanned=False"]
     assert unplanned.index("approve-switch") == unplanned.index("switch_authority") - 1
     assert "check_switch_conditions" not in unplanned
+
+
+def test_gates_asked_follow_the_runs_options():
+    assert FAILOVER.gates_asked(unplanned=False) == ["approve-failover"]
+    assert FAILOVER.gates_asked(unplanned=True) == [
+        "approve-failover", "approve-translation-resolutions", "approve-switch"]
+    assert "approve-discard" not in FAILBACK.gates_asked(divergent_policy="quarantine")
+    assert "approve-discard" in FAILBACK.gates_asked(divergent_policy="discard")
