@@ -70,9 +70,13 @@ class LabProcess:
             stat = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
             return None
-        if self.marker.encode() not in cmdline and self.python_marker.encode() not in cmdline:
+        # A process that has just been started shows an empty cmdline for a moment (measured: a
+        # few ms after Popen returns, longer on a busy machine); it is ours, not a stale pid.
+        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+        starting = not any(cmdline) and ppid != "2"  # kernel threads (children of kthreadd) have none
+        marked = self.marker.encode() in cmdline or self.python_marker.encode() in cmdline
+        if not (starting or marked):
             return None
-        state = stat.rsplit(")", 1)[1].split()[0]
         if state == "Z":
             with contextlib.suppress(ChildProcessError):  # our own child that died: reap it
                 os.waitpid(pid, os.WNOHANG)

@@ -97,3 +97,24 @@ def test_default_topics_are_exactly_the_domain_topics_escaped():
     document["domain"]["topics"] = ["orders.events", "orders.audit+v2"]
     source = connector_config(Topology(**document), "source", "east", "west")
     assert source["topics"] == r"orders\.events|orders\.audit\+v2"
+
+
+def test_a_process_just_started_is_tracked_while_its_cmdline_is_still_empty(tmp_path):
+    """Right after Popen returns, /proc/<pid>/cmdline is empty for a moment: that once made the
+    lab drop a starting Connect worker's pid file and start a second worker."""
+    import time
+
+    from baton.lab.processes import LabProcess
+
+    seen = []
+    for trial in range(5):
+        process = LabProcess(f"sleeper{trial}", tmp_path / f"sleeper{trial}")
+        process.start_python(["-c", "import time; time.sleep(30)"])
+        try:
+            deadline = time.monotonic() + 0.3
+            while time.monotonic() < deadline:
+                seen.append(process.state())
+        finally:
+            process.stop()
+        assert process.state() == "down" and not process.pid_file.exists()
+    assert seen and set(seen) == {"running"}
