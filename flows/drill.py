@@ -81,6 +81,7 @@ def drill(config: str | None = None, unplanned: bool = False, auto_approve: bool
         session.settle(settle_seconds)
         owner = authority_store(topology, audit).current(topology.domain.name).owner
         other = topology.other_region(owner)
+        session.wait_ready(owner)
         reason = "scheduled failover drill"
         if unplanned:
             from baton.lab.lab import Lab

@@ -113,6 +113,23 @@ class DrillSession:
                                                 self.topology.other_region(owner))
         return newest is not None and newest.age_seconds <= 3 * self.topology.watch.interval_seconds
 
+    def wait_ready(self, owner: str, timeout: float = 120, poll: float = 0.5) -> dict:
+        """Until the watch judges the secondary ready for a switch: a drill on a domain whose mirror
+        MirrorMaker 2 has not created yet would only measure that. Raises naming what still fails."""
+        from baton.watch.store import switch_readiness
+
+        other = self.topology.other_region(owner)
+        started = time.monotonic()
+        while True:
+            result = switch_readiness(self.audit, self.topology, owner, other)
+            if result["ready"]:
+                self.note("ready", f"{other} ready to take over after {time.monotonic() - started:.1f} s")
+                return result
+            if time.monotonic() - started > timeout:
+                raise StepFailed(f"{other} was not ready to take over {self.topology.domain.name} within "
+                                 f"{timeout:.0f} s: {result['statement']}. `baton ready` shows each check.")
+            time.sleep(poll)
+
     def _spawn(self, target, name: str) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
         thread.start()

@@ -30,7 +30,7 @@ from baton.replication.translation import (
 from baton.replication.upstream import keep_returning_positions, translate_to_upstream
 from baton.steps import resolution
 from baton.steps.context import RunContext
-from baton.steps.switch_conditions import fenced_window_left
+from baton.steps.switch_conditions import fenced_window_left, readiness_before_fence
 from baton.steps.topics import stream_pairs
 from baton.watch.store import data_at_risk
 
@@ -133,6 +133,12 @@ def check_lag(ctx: RunContext) -> dict:
         return evidence
 
     evidence["lag"] = lag.as_dict()
+    evidence["readiness"] = ready = readiness_before_fence(ctx)
+    if ready["passing"] is False:
+        # Refused here, before the fence: inside it the same failure would only unfence again.
+        raise StepFailed(f"refusing to fail over: {ctx.new_owner} is not ready to take over "
+                         f"({', '.join(ready['failing'])} failing): {ready['statement']}. Fix what "
+                         "fails (`baton ready` shows the evidence) and run again; nothing was changed.")
     owner_admin = scope.owner_admin
     evidence["groups"] = _groups_state(ctx, ctx.old_owner, owner_admin)
     refusals = []

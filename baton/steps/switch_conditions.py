@@ -9,6 +9,7 @@ last safe state (old owner unfenced, authority ACTIVE on it again).
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -73,6 +74,34 @@ def readiness(ctx: RunContext) -> dict:
     result = switch_readiness(ctx.audit, ctx.topology, ctx.old_owner, ctx.new_owner)
     return {"available": result["ready"] is not None, "passing": result["ready"],
             "statement": result["statement"], "failing": result["failing"]}
+
+
+def readiness_before_fence(ctx: RunContext, poll: float = 0.5) -> dict:
+    """Planned failover: the watch's readiness of the new owner, judged before anything irreversible.
+
+    A failing sample taken before this step may predate the fix of what it saw (a mirror topic
+    MirrorMaker 2 created a moment later), so the step waits up to three watch intervals for a
+    sample taken since it began; only a failure that is still measured then refuses the run."""
+    from baton.watch.store import switch_readiness
+
+    if ctx.runbook != "failover":
+        return readiness(ctx)
+    began = datetime.now(UTC)
+    deadline = time.monotonic() + 3 * ctx.topology.watch.interval_seconds
+    said = False
+    while True:
+        result = switch_readiness(ctx.audit, ctx.topology, ctx.old_owner, ctx.new_owner)
+        settled = result["ready"] is not False or result["taken_at"] >= began
+        if settled or time.monotonic() > deadline:
+            return {"available": result["ready"] is not None, "passing": result["ready"],
+                    "statement": result["statement"], "failing": result["failing"],
+                    "sample_taken_after_asking": result["taken_at"] is not None
+                    and result["taken_at"] >= began}
+        if not said:
+            ctx.log(f"readiness: the newest watch sample fails {result['failing']}, taken before this "
+                    f"run asked; waiting up to {deadline - time.monotonic():.0f} s for a newer one")
+            said = True
+        time.sleep(poll)
 
 
 def _translation_not_exact(ctx: RunContext) -> list[str]:

@@ -230,7 +230,8 @@ def switch_readiness(audit: AuditStore, topology, owner: str, secondary: str) ->
         newest = None
     if newest is None or not newest.row.readiness or \
             newest.age_seconds > 3 * topology.watch.interval_seconds:
-        return {"ready": None, "statement": statement, "failing": []}
+        return {"ready": None, "statement": statement, "failing": [], "taken_at": None}
     failing = sorted(name for name, status in json.loads(newest.row.detail).get("readiness", {}).items()
                      if status == "fail" and name in SWITCH_CHECKS)
-    return {"ready": not failing, "statement": statement, "failing": failing}
+    return {"ready": not failing, "statement": statement, "failing": failing,
+            "taken_at": newest.row.taken_at}

@@ -67,7 +67,8 @@ def test_drill_deployment_runs_on_a_worker_and_gates_are_answered_through_the_ap
         cwd=ROOT, env=os.environ | {"PREFECT_WORKER_QUERY_SECONDS": "2", "PREFECT_API_URL": prefect_api},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        run = run_deployment("drill/drill", parameters={"config": str(path), "operator": "drill-bot"},
+        run = run_deployment("drill/drill", parameters={"config": str(path), "operator": "drill-bot",
+                                                          "settle_seconds": 2},
                              timeout=0)
         # A planned hand-over asks once, before its fence.
         for flow_name, gate, approver in [("failover", "approve-failover", "alice"),

@@ -252,6 +252,56 @@ def test_switch_readiness_blocks_only_on_checks_a_planned_switch_needs(tmp_path)
     assert switch_readiness(audit, stale, "east", "west")["ready"] is None
 
 
+def test_a_planned_failover_waits_for_a_sample_newer_than_its_question_before_refusing(tmp_path):
+    """A failing sample taken before the run asked may be out of date (the mirror topic appeared
+    since): the check waits for a newer sample; a failure that is measured again refuses."""
+    import threading
+    from types import SimpleNamespace
+
+    from baton.steps.switch_conditions import readiness_before_fence
+
+    t = topology(tmp_path, interval_seconds=1)
+    audit = AuditStore.for_topology(t)
+    store = SampleStore(audit)
+    said: list[str] = []
+    ctx = SimpleNamespace(runbook="failover", audit=audit, topology=t, old_owner="east",
+                          new_owner="west", log=said.append)
+    missing = Check("topic_parity", FAIL, "east.orders.events does not exist on west")
+
+    def record(status_checks, delay):
+        def go():
+            taken = datetime.now(UTC).timestamp() + delay
+            threading.Event().wait(delay)
+            store.record(sample(taken_at=taken, interval_seconds=1.0),
+                         Readiness("orders", "east", "west", taken, status_checks))
+        return threading.Thread(target=go)
+
+    before = datetime.now(UTC).timestamp() - 1.5
+    store.record(sample(taken_at=before, interval_seconds=1.0),
+                 Readiness("orders", "east", "west", before, [missing]))
+    fixed = record([], 0.4)
+    fixed.start()
+    result = readiness_before_fence(ctx, poll=0.05)
+    fixed.join()
+    assert result["passing"] is True and result["sample_taken_after_asking"] is True
+    assert said and "waiting up to" in said[0]
+
+    # The same failure measured again after the question: a real refusal.
+    (tmp_path / "again").mkdir()
+    t = topology(tmp_path / "again", interval_seconds=1)
+    ctx.audit = audit = AuditStore.for_topology(t)
+    ctx.topology, store = t, SampleStore(audit)
+    before = datetime.now(UTC).timestamp() - 1.5
+    store.record(sample(taken_at=before, interval_seconds=1.0),
+                 Readiness("orders", "east", "west", before, [missing]))
+    still = record([missing], 0.4)
+    still.start()
+    result = readiness_before_fence(ctx, poll=0.05)
+    still.join()
+    assert result["passing"] is False and result["failing"] == ["topic_parity"]
+    assert result["sample_taken_after_asking"] is True
+
+
 def test_transactional_topics_fail_readiness_when_replication_reads_uncommitted():
     from types import SimpleNamespace
 
