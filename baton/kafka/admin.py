@@ -116,9 +116,27 @@ def ensure_topics(admin: AdminClient, topics: dict[str, int], config: dict | Non
     if not wanted:
         return []
     by_name = {t.topic: t for t in wanted}
-    return _settled(lambda names: admin.create_topics([by_name[n] for n in names], operation_timeout=10),
-                    list(by_name), ignore=lambda e: e.code() == KafkaError.TOPIC_ALREADY_EXISTS,
-                    what=lambda name: f"creating topic {name}")
+    created = _settled(lambda names: admin.create_topics([by_name[n] for n in names], operation_timeout=10),
+                       list(by_name), ignore=lambda e: e.code() == KafkaError.TOPIC_ALREADY_EXISTS,
+                       what=lambda name: f"creating topic {name}")
+    _await_metadata(admin, {t.topic: t.num_partitions for t in wanted})
+    return created
+
+
+def _await_metadata(admin: AdminClient, topics: dict[str, int]) -> None:
+    """Until the broker answering metadata lists every topic with its partitions: the controller
+    acknowledges a creation before brokers apply it, and a busy broker took seconds to (CI)."""
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while True:
+        listed = admin.list_topics(timeout=10).topics
+        missing = [n for n, count in topics.items()
+                   if n not in listed or listed[n].error is not None or len(listed[n].partitions) < count]
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            raise KafkaException(f"topic(s) {', '.join(missing)} created but not yet in the brokers' "
+                                 f"metadata after {SETTLE_SECONDS:g}s")
+        time.sleep(0.2)
 
 
 def ensure_acls(admin: AdminClient, bindings: Iterable[AclBinding]) -> None:
