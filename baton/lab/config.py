@@ -51,12 +51,14 @@ USERS = {
     # A second domain's producer principal: principals are per domain, so fencing `orders`
     # never names it (tests prove its idempotent producer keeps writing `payments.*`).
     "payments-app": "payments-app-secret",
+    "payments-consumer": "payments-consumer-secret",  # the second domain's consumers
     "mm2": "mm2-secret",  # MirrorMaker 2 on Kafka Connect
 }
 ADMIN_USER = "admin"
 PRODUCER_USER = "orders-app"
 CONSUMER_USER = "orders-consumer"
 PAYMENTS_PRODUCER_USER = "payments-app"
+PAYMENTS_CONSUMER_USER = "payments-consumer"
 MM2_USER = "mm2"
 
 CLUSTER_IDS = {"east": "YmF0b24tZWFzdC1sYWIwMA", "west": "YmF0b24td2VzdC1sYWIwMA"}
@@ -241,6 +243,8 @@ def topology_document(ports: LabPorts, policy: str = "default") -> dict:
 
     payments_principal = {"producer": {"username": PAYMENTS_PRODUCER_USER,
                                        "password": USERS[PAYMENTS_PRODUCER_USER]},
+                          "consumer": {"username": PAYMENTS_CONSUMER_USER,
+                                       "password": USERS[PAYMENTS_CONSUMER_USER]},
                           "producer_principals": [f"User:{PAYMENTS_PRODUCER_USER}"]}
     return {
         # Commands without --domain act on `orders`, as before the lab had two domains.
@@ -264,7 +268,7 @@ def topology_document(ports: LabPorts, policy: str = "default") -> dict:
                 "consumer_groups": list(PAYMENTS_GROUPS),
                 "initial_owner": PAYMENTS_OWNER,
                 "replication": {"groups_pattern": r"payments-.*"},
-                # Its own producer principal: a fence on payments names payments-app only.
+                # Its own principals: a fence on payments names payments-app only.
                 "regions": {name: payments_principal for name in REGIONS},
             },
         ],

@@ -44,22 +44,25 @@ def lab_acls() -> list[AclBinding]:
     topic, group, cluster = ResourceType.TOPIC, ResourceType.GROUP, ResourceType.BROKER
     literal, prefixed = ResourcePatternType.LITERAL, ResourcePatternType.PREFIXED
     app, consumer, mm2 = (f"User:{u}" for u in (lab.PRODUCER_USER, lab.CONSUMER_USER, lab.MM2_USER))
-    payments = f"User:{lab.PAYMENTS_PRODUCER_USER}"
+    payments, payments_consumer = (f"User:{u}" for u in (lab.PAYMENTS_PRODUCER_USER,
+                                                          lab.PAYMENTS_CONSUMER_USER))
     # Producers get WRITE on their own domain's topics only: since Kafka 3.0 (KIP-679) that is all
     # an idempotent producer needs (no cluster IDEMPOTENT_WRITE). Transactional producers also
     # write their own domain's transactional ids (prefix `<domain>-`).
     # Every app may read the control topic (guarded clients follow the lease there).
     bindings = [AclBinding(resource, "baton.", prefixed, principal, "*", AclOperation.READ, allow)
-                for resource in (topic, group) for principal in (app, consumer, payments)]
-    bindings.append(AclBinding(group, "orders-", prefixed, consumer, "*", AclOperation.READ, allow))
+                for resource in (topic, group) for principal in (app, consumer, payments, payments_consumer)]
     for principal, domain in ((app, "orders"), (payments, "payments")):
         for operation in (AclOperation.WRITE, AclOperation.DESCRIBE):
             bindings.append(AclBinding(topic, f"{domain}.", prefixed, principal, "*", operation, allow))
             bindings.append(AclBinding(ResourceType.TRANSACTIONAL_ID, f"{domain}-", prefixed,
                                        principal, "*", operation, allow))
-    for prefix in ("orders.", *(f"{r}.orders." for r in lab.REGIONS)):
-        for operation in (AclOperation.READ, AclOperation.DESCRIBE):
-            bindings.append(AclBinding(topic, prefix, prefixed, consumer, "*", operation, allow))
+    # Consumers read their own domain's topics and mirrors and commit their own groups.
+    for principal, domain in ((consumer, "orders"), (payments_consumer, "payments")):
+        bindings.append(AclBinding(group, f"{domain}-", prefixed, principal, "*", AclOperation.READ, allow))
+        for prefix in (f"{domain}.", *(f"{r}.{domain}." for r in lab.REGIONS)):
+            for operation in (AclOperation.READ, AclOperation.DESCRIBE):
+                bindings.append(AclBinding(topic, prefix, prefixed, principal, "*", operation, allow))
     # MirrorMaker 2 reads and writes everything it mirrors, its internal topics and groups.
     for resource, name in ((topic, "*"), (group, "*"), (cluster, "kafka-cluster"),
                            (ResourceType.TRANSACTIONAL_ID, "*")):
