@@ -198,6 +198,7 @@ class Lab:
         else:
             self.say(f"Connect worker already running (pid {connect.pid()})")
         self._wait("Connect REST API", MirrorMakerEngine(topology).connect.alive, 90, connect)
+        self._refuse_shared_connectors(MirrorMakerEngine(topology).connect.connectors())
         for domain in self.topologies():
             # Each domain replicates from the region that owns it in a fresh lab.
             owner = domain.domain.initial_owner
@@ -207,6 +208,17 @@ class Lab:
         self.say("replication RUNNING")
         self._start_services(topology)
         return self.status()
+
+    @staticmethod
+    def _refuse_shared_connectors(names: list[str]) -> None:
+        """A lab started by an older Baton runs one connector set for every domain (mm2-east-west-*).
+        Per-domain connectors beside them would copy every record a second time (a renamed
+        connector has no stored position), so the lab refuses and says how to start afresh."""
+        shared = sorted(n for n in names if n.removeprefix("mm2-").split("-")[0] in lab.REGIONS)
+        if shared:
+            raise LabError(f"this lab runs connectors shared by every domain ({', '.join(shared)}), from an "
+                           "older Baton; connectors are per domain now. Start the lab afresh: "
+                           "`baton lab down --purge` then `baton lab up`")
 
     def _start_services(self, topology: Topology) -> None:
         """The Prefect server, the lease keeper and the watch, each a pid-tracked lab process."""

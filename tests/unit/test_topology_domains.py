@@ -139,3 +139,12 @@ def test_a_payments_fence_names_only_the_payments_principal(tmp_path):
     assert {b.principal for b in fence_bindings(payments, "west")} == {"User:payments-app"}
     assert {b.principal for b in fence_bindings(orders, "east")} == {"User:orders-app"}
     assert {b.name for b in fence_bindings(payments, "west")} == {"payments.ledger", "payments.", "payments-"}
+
+
+def test_a_lab_with_the_older_shared_connectors_is_refused_with_the_way_out():
+    from baton.errors import LabError
+    from baton.lab.lab import Lab
+
+    Lab._refuse_shared_connectors(["mm2-orders-east-west-source", "mm2-payments-west-east-heartbeat"])
+    with pytest.raises(LabError, match=r"mm2-east-west-source\).*baton lab down --purge"):
+        Lab._refuse_shared_connectors(["mm2-orders-east-west-source", "mm2-east-west-source"])
