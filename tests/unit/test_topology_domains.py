@@ -148,3 +148,13 @@ def test_a_lab_with_the_older_shared_connectors_is_refused_with_the_way_out():
     Lab._refuse_shared_connectors(["mm2-orders-east-west-source", "mm2-payments-west-east-heartbeat"])
     with pytest.raises(LabError, match=r"mm2-east-west-source\).*baton lab down --purge"):
         Lab._refuse_shared_connectors(["mm2-orders-east-west-source", "mm2-east-west-source"])
+
+
+def test_services_serve_every_domain_of_a_file_or_the_named_ones(tmp_path):
+    path = str(write(tmp_path, two_domains()))
+    runner = CliRunner()
+    watch = runner.invoke(app, ["watch", "--once", "--config", path, "--domain", "billing"])
+    assert watch.exit_code == 2 and "--domain billing" in watch.output and "orders, payments" in watch.output
+    keep = runner.invoke(app, ["authority", "keep", "--once", "--config", path, "--all-domains",
+                               "--domain", "orders"])
+    assert keep.exit_code == 2 and "drop --domain" in keep.output
