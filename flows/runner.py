@@ -117,6 +117,9 @@ def _reopen(runbook, topology, audit, store, run_id: str, log) -> RunContext:
     view = audit.run(run_id)
     if view.run.runbook != runbook.name:
         raise UsageError(f"run {run_id} is a {view.run.runbook} run, not {runbook.name}")
+    if view.run.domain != topology.domain.name:  # a multi-domain file: never resume with another domain
+        raise UsageError(f"run {run_id} is a run of domain {view.run.domain}, not {topology.domain.name}: "
+                         f"resume it with --domain {view.run.domain}")
     if view.status != "running":
         raise UsageError(f"run {run_id} is {view.status}: it no longer holds the domain's lock and cannot "
                          f"continue. {_way_out(topology, store, run_id)}")

@@ -158,3 +158,19 @@ def test_services_serve_every_domain_of_a_file_or_the_named_ones(tmp_path):
     keep = runner.invoke(app, ["authority", "keep", "--once", "--config", path, "--all-domains",
                                "--domain", "orders"])
     assert keep.exit_code == 2 and "drop --domain" in keep.output
+
+
+def test_a_run_is_resumed_only_with_its_own_domain(tmp_path):
+    from baton.audit import AuditStore
+    from baton.errors import UsageError
+    from flows.runner import open_run
+    from runbooks import FAILOVER
+
+    document = two_domains("orders")
+    document["audit"]["database_url"] = f"sqlite:///{tmp_path / 'audit.db'}"
+    path = write(tmp_path, document)
+    payments = load_topology(path, "payments")
+    run = AuditStore.for_topology(payments).start_run("payments", "failover", trigger="test")
+    with pytest.raises(UsageError, match=f"run {run.id} is a run of domain payments, not orders: "
+                                         "resume it with --domain payments"):
+        open_run(FAILOVER, config=str(path), resume_run_id=run.id)
