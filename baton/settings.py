@@ -423,6 +423,15 @@ def _check_domains_apart(file: Path, topologies: list[Topology]) -> None:
                 raise ConfigError(f"{file}: topic {topic!r} belongs to both domain {owner_of[topic]!r} "
                                   f"and domain {topology.domain.name!r}; a topic belongs to one domain")
             owner_of[topic] = topology.domain.name
+    # A fence denies a domain's topic prefixes too: another domain's topic under one would be fenced.
+    for topology in topologies:
+        for prefix in topology.domain.topic_prefixes:
+            for topic, domain in owner_of.items():
+                if domain != topology.domain.name and topic.startswith(prefix):
+                    name = topology.domain.name
+                    raise ConfigError(f"{file}: topic {topic!r} of domain {domain!r} is under domain "
+                                      f"{name!r}'s topic prefix {prefix!r}, so a fence of {name!r} would "
+                                      "deny it; a topic belongs to one domain")
 
 
 def topologies_from_document(data: dict, source: str = "the topology") -> list[Topology]:

@@ -86,6 +86,8 @@ def test_one_domain_files_work_as_before_and_domain_fields_still_come_from_the_e
     (lambda d: d["domains"][1].update(name="orders"), r"domain name\(s\) orders listed more than once"),
     (lambda d: d["domains"][1]["topics"].append("orders.events"),
      r"topic 'orders.events' belongs to both domain 'orders' and domain 'payments'"),
+    (lambda d: d["domains"][0].update(topic_prefixes=["pay"]),
+     r"topic 'payments.ledger' of domain 'payments' is under domain 'orders'\'s topic prefix 'pay'"),
     (lambda d: d.update(domain=d["domains"][0]), r"either `domain:` \(one domain\) or `domains:`"),
     (lambda d: d.update(domains=[]), r"`domains:` must be a non-empty list"),
     (lambda d: d["domains"][1].update(initial_owner="north"), r"domains\[1\]: .*initial_owner 'north'"),
