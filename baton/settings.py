@@ -1,8 +1,12 @@
 """Typed topology and settings, validated before anything runs.
 
-A topology file (YAML) describes one domain, its two regions, the replication
-engine, thresholds, approvals and the audit database. Environment variables
-`BATON_<SECTION>__<FIELD>` override the file (e.g. `BATON_THRESHOLDS__QUIESCE_SECONDS=5`).
+A topology file (YAML) describes one domain (`domain:`) or several (`domains:`, a list),
+their two regions, the replication engine, thresholds, approvals and the audit database.
+Each domain of a multi-domain file becomes its own `Topology` (its one `domain`, every other
+section shared); an entry of `domains:` may carry sections of its own (e.g. `regions:` with
+its producer principals, `replication:` with a topics_pattern) merged over the shared ones.
+Environment variables `BATON_<SECTION>__<FIELD>` override the file
+(e.g. `BATON_THRESHOLDS__QUIESCE_SECONDS=5`); `BATON_DOMAIN` names the domain to load.
 """
 
 from __future__ import annotations
@@ -14,11 +18,18 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from baton.errors import ConfigError
 
 CONFIG_ENV = "BATON_CONFIG"
+DOMAIN_ENV = "BATON_DOMAIN"
 
 
 def lab_topology_path() -> Path:
@@ -112,9 +123,12 @@ class DomainSettings(Strict):
 
 
 class ConnectorNames(Strict):
-    source: str = "mm2-{source}-{target}-source"
-    checkpoint: str = "mm2-{source}-{target}-checkpoint"
-    heartbeat: str = "mm2-{source}-{target}-heartbeat"
+    """Connector name templates ({domain}, {source}, {target}): one set per domain and direction,
+    so stopping or reversing one domain leaves every other domain's connectors as they are."""
+
+    source: str = "mm2-{domain}-{source}-{target}-source"
+    checkpoint: str = "mm2-{domain}-{source}-{target}-checkpoint"
+    heartbeat: str = "mm2-{domain}-{source}-{target}-heartbeat"
 
 
 class ReplicationSettings(Strict):
@@ -129,7 +143,8 @@ class ReplicationSettings(Strict):
     emit_checkpoints_interval_seconds: int = Field(5, ge=1)
     sync_group_offsets: bool = Field(False, description="MM2 writes offsets itself; off by default")
     topics_pattern: str | None = Field(
-        None, description="regex of topics to mirror; default: exactly the domain's topics"
+        None, description="regex of topics to mirror; default: exactly the domain's topics and "
+                          "its topic_prefixes"
     )
     groups_pattern: str | None = Field(
         None, description="regex of groups to checkpoint; default: exactly the domain's groups"
@@ -295,7 +310,7 @@ class Topology(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The file arrives as init kwargs; putting env first lets BATON_* override it.
-        return env_settings, init_settings
+        return _EnvWithoutDomainName(settings_cls), init_settings
 
     @model_validator(mode="after")
     def _two_regions_and_a_known_owner(self) -> Topology:
@@ -316,10 +331,22 @@ class Topology(BaseSettings):
         return next(name for name in self.regions if name != region)
 
 
-def _format_validation_error(source: str, error: ValidationError) -> str:
+class _EnvWithoutDomainName(EnvSettingsSource):
+    """BATON_DOMAIN names the domain to load (load_topology), it is not the `domain` section;
+    BATON_DOMAIN__<FIELD> still overrides one of the domain's fields."""
+
+    def get_field_value(self, field, field_name: str) -> tuple[Any, str, bool]:
+        value, key, complex_ = super().get_field_value(field, field_name)
+        return (None if field_name == "domain" else value), key, complex_
+
+
+def _format_validation_error(source: str, error: ValidationError, domain_loc: str = "domain") -> str:
     lines = [f"invalid configuration in {source}:"]
     for item in error.errors():
-        field = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        loc = [domain_loc if i == 0 and part == "domain" else str(part)
+               for i, part in enumerate(item["loc"])]
+        # A whole-topology check of one domain of several is reported at that domain.
+        field = ".".join(loc) or ("(top level)" if domain_loc == "domain" else domain_loc)
         lines.append(f"  {field}: {item['msg']}")
     lines.append("Fix the field(s) above (file or BATON_* environment) and run again.")
     return "\n".join(lines)
@@ -339,9 +366,10 @@ def resolve_config_path(path: str | Path | None = None) -> Path:
     )
 
 
-def load_topology(path: str | Path | None = None) -> Topology:
-    """Read and validate a topology file; ConfigError names the file and the field."""
-    file = resolve_config_path(path)
+SECTIONS = ("regions", "replication", "thresholds", "approvals", "audit", "watch")
+
+
+def _read_document(file: Path) -> dict:
     if not file.is_file():
         raise ConfigError(f"configuration file {file} does not exist")
     try:
@@ -350,12 +378,115 @@ def load_topology(path: str | Path | None = None) -> Topology:
         raise ConfigError(f"{file} is not valid YAML: {e}") from e
     if not isinstance(data, dict):
         raise ConfigError(f"{file} must contain a mapping at the top level")
-    try:
-        return Topology(**data)
-    except ValidationError as e:
-        raise ConfigError(_format_validation_error(str(file), e)) from e
-    except SettingsError as e:  # a BATON_* variable that does not parse (e.g. malformed JSON)
-        raise ConfigError(_format_settings_error(e)) from None
+    return data
+
+
+def _merged(shared: Any, own: Any) -> Any:
+    """`own` over `shared`, mapping by mapping (a domain's own sections over the file's)."""
+    if isinstance(shared, dict) and isinstance(own, dict):
+        return {key: _merged(shared.get(key), value) for key, value in own.items()} | {
+            key: value for key, value in shared.items() if key not in own}
+    return own
+
+
+def domain_documents(file: Path, data: dict) -> list[tuple[str, dict]]:
+    """(where, document) per domain: `domain:` as is, or one document per entry of `domains:`."""
+    if "domains" not in data:
+        return [("domain", data)]
+    if "domain" in data:
+        raise ConfigError(f"{file}: use either `domain:` (one domain) or `domains:` (a list), not both")
+    entries = data["domains"]
+    if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
+        raise ConfigError(f"{file}: `domains:` must be a non-empty list of domains (name, topics, ...)")
+    shared = {key: value for key, value in data.items() if key not in ("domains", "default_domain")}
+    documents = []
+    for index, entry in enumerate(entries):
+        document = dict(shared)
+        for section in SECTIONS:
+            if section in entry:
+                document[section] = _merged(shared.get(section), entry[section])
+        document["domain"] = {k: v for k, v in entry.items() if k not in SECTIONS}
+        documents.append((f"domains[{index}]", document))
+    return documents
+
+
+def _check_domains_apart(file: Path, topologies: list[Topology]) -> None:
+    names = [t.domain.name for t in topologies]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ConfigError(f"{file}: domain name(s) {', '.join(twice)} listed more than once; "
+                          "each domain needs its own name")
+    owner_of: dict[str, str] = {}
+    for topology in topologies:
+        for topic in topology.domain.topics:
+            if topic in owner_of:
+                raise ConfigError(f"{file}: topic {topic!r} belongs to both domain {owner_of[topic]!r} "
+                                  f"and domain {topology.domain.name!r}; a topic belongs to one domain")
+            owner_of[topic] = topology.domain.name
+    # A fence denies a domain's topic prefixes too: another domain's topic under one would be fenced.
+    for topology in topologies:
+        for prefix in topology.domain.topic_prefixes:
+            for topic, domain in owner_of.items():
+                if domain != topology.domain.name and topic.startswith(prefix):
+                    name = topology.domain.name
+                    raise ConfigError(f"{file}: topic {topic!r} of domain {domain!r} is under domain "
+                                      f"{name!r}'s topic prefix {prefix!r}, so a fence of {name!r} would "
+                                      "deny it; a topic belongs to one domain")
+
+
+def topologies_from_document(data: dict, source: str = "the topology") -> list[Topology]:
+    """One Topology per domain of an already-read topology document."""
+    file = Path(source)
+    topologies = []
+    for where, document in domain_documents(file, data):
+        try:
+            topologies.append(Topology(**{k: v for k, v in document.items() if k != "default_domain"}))
+        except ValidationError as e:
+            raise ConfigError(_format_validation_error(source, e, where)) from e
+        except SettingsError as e:  # a BATON_* variable that does not parse (e.g. malformed JSON)
+            raise ConfigError(_format_settings_error(e)) from None
+    _check_domains_apart(file, topologies)
+    return topologies
+
+
+def pick_domain(topologies: list[Topology], domain: str | None, data: dict,
+                source: str = "the topology") -> Topology:
+    """The named domain (else $BATON_DOMAIN, else the document's `default_domain`); a document
+    with one domain needs no name."""
+    names = [t.domain.name for t in topologies]
+    wanted = domain or os.environ.get(DOMAIN_ENV) or None
+    if wanted is None:
+        if len(topologies) == 1:
+            return topologies[0]
+        wanted = data.get("default_domain")
+        if wanted is None:
+            raise ConfigError(f"{source} holds several domains ({', '.join(names)}): name one with "
+                              f"--domain NAME (or {DOMAIN_ENV}=NAME)")
+        if wanted not in names:
+            raise ConfigError(f"{source}: default_domain {wanted!r} is not one of its domains "
+                              f"({', '.join(names)})")
+    for topology in topologies:
+        if topology.domain.name == wanted:
+            return topology
+    raise ConfigError(f"domain {wanted!r} is not in {source}; its domains: {', '.join(names)}. "
+                      "Pass one of them with --domain NAME")
+
+
+def load_topologies(path: str | Path | None = None) -> list[Topology]:
+    """Every domain of a topology file, one Topology each (a one-domain file gives one)."""
+    file = resolve_config_path(path)
+    return topologies_from_document(_read_document(file), str(file))
+
+
+def load_topology(path: str | Path | None = None, domain: str | None = None) -> Topology:
+    """Read and validate one domain's topology; ConfigError names the file and the field.
+
+    `domain` (else $BATON_DOMAIN, else the file's `default_domain`) picks one domain of a
+    multi-domain file; a file with one domain needs no name.
+    """
+    file = resolve_config_path(path)
+    data = _read_document(file)
+    return pick_domain(topologies_from_document(data, str(file)), domain, data, str(file))
 
 
 def _format_settings_error(error: SettingsError) -> str:

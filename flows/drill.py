@@ -40,7 +40,8 @@ def _latest_run(audit: AuditStore, domain: str, runbook: str, after: float) -> s
 
 
 @flow(name="drill", log_prints=True, retries=0)
-def drill(config: str | None = None, unplanned: bool = False, auto_approve: bool = False,
+def drill(config: str | None = None, domain: str | None = None,
+          unplanned: bool = False, auto_approve: bool = False,
           operator: str | None = None,
           divergent_policy: Literal["republish", "quarantine", "discard"] = "quarantine",
           rate: float = 50.0, settle_seconds: float = 5.0, objectives: Objectives | None = None,
@@ -49,6 +50,7 @@ def drill(config: str | None = None, unplanned: bool = False, auto_approve: bool
 
     Args:
         config: topology file (default: $BATON_CONFIG, ./baton.yaml or the lab's)
+        domain: the domain of a multi-domain topology file (default: its default_domain)
         unplanned: kill the owner region (lab only), fail over unplanned, restart it, fail back
         auto_approve: answer every gate as the operator; allowed against the lab only (recorded)
         operator: who runs the drill (default: the OS user)
@@ -59,7 +61,8 @@ def drill(config: str | None = None, unplanned: bool = False, auto_approve: bool
         report_dir: also write the HTML report there (drill-<run id>.html)
     """
     logger = get_run_logger()
-    topology = load_topology(config)
+    topology = load_topology(config, domain)
+    domain = topology.domain.name
     objectives = objectives or Objectives()
     lab = is_lab(topology)
     if auto_approve and not lab:
@@ -89,14 +92,16 @@ def drill(config: str | None = None, unplanned: bool = False, auto_approve: bool
             lab_handle = Lab(progress=logger.info)
             prediction = session.kill_owner(lab_handle, owner)
             reason = f"failover drill: {owner} killed by the drill (lab fault injection)"
-        over = failover(config=config, unplanned=unplanned, reason=reason, auto_approve=auto_approve,
+        over = failover(config=config, domain=domain, unplanned=unplanned, reason=reason,
+                        auto_approve=auto_approve,
                         operator=operator)
         failover_run = over["run_id"]
         if unplanned:
             session.scan("after_failover", other)
             session.restart(lab_handle, owner)
         session.settle(settle_seconds)
-        back = failback(config=config, divergent_policy=divergent_policy, auto_approve=auto_approve,
+        back = failback(config=config, domain=domain, divergent_policy=divergent_policy,
+                        auto_approve=auto_approve,
                         operator=operator, reason="failover drill: return authority")
         failback_run = back["run_id"]
         session.settle(settle_seconds)

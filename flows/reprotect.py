@@ -10,7 +10,8 @@ from flows.runner import run_runbook
 
 
 @flow(name="reprotect", log_prints=True, retries=0)
-def reprotect(config: str | None = None, divergent_policy: Literal["republish", "quarantine", "discard"]
+def reprotect(config: str | None = None, domain: str | None = None,
+              divergent_policy: Literal["republish", "quarantine", "discard"]
               = "quarantine", reason: str = "", auto_approve: bool = False, operator: str | None = None,
               resume_run_id: str | None = None) -> dict:
     """Protect the region that lost authority: its divergent tail by policy, then replication
@@ -18,6 +19,7 @@ def reprotect(config: str | None = None, divergent_policy: Literal["republish", 
 
     Args:
         config: topology file
+        domain: the domain of a multi-domain topology file (default: its default_domain)
         divergent_policy: republish to the current owner, quarantine to <topic>.divergent, or
             discard (discard has its own approval gate)
         reason: why
@@ -25,5 +27,6 @@ def reprotect(config: str | None = None, divergent_policy: Literal["republish", 
         operator: who starts the run
         resume_run_id: continue a crashed run
     """
-    return run_runbook("reprotect", config=config, divergent_policy=divergent_policy, reason=reason,
+    return run_runbook("reprotect", config=config, domain=domain, divergent_policy=divergent_policy,
+                       reason=reason,
                        auto_approve=auto_approve, operator=operator, resume_run_id=resume_run_id)

@@ -60,12 +60,13 @@ def starter(operator: str | None, trigger: str | None = None) -> str:
     return unverified(operator)
 
 
-def open_run(runbook: Runbook, *, config: str | None, unplanned: bool = False, reason: str = "",
+def open_run(runbook: Runbook, *, config: str | None, domain: str | None = None,
+             unplanned: bool = False, reason: str = "",
              operator: str | None = None, lag_override_reason: str = "",
              divergent_policy: str = "quarantine", resume_run_id: str | None = None,
              trigger: str | None = None, log=None) -> RunContext:
     """Start a run in the audit DB (taking the domain's lock), or reopen one to resume it."""
-    topology = load_topology(config)
+    topology = load_topology(config, domain)
     if unplanned and not reason:
         raise UsageError("an unplanned failover needs --reason: say what declared the owner unavailable")
     if divergent_policy not in DIVERGENT_POLICIES:
@@ -116,6 +117,9 @@ def _reopen(runbook, topology, audit, store, run_id: str, log) -> RunContext:
     view = audit.run(run_id)
     if view.run.runbook != runbook.name:
         raise UsageError(f"run {run_id} is a {view.run.runbook} run, not {runbook.name}")
+    if view.run.domain != topology.domain.name:  # a multi-domain file: never resume with another domain
+        raise UsageError(f"run {run_id} is a run of domain {view.run.domain}, not {topology.domain.name}: "
+                         f"resume it with --domain {view.run.domain}")
     if view.status != "running":
         raise UsageError(f"run {run_id} is {view.status}: it no longer holds the domain's lock and cannot "
                          f"continue. {_way_out(topology, store, run_id)}")
@@ -342,7 +346,8 @@ def run_runbook(name: str, **options) -> dict:
         # A resumed run keeps the options it was opened with: then every gate counts.
         known = {} if options.get("resume_run_id") else {
             k: options[k] for k in ("unplanned", "divergent_policy") if k in options}
-        refusal = auto_approve_refusal(load_topology(options.get("config")), runbook.gates_asked(**known))
+        topology = load_topology(options.get("config"), options.get("domain"))
+        refusal = auto_approve_refusal(topology, runbook.gates_asked(**known))
         if refusal:
             raise UsageError(refusal)
     ctx = open_run(runbook, log=logger.info, trigger=trigger, **options)

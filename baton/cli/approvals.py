@@ -6,14 +6,14 @@ from typing import Annotated
 
 import typer
 
-from baton.cli.common import ConfigError, ConfigOption, err, handles_errors
+from baton.cli.common import ConfigError, ConfigOption, DomainOption, err, handles_errors
 
 approvals_app = typer.Typer(no_args_is_help=True, help="Approvals in Slack: the approval service.")
 
 
 @approvals_app.command("serve")
 @handles_errors
-def approvals_serve(config: ConfigOption = None,
+def approvals_serve(config: ConfigOption = None, domain: DomainOption = None,
                     host: Annotated[str, typer.Option(help="listen address")] = "127.0.0.1",
                     port: Annotated[int, typer.Option(min=1, max=65535, help="listen port")] = 3000,
                     socket_mode: Annotated[bool, typer.Option(
@@ -29,7 +29,7 @@ def approvals_serve(config: ConfigOption = None,
     from baton.approvals.service import ApprovalService, configure_logging
     from baton.settings import load_topology
 
-    topology = load_topology(config)
+    topology = load_topology(config, domain)
     missing = topology.approvals.missing_for_slack(socket_mode=socket_mode)
     if missing:
         raise ConfigError("the approval service needs approvals." + ", approvals.".join(missing)

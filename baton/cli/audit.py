@@ -7,21 +7,21 @@ from typing import Annotated
 
 import typer
 
-from baton.cli.common import ConfigOption, JsonOption, err, handles_errors, out
+from baton.cli.common import ConfigOption, DomainOption, JsonOption, err, handles_errors, out
 
 audit_app = typer.Typer(no_args_is_help=True, help="The audit database (evidence, approvals).")
 
 
-def _store(config: str | None):
+def _store(config: str | None, domain: str | None = None):
     from baton.audit import AuditStore
     from baton.settings import load_topology
 
-    return AuditStore.for_topology(load_topology(config))
+    return AuditStore.for_topology(load_topology(config, domain))
 
 
 @audit_app.command("verify")
 @handles_errors
-def audit_verify(config: ConfigOption = None, as_json: JsonOption = False,
+def audit_verify(config: ConfigOption = None, domain: DomainOption = None, as_json: JsonOption = False,
                  offline: Annotated[bool, typer.Option(
                      "--offline", help="skip the comparison with the regions' control topics")] = False,
                  ) -> None:
@@ -30,8 +30,8 @@ def audit_verify(config: ConfigOption = None, as_json: JsonOption = False,
     disagrees."""
     from baton.settings import load_topology
 
-    topology = load_topology(config)
-    store = _store(config)
+    topology = load_topology(config, domain)
+    store = _store(config, domain)
     verdict = store.verify()
     problem = verdict.first_break
     problems, notes = [], []
@@ -68,9 +68,9 @@ def audit_verify(config: ConfigOption = None, as_json: JsonOption = False,
 @audit_app.command("show")
 @handles_errors
 def audit_show(run_id: Annotated[str, typer.Argument(help="the run id")],
-               config: ConfigOption = None, as_json: JsonOption = False) -> None:
+               config: ConfigOption = None, domain: DomainOption = None, as_json: JsonOption = False) -> None:
     """A run with its steps, evidence, approvals and drill reports."""
-    view = _store(config).run(run_id)
+    view = _store(config, domain).run(run_id)
     if as_json:
         print(json.dumps(view.as_dict(), indent=2))
         return
@@ -111,10 +111,10 @@ def audit_show(run_id: Annotated[str, typer.Argument(help="the run id")],
 
 @audit_app.command("runs")
 @handles_errors
-def audit_runs(config: ConfigOption = None, as_json: JsonOption = False,
+def audit_runs(config: ConfigOption = None, domain: DomainOption = None, as_json: JsonOption = False,
                limit: Annotated[int, typer.Option(min=1, help="newest N runs")] = 20) -> None:
     """The newest runs."""
-    runs = _store(config).runs(limit=limit)
+    runs = _store(config, domain).runs(limit=limit)
     if as_json:
         print(json.dumps([r.model_dump(mode="json", exclude={"prev_hash"}) for r in runs]))
         return

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from baton.cli.common import ConfigOption, JsonOption, UsageError, err, handles_errors, out
+from baton.cli.common import ConfigOption, DomainOption, JsonOption, UsageError, err, handles_errors, out
 
 authority_app = typer.Typer(no_args_is_help=True, help="Write authority: epochs, leases, fencing.")
 
@@ -18,12 +18,12 @@ RunOption = Annotated[str | None, typer.Option(
 ReasonOption = Annotated[str, typer.Option("--reason", help="why (recorded)")]
 
 
-def _load(config: str | None):
+def _load(config: str | None, domain: str | None = None):
     from baton.audit import AuditStore
     from baton.authority import authority_store
     from baton.settings import load_topology
 
-    topology = load_topology(config)
+    topology = load_topology(config, domain)
     audit = AuditStore.for_topology(topology)
     return topology, audit, authority_store(topology, audit)
 
@@ -36,14 +36,15 @@ def _region(topology, region: str) -> str:
 
 @authority_app.command("show")
 @handles_errors
-def authority_show(config: ConfigOption = None, as_json: JsonOption = False) -> None:
+def authority_show(config: ConfigOption = None, domain: DomainOption = None,
+                   as_json: JsonOption = False) -> None:
     """The authority in the audit DB and what each region's control topic says."""
     from baton.authority import control
     from baton.errors import BatonError, RegionUnreachable
     from baton.kafka.fencing import present_bindings
     from baton.steps.recover import pending_recoveries
 
-    topology, audit, store = _load(config)
+    topology, audit, store = _load(config, domain)
     current = store.current(topology.domain.name)
     regions: dict[str, dict] = {}
     for region in topology.regions:
@@ -88,9 +89,10 @@ def authority_show(config: ConfigOption = None, as_json: JsonOption = False) -> 
 
 @authority_app.command("history")
 @handles_errors
-def authority_history(config: ConfigOption = None, as_json: JsonOption = False) -> None:
+def authority_history(config: ConfigOption = None, domain: DomainOption = None,
+                      as_json: JsonOption = False) -> None:
     """Every epoch of the domain, oldest first."""
-    topology, _audit, store = _load(config)
+    topology, _audit, store = _load(config, domain)
     rows = store.history(topology.domain.name)
     if as_json:
         print(json.dumps([r.model_dump(mode="json", exclude={"prev_hash"}) for r in rows], indent=2))
@@ -103,11 +105,12 @@ def authority_history(config: ConfigOption = None, as_json: JsonOption = False) 
 
 @authority_app.command("init")
 @handles_errors
-def authority_init(config: ConfigOption = None, as_json: JsonOption = False) -> None:
+def authority_init(config: ConfigOption = None, domain: DomainOption = None,
+                   as_json: JsonOption = False) -> None:
     """Record epoch 1 (the topology's initial owner, ACTIVE) if the domain has none; publish it."""
     from baton.authority import initialize_authority
 
-    topology, _audit, store = _load(config)
+    topology, _audit, store = _load(config, domain)
     result = initialize_authority(topology, store=store)
     _print_change(result, as_json)
 
@@ -130,11 +133,11 @@ def _run(audit, topology, run_id: str | None, runbook: str, reason: str):
     return audit.start_run(topology.domain.name, runbook, trigger="cli", reason=reason).id, True
 
 
-def _fence_command(region: str, config, run_id, reason, as_json, fencing: bool) -> None:
+def _fence_command(region: str, config, domain, run_id, reason, as_json, fencing: bool) -> None:
     from baton.authority import State, change_authority
     from baton.kafka.fencing import fence, fence_bindings, unfence
 
-    topology, audit, store = _load(config)
+    topology, audit, store = _load(config, domain)
     region = _region(topology, region)
     fence_bindings(topology, region)  # bad configuration fails here, before a run is recorded
     run_id, own_run = _run(audit, topology, run_id, "fence" if fencing else "unfence", reason)
@@ -173,30 +176,33 @@ def _fence_command(region: str, config, run_id, reason, as_json, fencing: bool) 
 @authority_app.command("fence")
 @handles_errors
 def authority_fence(region: Annotated[str, typer.Argument(help="the region to fence")],
-                    config: ConfigOption = None, run_id: RunOption = None, reason: ReasonOption = "",
+                    config: ConfigOption = None, domain: DomainOption = None,
+                    run_id: RunOption = None, reason: ReasonOption = "",
                     as_json: JsonOption = False) -> None:
     """DENY the producer principals WRITE on the domain's topics in REGION (idempotent, read back)."""
-    _fence_command(region, config, run_id, reason, as_json, fencing=True)
+    _fence_command(region, config, domain, run_id, reason, as_json, fencing=True)
 
 
 @authority_app.command("unfence")
 @handles_errors
 def authority_unfence(region: Annotated[str, typer.Argument(help="the region to unfence")],
-                      config: ConfigOption = None, run_id: RunOption = None, reason: ReasonOption = "",
+                      config: ConfigOption = None, domain: DomainOption = None,
+                      run_id: RunOption = None, reason: ReasonOption = "",
                       as_json: JsonOption = False) -> None:
     """Remove exactly the DENY bindings `fence` adds in REGION (idempotent, read back)."""
-    _fence_command(region, config, run_id, reason, as_json, fencing=False)
+    _fence_command(region, config, domain, run_id, reason, as_json, fencing=False)
 
 
 @authority_app.command("unlock")
 @handles_errors
 def authority_unlock(run_id: Annotated[str, typer.Option("--run", help="the run holding the lock")],
-                     config: ConfigOption = None, reason: ReasonOption = "") -> None:
+                     config: ConfigOption = None, domain: DomainOption = None,
+                     reason: ReasonOption = "") -> None:
     """Release the domain lock a crashed run left behind (recorded), then return the domain to
     that run's last safe state (`baton recover`), so authority is never left FENCED."""
     from baton.cli.recover import recover_and_report
 
-    topology, audit, store = _load(config)
+    topology, audit, store = _load(config, domain)
     event = audit.unlock(run_id, reason=reason)
     out.print(f"released the lock of run {run_id} (recorded as event seq {event.seq})", highlight=False)
     if any(s.name == "run_plan" for s in audit.run(run_id).steps):
@@ -205,16 +211,24 @@ def authority_unlock(run_id: Annotated[str, typer.Option("--run", help="the run 
 
 @authority_app.command("keep")
 @handles_errors
-def authority_keep(config: ConfigOption = None,
+def authority_keep(config: ConfigOption = None, domain: DomainOption = None,
+                   all_domains: Annotated[bool, typer.Option(
+                       "--all-domains", help="keep the lease of every domain in the file")] = False,
                    interval: Annotated[float | None, typer.Option(
                        min=0.1, help="seconds between renewals (default: lease TTL / 3)")] = None,
                    once: Annotated[bool, typer.Option("--once", help="renew once and exit")] = False,
                    as_json: JsonOption = False) -> None:
     """The lease keeper: renew the owner's lease while the owner answers (a long-running service)."""
+    from baton.audit import AuditStore
+    from baton.authority import authority_store
     from baton.authority.keeper import LeaseKeeper
+    from baton.settings import load_topologies
 
-    topology, _audit, store = _load(config)
-    keeper = LeaseKeeper(topology, store, interval=interval)
+    if all_domains and domain:
+        raise UsageError("--all-domains keeps every domain of the file: drop --domain")
+    topologies = load_topologies(config) if all_domains else [_load(config, domain)[0]]
+    keepers = [LeaseKeeper(t, authority_store(t, AuditStore.for_topology(t)), interval=interval)
+               for t in topologies]
 
     def report(tick) -> None:
         if as_json:
@@ -228,13 +242,24 @@ def authority_keep(config: ConfigOption = None,
 
     try:
         if once:
-            report(keeper.tick())
+            for keeper in keepers:
+                report(keeper.tick())
             return
         stop = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
-        err.print(f"keeping the lease of domain {topology.domain.name}: TTL "
-                  f"{topology.thresholds.lease_ttl_seconds:g}s, renewing every {keeper.interval:g}s")
-        keeper.run(stop, on_tick=report)
+        for keeper in keepers:
+            err.print(f"keeping the lease of domain {keeper.topology.domain.name}: TTL "
+                      f"{keeper.ttl:g}s, renewing every {keeper.interval:g}s")
+        # One thread per domain: a slow renewal of one domain never delays another's.
+        threads = [threading.Thread(target=keeper.run, args=(stop,), kwargs={"on_tick": report},
+                                    name=f"keeper-{keeper.topology.domain.name}", daemon=True)
+                   for keeper in keepers[1:]]
+        for thread in threads:
+            thread.start()
+        keepers[0].run(stop, on_tick=report)
+        for thread in threads:
+            thread.join()
     finally:
-        keeper.close()
+        for keeper in keepers:
+            keeper.close()

@@ -14,6 +14,8 @@ out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 ConfigOption = Annotated[str | None, typer.Option("--config", "-c", help="topology file")]
+DomainOption = Annotated[str | None, typer.Option(
+    "--domain", envvar="BATON_DOMAIN", help="the domain of a multi-domain topology file")]
 JsonOption = Annotated[bool, typer.Option("--json", help="print one JSON object")]
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from baton.cli.common import ConfigError, ConfigOption, JsonOption, handles_errors, out
+from baton.cli.common import ConfigError, ConfigOption, DomainOption, JsonOption, handles_errors, out
 from baton.errors import RegionUnreachable
 
 config_app = typer.Typer(no_args_is_help=True, help="Topology files.")
@@ -15,7 +15,7 @@ config_app = typer.Typer(no_args_is_help=True, help="Topology files.")
 
 @config_app.command("check")
 @handles_errors
-def config_check(config: ConfigOption = None, as_json: JsonOption = False,
+def config_check(config: ConfigOption = None, domain: DomainOption = None, as_json: JsonOption = False,
                  connect: Annotated[bool, typer.Option(
                      "--connect", help="also try every configured credential against its region")] = False,
                  timeout: Annotated[float, typer.Option(help="seconds per region and credential")] = 5.0,
@@ -24,7 +24,7 @@ def config_check(config: ConfigOption = None, as_json: JsonOption = False,
     log in to every region with every configured identity (a refused login exits 2)."""
     from baton.settings import load_topology, resolve_config_path
 
-    topology = load_topology(config)
+    topology = load_topology(config, domain)
     probes = _probe_credentials(topology, timeout) if connect else []
     if as_json:
         print(json.dumps({"topology": json.loads(topology.model_dump_json()), "connect": probes}))

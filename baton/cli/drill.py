@@ -9,7 +9,16 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from baton.cli.common import ConfigOption, JsonOption, UsageError, _progress, err, handles_errors, out
+from baton.cli.common import (
+    ConfigOption,
+    DomainOption,
+    JsonOption,
+    UsageError,
+    _progress,
+    err,
+    handles_errors,
+    out,
+)
 
 
 def print_scorecard(card: dict) -> None:
@@ -27,7 +36,7 @@ def print_scorecard(card: dict) -> None:
     out.print(objectives)
 
 
-def drill(config: ConfigOption = None,
+def drill(config: ConfigOption = None, domain: DomainOption = None,
           lab: Annotated[bool, typer.Option("--lab", help="drill the embedded lab (started if needed); "
                                             "gates are answered by the drill, recorded")] = False,
           unplanned: Annotated[bool, typer.Option(help="kill the owner region (lab only)")] = False,
@@ -58,7 +67,7 @@ def drill(config: ConfigOption = None,
     else:
         from baton.settings import load_topology
 
-        load_topology(config)  # a bad file fails here, before Prefect starts
+        load_topology(config, domain)  # a bad file fails here, before Prefect starts
     from baton.cli.runbook import use_lab_prefect
 
     use_lab_prefect()
@@ -67,7 +76,8 @@ def drill(config: ConfigOption = None,
 
     quiet_baton_refusals()  # Baton's refusals: one `error:` line; tracebacks stay in Prefect's logs
     err.print("starting the drill flow (Prefect)...")
-    card = flow(config=config, unplanned=unplanned, auto_approve=lab, divergent_policy=policy, rate=rate,
+    card = flow(config=config, domain=domain, unplanned=unplanned, auto_approve=lab,
+                divergent_policy=policy, rate=rate,
                 settle_seconds=settle, report_dir=str(report_dir))
     if as_json:
         print(json.dumps(card, indent=2, default=str))

@@ -60,6 +60,9 @@ def _print_status(status: dict, as_json: bool) -> None:
     out.print(f"replication {replication['engine']} {replication['flow']} "
               f"[{colour}]{replication['state']}[/{colour}] (policy {replication['policy']}, "
               f"Connect {replication['connect']['url']})")
+    for name, flow in replication.get("domains", {}).items():
+        colour = "green" if flow["state"] == "RUNNING" else "red"
+        out.print(f"  domain {name:9} {flow['flow']} [{colour}]{flow['state']}[/{colour}]")
     for name, service in status.get("services", {}).items():
         where = {"prefect": f"UI {service.get('ui')}",
                  "watch": f"metrics {service.get('metrics')}"}.get(name, "")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from baton.cli.common import ConfigOption, JsonOption, err, handles_errors, out
+from baton.cli.common import ConfigOption, DomainOption, JsonOption, err, handles_errors, out
 from baton.errors import StepFailed
 
 
@@ -38,7 +38,7 @@ def recover_and_report(topology, audit, store, run_id: str, *, why: str, as_json
 
 
 def recover(run_id: Annotated[str, typer.Option("--run", help="the run whose last safe state to restore")],
-            config: ConfigOption = None,
+            config: ConfigOption = None, domain: DomainOption = None,
             reason: Annotated[str, typer.Option("--reason", help="why (recorded)")] = "",
             as_json: JsonOption = False) -> None:
     """Return the domain to the run's last safe state: old owner ACTIVE and unfenced, replication RUNNING.
@@ -47,7 +47,7 @@ def recover(run_id: Annotated[str, typer.Option("--run", help="the run whose las
     done now are recorded as pending (exit 1); run it again, or let the lease keeper finish them."""
     from baton.cli.authority import _load
 
-    topology, audit, store = _load(config)
+    topology, audit, store = _load(config, domain)
     recover_and_report(topology, audit, store, run_id, why=reason or "baton recover", as_json=as_json)
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from baton.cli.common import ConfigOption, JsonOption, handles_errors, out
+from baton.cli.common import ConfigOption, DomainOption, JsonOption, handles_errors, out
 
 replication_app = typer.Typer(help="Replication truth: lag, currency, offset translation.")
 offsets_app = typer.Typer(no_args_is_help=True, help="Consumer-group offsets across regions.")
@@ -40,13 +40,14 @@ def owner_now(topology, owner: str | None) -> str | None:
 
 @replication_app.command("lag")
 @handles_errors
-def lag(config: ConfigOption = None, topic: TopicOption = None, owner: OwnerOption = None,
+def lag(config: ConfigOption = None, domain: DomainOption = None,
+        topic: TopicOption = None, owner: OwnerOption = None,
         as_json: JsonOption = False) -> None:
     """Records on the owner not yet on the secondary, per partition, and the RPO statement."""
     from baton.replication.lag import measure_lag
     from baton.settings import load_topology
 
-    topology = load_topology(config)
+    topology = load_topology(config, domain)
     report = measure_lag(topology, owner=owner_now(topology, owner), topics=topic)
     if as_json:
         print(json.dumps(report.as_dict(), indent=2))
@@ -67,13 +68,14 @@ def lag(config: ConfigOption = None, topic: TopicOption = None, owner: OwnerOpti
 
 @replication_app.command("currency")
 @handles_errors
-def currency(config: ConfigOption = None, topic: TopicOption = None, owner: OwnerOption = None,
+def currency(config: ConfigOption = None, domain: DomainOption = None,
+             topic: TopicOption = None, owner: OwnerOption = None,
              as_json: JsonOption = False) -> None:
     """Per partition: is every owner record on the secondary? Exit 1 when not current."""
     from baton.replication.currency import verify_currency
     from baton.settings import load_topology
 
-    topology = load_topology(config)
+    topology = load_topology(config, domain)
     report = verify_currency(topology, owner=owner_now(topology, owner), topics=topic)
     if as_json:
         print(json.dumps(report.as_dict(), indent=2))
@@ -91,7 +93,7 @@ def currency(config: ConfigOption = None, topic: TopicOption = None, owner: Owne
 @offsets_app.command("translate")
 @handles_errors
 def translate(
-    config: ConfigOption = None,
+    config: ConfigOption = None, domain: DomainOption = None,
     group: Annotated[list[str] | None, typer.Option("--group", "-g", help="group (repeat)")] = None,
     topic: TopicOption = None,
     owner: OwnerOption = None,
@@ -107,7 +109,7 @@ def translate(
     from baton.replication.translation import apply_translation, translate_offsets
     from baton.settings import load_topology
 
-    topology = load_topology(config)
+    topology = load_topology(config, domain)
     report = translate_offsets(topology, groups=group, topics=topic, owner=owner, method=method)
     applied = apply_translation(topology, report, force=force) if apply else None
     if as_json:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from baton.cli.common import ConfigOption, JsonOption, UsageError, err, handles_errors, out
+from baton.cli.common import ConfigOption, DomainOption, JsonOption, UsageError, err, handles_errors, out
 
 PlanOption = Annotated[bool, typer.Option("--plan", help="print the steps and measurements; change nothing")]
 YesOption = Annotated[bool, typer.Option(
@@ -70,7 +70,7 @@ def _run_flow(flow, as_json: bool, **parameters) -> None:
     _print_summary(flow(**parameters), as_json)
 
 
-def failover(config: ConfigOption = None, plan: PlanOption = False,
+def failover(config: ConfigOption = None, domain: DomainOption = None, plan: PlanOption = False,
              unplanned: Annotated[bool, typer.Option(help="the owner is unreachable")] = False,
              reason: Annotated[str, typer.Option(help="why (required with --unplanned)")] = "",
              override_lag: OverrideOption = "", yes: YesOption = False,
@@ -84,9 +84,9 @@ def failover(config: ConfigOption = None, plan: PlanOption = False,
     if plan:
         from baton.steps.plan import plan as make_plan
 
-        _print_plan(make_plan(load_topology(config), FAILOVER, unplanned=unplanned), as_json)
+        _print_plan(make_plan(load_topology(config, domain), FAILOVER, unplanned=unplanned), as_json)
         return
-    topology = load_topology(config)  # a bad file fails here, before Prefect starts
+    topology = load_topology(config, domain)  # a bad file fails here, before Prefect starts
     if yes:
         _check_auto_approve(topology, FAILOVER, unplanned=unplanned)
     config = str(resolve_config_path(config))  # the flow run's parameters name the file used
@@ -94,11 +94,12 @@ def failover(config: ConfigOption = None, plan: PlanOption = False,
     from flows.failover import failover as flow
 
     err.print("starting the failover flow (Prefect)...")
-    _run_flow(flow, as_json, config=config, unplanned=unplanned, reason=reason, override_lag=override_lag,
+    _run_flow(flow, as_json, config=config, domain=topology.domain.name, unplanned=unplanned, reason=reason,
+              override_lag=override_lag,
               auto_approve=yes, resume_run_id=resume)
 
 
-def failback(config: ConfigOption = None, plan: PlanOption = False,
+def failback(config: ConfigOption = None, domain: DomainOption = None, plan: PlanOption = False,
              policy: Annotated[str, typer.Option(help="divergent tail: republish|quarantine|discard")]
              = "quarantine",
              reason: Annotated[str, typer.Option(help="why")] = "",
@@ -114,9 +115,9 @@ def failback(config: ConfigOption = None, plan: PlanOption = False,
     if plan:
         from baton.steps.plan import plan as make_plan
 
-        _print_plan(make_plan(load_topology(config), FAILBACK), as_json)
+        _print_plan(make_plan(load_topology(config, domain), FAILBACK), as_json)
         return
-    topology = load_topology(config)
+    topology = load_topology(config, domain)
     if yes:
         _check_auto_approve(topology, FAILBACK, divergent_policy=policy)
     config = str(resolve_config_path(config))
@@ -124,8 +125,8 @@ def failback(config: ConfigOption = None, plan: PlanOption = False,
     from flows.failback import failback as flow
 
     err.print("starting the failback flow (Prefect)...")
-    _run_flow(flow, as_json, config=config, divergent_policy=policy, reason=reason,
-              override_lag=override_lag, auto_approve=yes, resume_run_id=resume)
+    _run_flow(flow, as_json, config=config, domain=topology.domain.name, divergent_policy=policy,
+              reason=reason, override_lag=override_lag, auto_approve=yes, resume_run_id=resume)
 
 
 PROBE_SECONDS = 5.0  # how long `baton reprotect` asks the region to protect before refusing
@@ -152,7 +153,7 @@ def _refuse_unless_standby_answers(topology) -> None:
                          "`baton ready` says when") from None
 
 
-def reprotect(config: ConfigOption = None, plan: PlanOption = False,
+def reprotect(config: ConfigOption = None, domain: DomainOption = None, plan: PlanOption = False,
               policy: Annotated[str, typer.Option(help="divergent tail: republish|quarantine|discard")]
               = "quarantine",
               reason: Annotated[str, typer.Option(help="why")] = "", yes: YesOption = False,
@@ -165,7 +166,7 @@ def reprotect(config: ConfigOption = None, plan: PlanOption = False,
 
     if policy not in DIVERGENT_POLICIES:
         raise UsageError(f"--policy must be one of {', '.join(DIVERGENT_POLICIES)}, not {policy!r}")
-    topology = load_topology(config)
+    topology = load_topology(config, domain)
     if plan:
         from baton.steps.plan import plan as make_plan
 
@@ -180,16 +181,17 @@ def reprotect(config: ConfigOption = None, plan: PlanOption = False,
     from flows.reprotect import reprotect as flow
 
     err.print("starting the reprotect flow (Prefect)...")
-    _run_flow(flow, as_json, config=config, divergent_policy=policy, reason=reason, auto_approve=yes,
-              resume_run_id=resume)
+    _run_flow(flow, as_json, config=config, domain=topology.domain.name, divergent_policy=policy,
+              reason=reason, auto_approve=yes, resume_run_id=resume)
 
 
-def runs(config: ConfigOption = None, limit: int = 20, as_json: JsonOption = False) -> None:
+def runs(config: ConfigOption = None, domain: DomainOption = None,
+         limit: int = 20, as_json: JsonOption = False) -> None:
     """List recent runs from the audit database."""
     from baton.audit import AuditStore
     from baton.settings import load_topology
 
-    topology = load_topology(config)
+    topology = load_topology(config, domain)
     store = AuditStore.for_topology(topology)
     rows = []
     for run in store.runs(topology.domain.name, limit=limit):
@@ -205,7 +207,7 @@ def runs(config: ConfigOption = None, limit: int = 20, as_json: JsonOption = Fal
                   f"{row['started_by']}")
 
 
-def report(run_id: str, config: ConfigOption = None,
+def report(run_id: str, config: ConfigOption = None, domain: DomainOption = None,
            format: Annotated[str, typer.Option("--format", help="md|json|html")] = "md") -> None:
     """Render a run from the audit database."""
     from baton.audit import AuditStore
@@ -213,7 +215,7 @@ def report(run_id: str, config: ConfigOption = None,
 
     if format not in ("md", "json", "html"):
         raise UsageError(f"--format must be md, json or html, not {format!r}")
-    store = AuditStore.for_topology(load_topology(config))
+    store = AuditStore.for_topology(load_topology(config, domain))
     if format == "html":  # a drill's scorecard and timeline, one self-contained page
         from baton.drill.report import drill_card, to_html
 

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from baton.cli.common import JsonOption, UsageError, err, handles_errors, out
+from baton.cli.common import DomainOption, JsonOption, UsageError, err, handles_errors, out
 
 ConfigsOption = Annotated[list[str] | None, typer.Option(
     "--config", "-c", help="topology file (repeat to watch several domains in one process)")]
@@ -25,6 +25,8 @@ def register(app: typer.Typer) -> None:
 @handles_errors
 def watch(
     config: ConfigsOption = None,
+    domain: Annotated[list[str] | None, typer.Option(
+        "--domain", help="watch only these domains (repeat; default: every domain of each file)")] = None,
     metrics_port: Annotated[int | None, typer.Option(
         "--metrics-port", min=0, max=65535, help="serve Prometheus metrics on this port (/metrics)")] = None,
     metrics_address: Annotated[str, typer.Option(help="address the metrics server binds")] = "127.0.0.1",
@@ -36,11 +38,17 @@ def watch(
         "--worker", hidden=True, help="sample in this process (the supervisor's child)")] = False,
 ) -> None:
     """Sample lag, replication, checkpoints and the lease of each domain every interval (a service)."""
-    from baton.settings import load_topology
+    from baton.settings import load_topologies
     from baton.watch.metrics import WatchMetrics
     from baton.watch.service import Watch
 
-    topologies = [load_topology(path) for path in (config or [None])]
+    topologies = [t for path in (config or [None]) for t in load_topologies(path)]
+    if domain:
+        unknown = sorted(set(domain) - {t.domain.name for t in topologies})
+        if unknown:
+            raise UsageError(f"--domain {', '.join(unknown)}: not in the topology file(s); they hold "
+                             f"{', '.join(t.domain.name for t in topologies)}")
+        topologies = [t for t in topologies if t.domain.name in domain]
     if interval is not None:
         topologies = [t.model_copy(update={"watch": t.watch.model_copy(
             update={"interval_seconds": interval})}) for t in topologies]
@@ -91,12 +99,12 @@ def _supervised() -> None:
 
 @handles_errors
 def ready(config: Annotated[str | None, typer.Option("--config", "-c", help="topology file")] = None,
-          as_json: JsonOption = False) -> None:
+          domain: DomainOption = None, as_json: JsonOption = False) -> None:
     """Can the secondary safely take over right now? Exit 0 ready, 1 not ready, 2 usage."""
     from baton.settings import load_topology
     from baton.watch.service import check_now
 
-    sample, readiness = check_now(load_topology(config))
+    sample, readiness = check_now(load_topology(config, domain))
     if as_json:
         print(json.dumps(readiness.as_dict() | {"sample": sample.as_dict()}, indent=2, default=str))
     else:

@@ -137,7 +137,7 @@ def compose_document() -> dict:
     }
     services["baton-lease-keeper"] = baton_service | {
         "depends_on": ["kafka-east", "kafka-west", "postgres"],
-        "command": ["baton", "authority", "keep"],
+        "command": ["baton", "authority", "keep", "--all-domains"],
         "restart": "unless-stopped",
     }
     # Beside the keeper (one per region is safe: samples are idempotent per slot).
@@ -174,12 +174,14 @@ def write(root: Path = ROOT) -> None:
 def configure_mm2() -> None:
     from baton.lab.lab import bootstrap
     from baton.replication.mm2.engine import MirrorMakerEngine
-    from baton.settings import load_topology
+    from baton.settings import load_topologies
 
-    topology = load_topology()
-    bootstrap(topology, print)
-    status = MirrorMakerEngine(topology).start(topology.domain.initial_owner, "west", wait_seconds=300)
-    print(f"replication {status.source} -> {status.target}: {status.state}")
+    topologies = load_topologies()
+    bootstrap(topologies[0], print)
+    for topology in topologies:  # each domain replicates from its owner
+        owner = topology.domain.initial_owner
+        status = MirrorMakerEngine(topology).start(owner, topology.other_region(owner), wait_seconds=300)
+        print(f"replication of {topology.domain.name} {status.source} -> {status.target}: {status.state}")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,31 @@ GROUPS = ("orders-billing", "orders-shipping")
 REGIONS = ("east", "west")
 INITIAL_OWNER = "east"
 
+# The second domain, owned by the other region (split ownership: each region owns one domain,
+# and replication runs both ways, east.orders.events on west and west.payments.ledger on east).
+PAYMENTS_DOMAIN = "payments"
+PAYMENTS_TOPIC = "payments.ledger"
+PAYMENTS_PARTITIONS = 3
+PAYMENTS_GROUPS = ("payments-settlement",)
+PAYMENTS_OWNER = "west"
+
+
+@dataclass(frozen=True)
+class LabDomain:
+    """What `baton lab up` creates for one domain: its topic in both regions, its groups on the owner."""
+
+    name: str
+    topic: str
+    partitions: int
+    groups: tuple[str, ...]
+    owner: str
+
+
+LAB_DOMAINS = (
+    LabDomain(DOMAIN, TOPIC, TOPIC_PARTITIONS, GROUPS, INITIAL_OWNER),
+    LabDomain(PAYMENTS_DOMAIN, PAYMENTS_TOPIC, PAYMENTS_PARTITIONS, PAYMENTS_GROUPS, PAYMENTS_OWNER),
+)
+
 # Lab-only credentials. SASL/PLAIN on loopback; never reuse these anywhere else.
 USERS = {
     "admin": "admin-secret",  # Baton's admin client and inter-broker traffic: the only super user
@@ -26,12 +51,14 @@ USERS = {
     # A second domain's producer principal: principals are per domain, so fencing `orders`
     # never names it (tests prove its idempotent producer keeps writing `payments.*`).
     "payments-app": "payments-app-secret",
+    "payments-consumer": "payments-consumer-secret",  # the second domain's consumers
     "mm2": "mm2-secret",  # MirrorMaker 2 on Kafka Connect
 }
 ADMIN_USER = "admin"
 PRODUCER_USER = "orders-app"
 CONSUMER_USER = "orders-consumer"
 PAYMENTS_PRODUCER_USER = "payments-app"
+PAYMENTS_CONSUMER_USER = "payments-consumer"
 MM2_USER = "mm2"
 
 CLUSTER_IDS = {"east": "YmF0b24tZWFzdC1sYWIwMA", "west": "YmF0b24td2VzdC1sYWIwMA"}
@@ -210,21 +237,46 @@ def topology_document(ports: LabPorts, policy: str = "default") -> dict:
             "request_timeout_seconds": 10,
         }
 
+    def connector_names(domain: str) -> dict:
+        return {kind: f"mm2-{domain}-{{source}}-{{target}}-{kind}"
+                for kind in ("source", "checkpoint", "heartbeat")}
+
+    payments_principal = {"producer": {"username": PAYMENTS_PRODUCER_USER,
+                                       "password": USERS[PAYMENTS_PRODUCER_USER]},
+                          "consumer": {"username": PAYMENTS_CONSUMER_USER,
+                                       "password": USERS[PAYMENTS_CONSUMER_USER]},
+                          "producer_principals": [f"User:{PAYMENTS_PRODUCER_USER}"]}
     return {
-        "domain": {
-            "name": DOMAIN,
-            "topics": [TOPIC],
-            "consumer_groups": list(GROUPS),
-            "initial_owner": INITIAL_OWNER,
-        },
+        # Commands without --domain act on `orders`, as before the lab had two domains.
+        "default_domain": DOMAIN,
+        "domains": [
+            {
+                "name": DOMAIN,
+                "topics": [TOPIC],
+                "consumer_groups": list(GROUPS),
+                "initial_owner": INITIAL_OWNER,
+                # Tests create throwaway domains (`orders.rb-*` topics, `orders-t-*` groups) from
+                # this domain's topology: they ride on the orders connectors, whose names and
+                # filters are therefore spelled out here rather than derived from the domain.
+                "replication": {"topics_pattern": r"orders\..*", "groups_pattern": r"orders-.*",
+                                "connectors": connector_names(DOMAIN)},
+            },
+            {
+                "name": PAYMENTS_DOMAIN,
+                "topics": [PAYMENTS_TOPIC],
+                "topic_prefixes": ["payments."],
+                "consumer_groups": list(PAYMENTS_GROUPS),
+                "initial_owner": PAYMENTS_OWNER,
+                "replication": {"groups_pattern": r"payments-.*"},
+                # Its own principals: a fence on payments names payments-app only.
+                "regions": {name: payments_principal for name in REGIONS},
+            },
+        ],
         "regions": {name: region(name) for name in REGIONS},
         "replication": {
             "engine": "mm2",
             "connect_url": f"http://127.0.0.1:{ports.connect}",
             "policy": policy,
-            # Tests create `orders.t-*` topics and `orders-t-*` groups; mirror them all.
-            "topics_pattern": r"orders\..*",
-            "groups_pattern": r"orders-.*",
             "extra_connector_config": dict(MIRROR_LAB_SETTINGS),
             "offset_lag_max": int(MIRROR_LAB_SETTINGS["offset.lag.max"]),
             "emit_checkpoints_interval_seconds": int(
@@ -241,3 +293,12 @@ def topology_document(ports: LabPorts, policy: str = "default") -> dict:
         },
         "audit": {"database_url": "sqlite:///.baton/audit.db"},
     }
+
+
+def single_domain_document(ports: LabPorts, policy: str = "default", name: str = DOMAIN) -> dict:
+    """One lab domain as a one-domain topology document (`domain:`), its own sections merged in."""
+    from baton.settings import domain_documents
+
+    documents = dict((doc["domain"]["name"], doc) for _, doc in
+                     domain_documents(Path("lab"), topology_document(ports, policy)))
+    return {key: value for key, value in documents[name].items() if key != "default_domain"}

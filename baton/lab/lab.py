@@ -33,7 +33,7 @@ from baton.lab import config as lab
 from baton.lab.jars import classpath, kafka_version
 from baton.lab.processes import LabProcess, java, port_free
 from baton.replication.mm2.engine import MirrorMakerEngine
-from baton.settings import Topology
+from baton.settings import Topology, pick_domain, topologies_from_document
 
 Progress = Callable[[str], None]
 
@@ -44,25 +44,25 @@ def lab_acls() -> list[AclBinding]:
     topic, group, cluster = ResourceType.TOPIC, ResourceType.GROUP, ResourceType.BROKER
     literal, prefixed = ResourcePatternType.LITERAL, ResourcePatternType.PREFIXED
     app, consumer, mm2 = (f"User:{u}" for u in (lab.PRODUCER_USER, lab.CONSUMER_USER, lab.MM2_USER))
-    payments = f"User:{lab.PAYMENTS_PRODUCER_USER}"
+    payments, payments_consumer = (f"User:{u}" for u in (lab.PAYMENTS_PRODUCER_USER,
+                                                          lab.PAYMENTS_CONSUMER_USER))
     # Producers get WRITE on their own domain's topics only: since Kafka 3.0 (KIP-679) that is all
     # an idempotent producer needs (no cluster IDEMPOTENT_WRITE). Transactional producers also
     # write their own domain's transactional ids (prefix `<domain>-`).
-    bindings = [
-        AclBinding(topic, "baton.", prefixed, app, "*", AclOperation.READ, allow),
-        AclBinding(topic, "baton.", prefixed, consumer, "*", AclOperation.READ, allow),
-        AclBinding(group, "orders-", prefixed, consumer, "*", AclOperation.READ, allow),
-        AclBinding(group, "baton-", prefixed, app, "*", AclOperation.READ, allow),
-        AclBinding(group, "baton-", prefixed, consumer, "*", AclOperation.READ, allow),
-    ]
+    # Every app may read the control topic (guarded clients follow the lease there).
+    bindings = [AclBinding(resource, "baton.", prefixed, principal, "*", AclOperation.READ, allow)
+                for resource in (topic, group) for principal in (app, consumer, payments, payments_consumer)]
     for principal, domain in ((app, "orders"), (payments, "payments")):
         for operation in (AclOperation.WRITE, AclOperation.DESCRIBE):
             bindings.append(AclBinding(topic, f"{domain}.", prefixed, principal, "*", operation, allow))
             bindings.append(AclBinding(ResourceType.TRANSACTIONAL_ID, f"{domain}-", prefixed,
                                        principal, "*", operation, allow))
-    for prefix in ("orders.", *(f"{r}.orders." for r in lab.REGIONS)):
-        for operation in (AclOperation.READ, AclOperation.DESCRIBE):
-            bindings.append(AclBinding(topic, prefix, prefixed, consumer, "*", operation, allow))
+    # Consumers read their own domain's topics and mirrors and commit their own groups.
+    for principal, domain in ((consumer, "orders"), (payments_consumer, "payments")):
+        bindings.append(AclBinding(group, f"{domain}-", prefixed, principal, "*", AclOperation.READ, allow))
+        for prefix in (f"{domain}.", *(f"{r}.{domain}." for r in lab.REGIONS)):
+            for operation in (AclOperation.READ, AclOperation.DESCRIBE):
+                bindings.append(AclBinding(topic, prefix, prefixed, principal, "*", operation, allow))
     # MirrorMaker 2 reads and writes everything it mirrors, its internal topics and groups.
     for resource, name in ((topic, "*"), (group, "*"), (cluster, "kafka-cluster"),
                            (ResourceType.TRANSACTIONAL_ID, "*")):
@@ -71,23 +71,25 @@ def lab_acls() -> list[AclBinding]:
 
 
 def bootstrap(topology: Topology, say: Progress) -> None:
-    """ACLs, the demo topic in both regions, and the demo consumer groups on the owner. Idempotent."""
+    """ACLs, each lab domain's topic in both regions, and its consumer groups on its owner. Idempotent."""
     for region in lab.REGIONS:
         admin = check_reachable(region, topology.regions[region])
         ensure_acls(admin, lab_acls())
-        if ensure_topics(admin, {lab.TOPIC: lab.TOPIC_PARTITIONS}):
-            say(f"created {lab.TOPIC} ({lab.TOPIC_PARTITIONS} partitions) on {region}")
-    owner = check_reachable(lab.INITIAL_OWNER, topology.regions[lab.INITIAL_OWNER])
-    existing = {g.group_id for g in owner.list_consumer_groups().result().valid}
-    for group in lab.GROUPS:
-        if group in existing:
-            continue
-        start = [TopicPartition(lab.TOPIC, p, 0) for p in range(lab.TOPIC_PARTITIONS)]
-        for future in owner.alter_consumer_group_offsets(
-            [ConsumerGroupTopicPartitions(group, start)]
-        ).values():
-            future.result()
-        say(f"created consumer group {group} on {lab.INITIAL_OWNER} at offset 0")
+        for domain in lab.LAB_DOMAINS:
+            if ensure_topics(admin, {domain.topic: domain.partitions}):
+                say(f"created {domain.topic} ({domain.partitions} partitions) on {region}")
+    for domain in lab.LAB_DOMAINS:
+        owner = check_reachable(domain.owner, topology.regions[domain.owner])
+        existing = {g.group_id for g in owner.list_consumer_groups().result().valid}
+        for group in domain.groups:
+            if group in existing:
+                continue
+            start = [TopicPartition(domain.topic, p, 0) for p in range(domain.partitions)]
+            for future in owner.alter_consumer_group_offsets(
+                [ConsumerGroupTopicPartitions(group, start)]
+            ).values():
+                future.result()
+            say(f"created consumer group {group} on {domain.owner} at offset 0")
 
 
 # Python services the lab runs beside Kafka, so a fresh lab is a complete system.
@@ -123,9 +125,18 @@ class Lab:
         return self.home / "topology.yaml"
 
     def topology(self) -> tuple[Topology, dict]:
+        """The default domain's (orders') topology, and the whole document the lab writes."""
+        topologies, document = self._topologies()
+        return pick_domain(topologies, lab.DOMAIN, document), document
+
+    def topologies(self) -> list[Topology]:
+        """One topology per lab domain (orders owned by east, payments by west)."""
+        return self._topologies()[0]
+
+    def _topologies(self) -> tuple[list[Topology], dict]:
         document = lab.topology_document(self.ports, self._policy_in_use())
         document["audit"]["database_url"] = f"sqlite:///{self.home.parent / 'audit.db'}"
-        return Topology(**document), document
+        return topologies_from_document(document, "the lab's topology"), document
 
     def _policy_in_use(self) -> str:
         # The policy the lab was first brought up with stays until `down --purge`.
@@ -186,13 +197,28 @@ class Lab:
             self._start_connect(cp)
         else:
             self.say(f"Connect worker already running (pid {connect.pid()})")
-        engine = MirrorMakerEngine(topology)
-        self._wait("Connect REST API", engine.connect.alive, 90, connect)
-        self.say("configuring MirrorMaker 2 connectors east -> west")
-        engine.start(lab.INITIAL_OWNER, "west", wait_seconds=90)
+        self._wait("Connect REST API", MirrorMakerEngine(topology).connect.alive, 90, connect)
+        self._refuse_shared_connectors(MirrorMakerEngine(topology).connect.connectors())
+        for domain in self.topologies():
+            # Each domain replicates from the region that owns it in a fresh lab.
+            owner = domain.domain.initial_owner
+            standby = domain.other_region(owner)
+            self.say(f"configuring MirrorMaker 2 connectors of {domain.domain.name} {owner} -> {standby}")
+            MirrorMakerEngine(domain).start(owner, standby, wait_seconds=90)
         self.say("replication RUNNING")
         self._start_services(topology)
         return self.status()
+
+    @staticmethod
+    def _refuse_shared_connectors(names: list[str]) -> None:
+        """A lab started by an older Baton runs one connector set for every domain (mm2-east-west-*).
+        Per-domain connectors beside them would copy every record a second time (a renamed
+        connector has no stored position), so the lab refuses and says how to start afresh."""
+        shared = sorted(n for n in names if n.removeprefix("mm2-").split("-")[0] in lab.REGIONS)
+        if shared:
+            raise LabError(f"this lab runs connectors shared by every domain ({', '.join(shared)}), from an "
+                           "older Baton; connectors are per domain now. Start the lab afresh: "
+                           "`baton lab down --purge` then `baton lab up`")
 
     def _start_services(self, topology: Topology) -> None:
         """The Prefect server, the lease keeper and the watch, each a pid-tracked lab process."""
@@ -200,7 +226,7 @@ class Lab:
         commands = {
             "prefect": ["-m", "prefect", "server", "start", "--host", "127.0.0.1",
                         "--port", str(self.ports.prefect)],
-            "keeper": ["-m", "baton", "authority", "keep", "--config", config],
+            "keeper": ["-m", "baton", "authority", "keep", "--config", config, "--all-domains"],
             "watch": ["-m", "baton", "watch", "--config", config, "--metrics-port", str(self.ports.metrics)],
         }
         for name in SERVICES:
@@ -216,8 +242,9 @@ class Lab:
             pid = process.start_python(commands[name], env)
             self.say(f"starting {name} (pid {pid})")
         self._wait("Prefect server", self._prefect_up, 180, self.processes["prefect"])
-        self._wait("lease keeper's first renewal", lambda: self._lease_kept(topology), 90,
-                   self.processes["keeper"])
+        for domain in self.topologies():
+            self._wait(f"lease keeper's first renewal of {domain.domain.name}",
+                       lambda d=domain: self._lease_kept(d), 90, self.processes["keeper"])
 
     def _prefect_up(self) -> bool:
         import httpx
@@ -322,6 +349,7 @@ class Lab:
                 replication["components"] = flow.as_dict()["components"]
             except ReplicationError as e:
                 replication["error"] = str(e)
+        replication["domains"] = self._domain_flows(connect.state() == "running")
         services = {name: {"process": self.processes[name].state(), "pid": self.processes[name].pid(),
                            "log": str(self.processes[name].log_file)} for name in SERVICES}
         services["prefect"] |= {"api": f"http://127.0.0.1:{self.ports.prefect}/api",
@@ -335,6 +363,21 @@ class Lab:
             "services": services,
             "config": str(self.topology_file),
         }
+
+    def _domain_flows(self, connect_running: bool) -> dict:
+        """Per lab domain: its flow from its initial owner and that flow's state."""
+        flows = {}
+        for domain in self.topologies():
+            owner = domain.domain.initial_owner
+            flow = {"flow": f"{owner}->{domain.other_region(owner)}", "state": "DOWN"}
+            if connect_running:
+                try:
+                    status = MirrorMakerEngine(domain, timeout=3).status(owner, domain.other_region(owner))
+                    flow["state"] = status.state
+                except ReplicationError as e:
+                    flow["error"] = str(e)
+            flows[domain.domain.name] = flow
+        return flows
 
     def fault(self, action: str, target: str) -> str:
         """kill|hang|resume|restart a region, or stop|start replication."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -230,3 +231,93 @@ def wait_checkpointed(topology: Topology, partitions: int = 3, timeout: float = 
             groups = topology.domain.consumer_groups
             raise AssertionError(f"MM2 did not checkpoint {groups} within {timeout:.0f}s")
         time.sleep(0.5)
+
+
+# -- another domain's traffic while one domain is switched ------------------------------------
+
+class DomainTraffic:
+    """While open: an idempotent producer writes the domain's topic on `region` as the domain's
+    principal (acknowledged writes and errors counted, with times), and the domain's flow
+    `region` -> other is read from Connect every interval (state and time)."""
+
+    def __init__(self, topology: Topology, region: str, interval: float = 0.25):
+        self.topology, self.region, self.interval = topology, region, interval
+        self.topic = topology.domain.topics[0]
+        self.acked: list[tuple[float, int, int]] = []  # (monotonic time, partition, offset)
+        self.errors: list[str] = []
+        self.states: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def _write(self) -> None:
+        producer = Producer(self.topology.regions[self.region].client_config("producer")
+                            | {"enable.idempotence": True, "linger.ms": 5, "message.timeout.ms": 15000})
+
+        def done(error, message):
+            if error:
+                self.errors.append(str(error))
+            else:
+                self.acked.append((time.monotonic(), message.partition(), message.offset()))
+
+        n = 0
+        while not self._stop.is_set():
+            producer.produce(self.topic, value=f"traffic-{n}".encode(), on_delivery=done)
+            n += 1
+            producer.poll(0.02)
+        if producer.flush(20):
+            self.errors.append("records left unacknowledged after 20 s")
+
+    def _sample(self) -> None:
+        engine = engine_for(self.topology)
+        target = self.topology.other_region(self.region)
+        while not self._stop.is_set():
+            self.states.append((time.monotonic(), engine.status(self.region, target).state))
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> DomainTraffic:
+        self._threads = [threading.Thread(target=f, daemon=True) for f in (self._write, self._sample)]
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+
+    def acked_between(self, start: float, end: float) -> int:
+        return sum(1 for at, _, _ in self.acked if start <= at <= end)
+
+    def states_between(self, start: float, end: float) -> set[str]:
+        return {state for at, state in self.states if start <= at <= end}
+
+
+def lab_domain(lab, name: str) -> Topology:
+    """One of the lab's domains (orders owned by east, payments by west)."""
+    return next(t for t in lab.topologies() if t.domain.name == name)
+
+
+def wait_holds_acked(topology: Topology, source: str, acked: list[tuple[float, int, int]],
+                     timeout: float = 30) -> None:
+    """Until the mirror of the domain's topic in the other region holds every acknowledged offset."""
+    from baton.kafka.admin import end_offsets
+
+    topic = topology.domain.topics[0]
+    target = topology.other_region(source)
+    mirror = topology.replication.remote_topic(topic, source)
+    wanted: dict[int, int] = {}
+    for _, partition, offset in acked:
+        wanted[partition] = max(wanted.get(partition, 0), offset + 1)
+    config = topology.regions[target].client_config("admin")
+
+    def holds() -> bool:
+        try:
+            ends = end_offsets(config, mirror, max(wanted) + 1)
+        except Exception:  # the mirror may not exist yet
+            return False
+        # MM2 copied the topic from its first record: a mirror that holds a write ends after it.
+        return all(ends[p] >= n for p, n in wanted.items())
+
+    from tests.conftest import wait_until
+
+    wait_until(holds, timeout, f"{mirror} on {target} holds every acknowledged write")

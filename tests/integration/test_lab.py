@@ -128,10 +128,18 @@ def test_lab_status_json_reports_regions_and_running_replication(lab):
         assert status["regions"][region]["bootstrap"].startswith("127.0.0.1:")
     assert status["replication"]["engine"] == "mm2"
     assert status["replication"]["state"] == "RUNNING"
+    # Split ownership: each domain replicates from its own owner, on its own connectors.
+    assert {name: (flow["flow"], flow["state"]) for name, flow in status["replication"]["domains"].items()} \
+        == {"orders": ("east->west", "RUNNING"), "payments": ("west->east", "RUNNING")}
     assert status["config"].endswith("topology.yaml")
     check = subprocess.run([sys.executable, "-m", "baton", "config", "check", "--config", status["config"]],
                            capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stderr
+    assert "domain orders" in check.stdout  # the lab file's default_domain
+    payments = subprocess.run([sys.executable, "-m", "baton", "config", "check", "--config", status["config"],
+                               "--domain", "payments"], capture_output=True, text=True, timeout=60)
+    assert payments.returncode == 0, payments.stderr
+    assert "domain payments" in payments.stdout and "owner west" in payments.stdout
 
 
 def test_up_is_idempotent_and_reuses_running_processes(lab):

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from confluent_kafka import KafkaError
@@ -22,14 +23,17 @@ from baton.replication import engine_for
 from baton.settings import load_topology
 from tests.conftest import wait_until
 from tests.integration.runbook_support import (
+    DomainTraffic,
     commit,
     committed,
+    lab_domain,
     make_domain,
     produce,
     produce_error,
     read_from,
     restore_lab,
     resume,
+    wait_holds_acked,
     wait_mirrored,
     wait_paused_at,
 )
@@ -85,7 +89,7 @@ def latest_artifacts(*keys):
     return [latest[key] for key in keys]
 
 
-def test_planned_failover_then_failback_moves_authority_and_consumers_exactly(domain):
+def test_planned_failover_then_failback_moves_authority_and_consumers_exactly(lab, domain):
     from flows.failback import failback
     from flows.failover import failover
 
@@ -94,10 +98,27 @@ def test_planned_failover_then_failback_moves_authority_and_consumers_exactly(do
     topic, _ = seed(t)
     group_a = t.domain.consumer_groups[0]
     before = committed(t, "east", group_a)
+    payments = lab_domain(lab, "payments")
 
-    summary = failover(config=str(path), auto_approve=True)
+    # The domain rides on the lab's orders connectors: its failover switches orders' replication,
+    # while payments (owned by west, its own connectors) keeps writing and replicating.
+    with DomainTraffic(payments, "west") as traffic:
+        wait_until(lambda: traffic.acked, 15, "a first payments write acknowledged on west")
+        started = time.monotonic()
+        summary = failover(config=str(path), auto_approve=True)
+        ended = time.monotonic()
+        wait_until(lambda: traffic.acked_between(ended, time.monotonic()), 15,
+                   "a payments write acknowledged after the switch")
 
     assert summary["status"] == "succeeded"
+    # Measured, not assumed: every payments write was acknowledged, writes kept being acknowledged
+    # throughout the orders switch, and payments' west -> east flow read RUNNING at every sample.
+    assert traffic.errors == []
+    assert traffic.acked_between(started, ended) > 0
+    assert traffic.states_between(started, ended) == {"RUNNING"}
+    assert len([at for at, _ in traffic.states if started <= at <= ended]) >= 4
+    assert engine_for(payments).status("west", "east").state == "RUNNING"
+    wait_holds_acked(payments, "west", traffic.acked)
     assert (summary["owner_before"], summary["owner_after"]) == ("east", "west")
     authority = authority_of(t)
     assert (authority.owner, authority.state.value, authority.epoch) == ("west", "ACTIVE", 3)

@@ -8,12 +8,12 @@ from confluent_kafka.admin import AclOperation, AclPermissionType, ResourcePatte
 
 from baton.errors import ConfigError
 from baton.kafka.fencing import _text, fence_bindings, legacy_bindings
-from baton.lab.config import LabPorts, topology_document
+from baton.lab.config import LabPorts, single_domain_document
 from baton.settings import load_topology
 
 
 def topology(tmp_path, **domain):
-    document = topology_document(LabPorts(19000))
+    document = single_domain_document(LabPorts(19000))
     document["domain"].update(domain)
     document["regions"]["east"]["producer_principals"] = ["User:orders-app", "User:orders-batch"]
     path = tmp_path / "topology.yaml"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from baton.errors import LabError
-from baton.lab.config import LabPorts, topology_document
+from baton.lab.config import LabPorts, single_domain_document
 from baton.lab.lab import Lab
 from baton.lab.processes import LabProcess
 from baton.replication.mm2.connectors import connector_config, connector_name
@@ -68,7 +68,7 @@ def test_up_names_a_port_taken_by_something_else(tmp_path, monkeypatch):
 
 
 def topology(policy: str = "default") -> Topology:
-    return Topology(**topology_document(LabPorts(19000), policy))
+    return Topology(**single_domain_document(LabPorts(19000), policy))
 
 
 def test_connectors_write_where_they_must():
@@ -82,7 +82,7 @@ def test_connectors_write_where_they_must():
     reverse = connector_config(t, "source", "west", "east")
     assert reverse["source.cluster.alias"] == "west"
     assert reverse["producer.override.bootstrap.servers"] == "127.0.0.1:19092"
-    assert connector_name(t, "checkpoint", "west", "east") == "mm2-west-east-checkpoint"
+    assert connector_name(t, "checkpoint", "west", "east") == "mm2-orders-west-east-checkpoint"
 
 
 def test_identity_policy_is_selectable():
@@ -92,7 +92,7 @@ def test_identity_policy_is_selectable():
 
 
 def test_default_topics_are_exactly_the_domain_topics_escaped():
-    document = topology_document(LabPorts(19000))
+    document = single_domain_document(LabPorts(19000))
     document["replication"].pop("topics_pattern")
     document["domain"]["topics"] = ["orders.events", "orders.audit+v2"]
     source = connector_config(Topology(**document), "source", "east", "west")

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from baton.cli import app
 from baton.errors import ConfigError
-from baton.lab.config import LabPorts, topology_document
+from baton.lab.config import LabPorts, single_domain_document
 from baton.settings import load_topology
 
 EXAMPLE = Path(__file__).parents[2] / "deployments" / "example-topology.yaml"
@@ -23,7 +23,7 @@ def write(tmp_path: Path, document: dict) -> Path:
 
 
 def lab_document() -> dict:
-    return topology_document(LabPorts(19000))
+    return single_domain_document(LabPorts(19000))
 
 
 def test_example_and_lab_topologies_are_valid(tmp_path):

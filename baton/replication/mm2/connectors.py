@@ -1,4 +1,9 @@
-"""MirrorMaker 2 connector configurations for one flow (source region -> target region).
+"""MirrorMaker 2 connector configurations for one domain's flow (source region -> target region).
+
+Each domain has its own three connectors per direction (names carry the domain), filtered to
+the domain's topics and groups. MM2's shared bookkeeping stays shared and is read filtered:
+`heartbeats` (every source connector carries it), `<source>.checkpoints.internal` (keyed by
+group) and `mm2-offset-syncs.<alias>.internal` (keyed by topic partition).
 
 Every connector's producer is overridden to point at the cluster it must write to,
 so the flows work whichever cluster the Connect worker itself uses:
@@ -53,8 +58,19 @@ def connector_name(topology: Topology, kind: str, source: str, target: str) -> s
     return template.format(source=source, target=target, domain=topology.domain.name)
 
 
-def _exact(names: list[str]) -> str:
-    return "|".join(re.escape(name) for name in names)
+def _exact(names: list[str], prefixes: list[str] = ()) -> str:
+    return "|".join([*(re.escape(name) for name in names), *(re.escape(p) + ".*" for p in prefixes)])
+
+
+def topics_filter(topology: Topology) -> str:
+    """The topics the domain's connectors mirror: its topics and topic prefixes, or the override."""
+    domain = topology.domain
+    return topology.replication.topics_pattern or _exact(domain.topics, domain.topic_prefixes)
+
+
+def groups_filter(topology: Topology) -> str:
+    """The groups the domain's checkpoint connector translates (`-` matches no group name)."""
+    return topology.replication.groups_pattern or _exact(topology.domain.consumer_groups or ["-"])
 
 
 def connector_config(topology: Topology, kind: str, source: str, target: str) -> dict[str, str]:
@@ -73,8 +89,8 @@ def connector_config(topology: Topology, kind: str, source: str, target: str) ->
         "value.converter": "org.apache.kafka.connect.converters.ByteArrayConverter",
         "header.converter": "org.apache.kafka.connect.converters.ByteArrayConverter",
         "tasks.max": str(replication.tasks_max),
-        "topics": replication.topics_pattern or _exact(topology.domain.topics),
-        "groups": replication.groups_pattern or _exact(topology.domain.consumer_groups or ["-"]),
+        "topics": topics_filter(topology),
+        "groups": groups_filter(topology),
         # Fencing ACLs must never be copied to the other region.
         "sync.topic.acls.enabled": "false",
         "offset.lag.max": str(replication.offset_lag_max),
