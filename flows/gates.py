@@ -112,6 +112,13 @@ def decision_form(step: Step, summary: dict) -> type[GateDecision]:
              _line("translations", _translations(summary))]
     if summary.get("switch_conditions"):
         lines.append(_line("approves the switch only if", "; ".join(summary["switch_conditions"])))
+    if summary.get("domains"):  # an evacuation: the one decision covers every domain listed
+        from flows.runner import escape_markdown
+
+        lines += ["", f"**Evacuation {escape_markdown(summary.get('evacuation', ''))}**: one decision "
+                      "for every domain below, recorded on each domain's run:"]
+        lines += [f"- {escape_markdown(line)}" for line in summary["domains"]]
+        lines += [f"- failed: {escape_markdown(line)}" for line in summary.get("failed_domains", [])]
     if summary.get("divergent_records") is not None:
         lines.append(_line("divergent records", f"{summary['divergent_records']} "
                                                 f"(policy {summary.get('divergent_policy')})"))

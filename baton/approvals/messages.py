@@ -12,7 +12,8 @@ from datetime import UTC, datetime
 from baton.approvals.requests import REASON_INPUT, ActionId, BlockId, GateRequest
 
 EVIDENCE_FIELDS = (  # (summary key, label) in the order an approver reads them
-    ("runbook", "Runbook"), ("domain", "Domain"), ("gate", "Gate"), ("started_by", "Started by"),
+    ("runbook", "Runbook"), ("evacuation", "Evacuation"), ("domain", "Domain"), ("gate", "Gate"),
+    ("started_by", "Started by"),
     ("planned_change", "Planned authority change"), ("authority_now", "Authority now"),
     ("lag", "Lag"), ("data_at_risk_records", "Records at risk"), ("currency", "Currency"),
     ("readiness", "Readiness"),
@@ -60,6 +61,9 @@ def evidence_lines(summary: dict) -> list[str]:
         lines.append(f"*{label}*: {escape(_text(value)[:500])}")
     if summary.get("unplanned"):
         lines.append("*Unplanned*: the owner was declared unavailable")
+    # an evacuation: one line of evidence per domain of the batch, and who dropped out
+    lines += [f"• {escape(line[:400])}" for line in summary.get("domains", [])]
+    lines += [f"• *failed*: {escape(line[:300])}" for line in summary.get("failed_domains", [])]
     return lines
 
 
