@@ -20,6 +20,7 @@ from baton.errors import ApprovalRejected, StepFailed, UsageError
 from baton.settings import Topology
 
 MOVED = "moved"
+MOVED_UNPROTECTED = "moved, a step after the switch failed"
 RETURNED = "returned to safety"
 UNSAFE = "NOT SAFE"
 
@@ -87,8 +88,8 @@ def domain_result(domain: str, *, target: str, source: str, authority: Authority
                   run_id: str | None, error: str | None = None, compensation: str | None = None) -> dict:
     """What happened to one domain, read from its authority after the run (not from flags)."""
     if authority is not None and authority.state == State.ACTIVE and authority.owner == target:
-        outcome = MOVED
-        why = error and f"moved, but: {error}"  # e.g. the reprotect after the switch failed
+        # the switch stands even when a step after it failed (e.g. the reprotect): say so
+        outcome, why = (MOVED, None) if error is None else (MOVED_UNPROTECTED, error)
     elif authority is not None and authority.state == State.ACTIVE and authority.owner == source:
         outcome, why = RETURNED, error or "the run did not finish"
     else:

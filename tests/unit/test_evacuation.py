@@ -200,3 +200,24 @@ def test_all_or_nothing_refuses_the_batch_gate_without_asking_when_a_domain_alre
         Evacuation._decide(evacuation, "approve-failover", {"a": None}, {"b": "lag refused"})
     hold = evacuation._decide("hold_for_batch", {"a": None, "b": None}, {})
     assert hold["domains_at_switch"] == ["a", "b"] and asked == []
+
+
+def test_connect_requests_wait_out_a_rebalance_caused_by_another_domain():
+    import httpx
+
+    from baton.replication.mm2.connect import ConnectClient
+
+    answers = [httpx.Response(500, json={"message": "Request cannot be completed because a rebalance is "
+                                                    "expected"}),
+               httpx.Response(409, json={"message": "Cannot complete request because of a conflicting "
+                                                    "operation (e.g. worker rebalance)"}),
+               httpx.Response(200, json={"name": "x"})]
+    seen = []
+
+    def handler(request):
+        seen.append(request.url.path)
+        return answers.pop(0)
+
+    client = ConnectClient("http://connect.invalid")
+    client._http = httpx.Client(base_url=client.url, transport=httpx.MockTransport(handler))
+    assert client.config("x") == {"name": "x"} and len(seen) == 3

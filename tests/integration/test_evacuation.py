@@ -1,0 +1,212 @@
+"""Region evacuation on the lab: every domain east owns moves to west as one approved batch, the
+domains west owns stay; a domain that fails is returned to safety alone, or takes every domain
+back with it under all-or-nothing.
+
+The evacuated domains are throwaway domains with their own topics (`evac<hex><letter>.events`)
+and their own MM2 connectors (not riding on orders'), deleted at the end so the shared lab is
+left as it was. `orders` is left out of the file: it must stay on east for the other tests.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+import yaml
+
+from baton.audit import AuditStore
+from baton.authority import authority_store
+from baton.drill.checker import check
+from baton.drill.session import DrillSession
+from baton.errors import StepFailed
+from baton.kafka.admin import admin_client, ensure_acls, ensure_topics
+from baton.kafka.fencing import unfence
+from baton.replication import engine_for
+from baton.settings import load_topologies
+from tests.conftest import wait_until
+from tests.integration.runbook_support import commit, lab_domain, produce
+
+pytestmark = pytest.mark.integration
+
+
+def authority_of(t):
+    return authority_store(t, AuditStore.for_topology(t)).current(t.domain.name)
+
+
+def app_acls(prefix: str) -> list:
+    """What the lab grants orders' app and consumer on orders, for the names starting `prefix`."""
+    from confluent_kafka.admin import (
+        AclBinding,
+        AclOperation,
+        AclPermissionType,
+        ResourcePatternType,
+        ResourceType,
+    )
+
+    from baton.lab import config as lab
+
+    allow, prefixed = AclPermissionType.ALLOW, ResourcePatternType.PREFIXED
+    app, consumer = f"User:{lab.PRODUCER_USER}", f"User:{lab.CONSUMER_USER}"
+    bindings = [AclBinding(resource, prefix, prefixed, app, "*", operation, allow)
+                for resource in (ResourceType.TOPIC, ResourceType.TRANSACTIONAL_ID)
+                for operation in (AclOperation.WRITE, AclOperation.DESCRIBE)]
+    bindings.append(AclBinding(ResourceType.GROUP, prefix, prefixed, consumer, "*", AclOperation.READ, allow))
+    bindings += [AclBinding(ResourceType.TOPIC, name, prefixed, consumer, "*", operation, allow)
+                 for name in (prefix, f"east.{prefix}", f"west.{prefix}")
+                 for operation in (AclOperation.READ, AclOperation.DESCRIBE)]
+    return bindings
+
+
+def drop_acls(admin, bindings: list) -> None:
+    from confluent_kafka.admin import AclBindingFilter
+
+    filters = [AclBindingFilter(b.restype, b.name, b.resource_pattern_type, b.principal, b.host,
+                                b.operation, b.permission_type) for b in bindings]
+    for future in admin.delete_acls(filters).values():
+        future.result()
+
+
+@pytest.fixture
+def evac_file(lab, prefect_api, tmp_path):
+    """Factory: a topology file of payments (owned by west) plus `n` fresh east-owned domains,
+    each with its own topic (3 partitions, both regions), groups and connectors east -> west."""
+    made: list = []
+    prefixes: list[str] = []
+
+    def create(n: int) -> tuple[str, list]:
+        hexid = uuid.uuid4().hex[:6]
+        document = yaml.safe_load(lab.topology_file.read_text())
+        payments = next(d for d in document["domains"] if d["name"] == "payments")
+        names = [f"evac{hexid}{chr(ord('a') + i)}" for i in range(n)]
+        document["domains"] = [payments] + [
+            {"name": name, "topics": [f"{name}.events"], "topic_prefixes": [f"{name}."],
+             "consumer_groups": [f"{name}-g1", f"{name}-g2"], "initial_owner": "east",
+             "replication": {"groups_pattern": f"{name}-.*"}} for name in names]
+        document["default_domain"] = "payments"
+        path = tmp_path / f"evac-{hexid}.yaml"
+        path.write_text(yaml.safe_dump(document, sort_keys=False))
+        domains = [t for t in load_topologies(path) if t.domain.name in names]
+        for region in domains[0].regions.values():
+            ensure_acls(admin_client(region), app_acls(f"evac{hexid}"))
+        prefixes.append(f"evac{hexid}")
+        for t in domains:
+            made.append(t)
+            for region in t.regions.values():
+                ensure_topics(admin_client(region), {t.domain.topics[0]: 3})
+            engine_for(t).start("east", "west")
+        return str(path), domains
+
+    yield create
+    for t in made:  # the lab as it was: no fence, no connector of these domains left
+        for region in t.regions:
+            unfence(t, region)
+        engine = engine_for(t)
+        for source, target in (("east", "west"), ("west", "east")):
+            for name in engine.connector_names(source, target):
+                if engine.connect.status(name) is not None:
+                    engine.connect.delete(name)
+    if made:
+        for region in made[0].regions.values():
+            for prefix in prefixes:
+                drop_acls(admin_client(region), app_acls(prefix))
+
+
+def runs_of(t) -> list:
+    audit = AuditStore.for_topology(t)
+    return [audit.run(r.id) for r in audit.runs(t.domain.name, limit=5)]
+
+
+def test_evacuating_east_moves_every_east_owned_domain_with_one_approval_and_loses_nothing(lab, evac_file):
+    from flows.evacuate import evacuate
+
+    config, domains = evac_file(2)
+    payments = lab_domain(lab, "payments")
+    payments_before = authority_of(payments)
+    assert (payments_before.owner, payments_before.state.value) == ("west", "ACTIVE")
+    before = {t.domain.name: authority_of(t) for t in domains}  # None: never recorded yet
+    sessions = [DrillSession(t, rate=30) for t in domains]
+    for session in sessions:
+        session.start()
+    try:
+        for session in sessions:
+            session.wait_ready("east")
+        outcome = evacuate(from_region="east", config=config, auto_approve=True, reason="east degraded")
+    finally:
+        for session in sessions:
+            session.stop()
+
+    assert outcome["all_moved"] and outcome["moved"] == 2
+    assert sorted(d["domain"] for d in outcome["domains"]) == sorted(t.domain.name for t in domains)
+    for t, session in zip(domains, sessions, strict=True):
+        after = authority_of(t)
+        epoch_before = before[t.domain.name].epoch if before[t.domain.name] else 1
+        assert (after.owner, after.state.value, after.epoch) == ("west", "ACTIVE", epoch_before + 2)
+        # The drill's independent checker, per domain: nothing missing, repeated or written twice.
+        findings = check(list(session.producer.acked), [p for w in session.workers for p in w.processed],
+                         session.epochs(), [w.group for w in session.workers])
+        assert findings["acked"] > 30 and set(findings["acked_by_region"]) == {"east", "west"}
+        for group, found in findings["consumers"].items():
+            assert (found["missing"], found["duplicates"]) == (0, 0), (t.domain.name, group, found)
+        assert findings["violations"] == []
+        # The old owner east is protected again: this domain's own flow west -> east RUNNING.
+        assert engine_for(t).status("west", "east").state == "RUNNING"
+    # payments, owned by west, was not part of it: same owner, same epoch, its flow still RUNNING.
+    payments_after = authority_of(payments)
+    assert (payments_after.owner, payments_after.epoch) == ("west", payments_before.epoch)
+    assert engine_for(payments).status("west", "east").state == "RUNNING"
+    # One decision for the batch, recorded on every member run, each run knowing its batch.
+    views = [runs_of(t)[0] for t in domains]
+    batches = [json.loads(next(s.evidence for s in v.steps if s.name == "evacuation_batch")) for v in views]
+    assert {b["evacuation"] for b in batches} == {outcome["evacuation"]}
+    assert batches[0]["members"] == {t.domain.name: v.run.id for t, v in zip(domains, views, strict=True)}
+    approvals = [[(a.gate, a.decision, a.approver, a.channel) for a in v.approvals] for v in views]
+    assert approvals[0] == approvals[1] and len(approvals[0]) == 1
+    assert approvals[0][0][:2] == ("approve-failover", "approved")
+    assert f"batch approval of evacuation {outcome['evacuation']}" in views[1].approvals[0].comment
+    assert all(v.status == "succeeded" and v.run.runbook == "failover" for v in views)
+
+
+def test_a_failing_domain_returns_to_safety_alone_or_takes_the_batch_back_with_all_or_nothing(
+        lab, evac_file):
+    from confluent_kafka import Consumer
+
+    from flows.evacuate import evacuate
+
+    config, (healthy, failing) = evac_file(2)
+    for t in (healthy, failing):
+        topic = t.domain.topics[0]
+        produce(t, "east", topic, 30, 3, "seed")
+        for group in t.domain.consumer_groups:
+            commit(t, "east", group, topic, {0: 2, 1: 4, 2: 6})
+    # A group of `failing` keeps consuming on east: it cannot be translated exactly.
+    group = failing.domain.consumer_groups[1]
+    consumer = Consumer(failing.regions["east"].client_config("admin")
+                        | {"group.id": group, "enable.auto.commit": False, "session.timeout.ms": 45000})
+    consumer.subscribe([failing.domain.topics[0]])
+    try:
+        wait_until(lambda: consumer.poll(0.2) is not None or consumer.assignment(), 60,
+                   "the consumer to join its group on east")
+        with pytest.raises(StepFailed) as all_or_nothing:
+            evacuate(from_region="east", config=config, auto_approve=True, all_or_nothing=True)
+        after_all = {t.domain.name: authority_of(t) for t in (healthy, failing)}
+        with pytest.raises(StepFailed) as partial:
+            evacuate(from_region="east", config=config, auto_approve=True)
+        consumer.poll(0.1)
+    finally:
+        consumer.close()
+
+    # all-or-nothing: neither switched; both ACTIVE on east again (each compensated, new epoch).
+    assert "0 of 2 domain(s) moved" in str(all_or_nothing.value)
+    assert {(a.owner, a.state.value) for a in after_all.values()} == {("east", "ACTIVE")}
+    healthy_run = runs_of(healthy)[1]  # the all-or-nothing run (newest first)
+    hold = next(s for s in healthy_run.steps if s.name == "hold_for_batch")
+    assert hold.status == "failed" and f"{failing.domain.name} (" in hold.error
+    assert "switch_authority" not in [s.name for s in healthy_run.steps]
+    # without it: the healthy domain moved, the failing one returned to safety, naming why.
+    message = str(partial.value)
+    assert "1 of 2 domain(s) moved" in message
+    assert f"{healthy.domain.name}: moved" in message
+    assert f"{failing.domain.name}: returned to safety" in message and group in message
+    assert (authority_of(healthy).owner, authority_of(healthy).state.value) == ("west", "ACTIVE")
+    assert (authority_of(failing).owner, authority_of(failing).state.value) == ("east", "ACTIVE")
