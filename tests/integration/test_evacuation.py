@@ -208,5 +208,6 @@ def test_a_failing_domain_returns_to_safety_alone_or_takes_the_batch_back_with_a
     assert "1 of 2 domain(s) moved" in message
     assert f"{healthy.domain.name}: moved" in message
     assert f"{failing.domain.name}: returned to safety" in message and group in message
+    assert "switch condition failed: every group translated exactly" in message
     assert (authority_of(healthy).owner, authority_of(healthy).state.value) == ("west", "ACTIVE")
     assert (authority_of(failing).owner, authority_of(failing).state.value) == ("east", "ACTIVE")
