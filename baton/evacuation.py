@@ -39,10 +39,18 @@ class Selection:
 
 
 def select_domains(topologies: list[Topology], region: str,
-                   recorded: Callable[[Topology], Authority | None]) -> Selection:
-    """Every domain whose recorded authority is ACTIVE on `region`. A domain with no authority
-    recorded yet counts as owned by its initial_owner (what a failover would start from).
-    UsageError (nothing changed) for an unknown region or a region that owns no domain."""
+                   recorded: Callable[[Topology], Authority | None],
+                   only: list[str] | None = None) -> Selection:
+    """Every domain whose recorded authority is ACTIVE on `region` (of `only`, if named). A
+    domain with no authority recorded yet counts as owned by its initial_owner (what a failover
+    would start from). UsageError (nothing changed) for an unknown region or domain, or a region
+    that owns no domain."""
+    if only:
+        unknown = sorted(set(only) - {t.domain.name for t in topologies})
+        if unknown:
+            raise UsageError(f"domain(s) {', '.join(unknown)} are not in this topology; its domains: "
+                             f"{', '.join(t.domain.name for t in topologies)}. Nothing was changed")
+        topologies = [t for t in topologies if t.domain.name in only]
     regions = sorted({r for t in topologies for r in t.regions})
     if region not in regions:
         raise UsageError(f"--from {region!r} is not a region of this topology; its regions: "

@@ -163,7 +163,8 @@ def _open_members(selection, config, *, reason, operator, trigger, log) -> dict[
 
 @flow(name="evacuate", log_prints=True, retries=0)
 def evacuate(from_region: str, config: str | None = None, all_or_nothing: bool = False,
-             auto_approve: bool = False, reason: str = "", operator: str | None = None) -> dict:
+             auto_approve: bool = False, reason: str = "", operator: str | None = None,
+             domains: list[str] | None = None) -> dict:
     """Fail over every domain `from_region` owns, in parallel, with one approval per gate.
 
     Args:
@@ -173,11 +174,12 @@ def evacuate(from_region: str, config: str | None = None, all_or_nothing: bool =
         auto_approve: answer the gates as the operator (lab, or gates the topology names)
         reason: why the region is evacuated
         operator: who starts the evacuation (default: the OS user)
+        domains: only these of the region's domains (default: every domain it owns)
     """
     logger = get_run_logger()
     trigger = _trigger()
     operator = starter(operator, trigger)
-    selection = select_domains(load_topologies(config), from_region, recorded_authority)
+    selection = select_domains(load_topologies(config), from_region, recorded_authority, domains)
     if auto_approve:
         for topology in selection.members:
             refusal = auto_approve_refusal(topology, EVACUATE.gates_asked(unplanned=False))
@@ -218,8 +220,10 @@ def evacuate(from_region: str, config: str | None = None, all_or_nothing: bool =
                        time.monotonic() - started)
     _publish(outcome, logger)
     if not outcome["all_moved"]:
-        raise StepFailed(f"{evacuation_id}: {outcome['moved']} of {len(contexts)} domain(s) moved: "
-                         + "; ".join(result_line(r) for r in outcome["domains"]))
+        failure = StepFailed(f"{evacuation_id}: {outcome['moved']} of {len(contexts)} domain(s) moved: "
+                             + "; ".join(result_line(r) for r in outcome["domains"]))
+        failure.outcome = outcome  # the drill reads each domain's result from it
+        raise failure
     return outcome
 
 

@@ -10,6 +10,7 @@ left as it was. `orders` is left out of the file: it must stay on east for the o
 from __future__ import annotations
 
 import json
+import subprocess
 import uuid
 
 import pytest
@@ -17,8 +18,6 @@ import yaml
 
 from baton.audit import AuditStore
 from baton.authority import authority_store
-from baton.drill.checker import check
-from baton.drill.session import DrillSession
 from baton.errors import StepFailed
 from baton.kafka.admin import admin_client, ensure_acls, ensure_topics
 from baton.kafka.fencing import unfence
@@ -26,6 +25,7 @@ from baton.replication import engine_for
 from baton.settings import load_topologies
 from tests.conftest import wait_until
 from tests.integration.runbook_support import commit, lab_domain, produce
+from tests.integration.test_drill import CHROMIUM
 
 pytestmark = pytest.mark.integration
 
@@ -117,54 +117,70 @@ def runs_of(t) -> list:
     return [audit.run(r.id) for r in audit.runs(t.domain.name, limit=5)]
 
 
-def test_evacuating_east_moves_every_east_owned_domain_with_one_approval_and_loses_nothing(lab, evac_file):
-    from flows.evacuate import evacuate
+def test_evacuation_drill_moves_every_east_owned_domain_and_back_losing_nothing(lab, evac_file, tmp_path):
+    """`baton drill --evacuate`'s flow: evacuate east under a workload per domain, return the moved
+    domains as a second evacuation; the drill's checker per domain, one timeline lane per domain."""
+    from flows.drill import evacuation_drill
 
     config, domains = evac_file(2)
+    names = sorted(t.domain.name for t in domains)
     payments = lab_domain(lab, "payments")
     payments_before = authority_of(payments)
     assert (payments_before.owner, payments_before.state.value) == ("west", "ACTIVE")
-    before = {t.domain.name: authority_of(t) for t in domains}  # None: never recorded yet
-    sessions = [DrillSession(t, rate=30) for t in domains]
-    for session in sessions:
-        session.start()
-    try:
-        for session in sessions:
-            session.wait_ready("east")
-        outcome = evacuate(from_region="east", config=config, auto_approve=True, reason="east degraded")
-    finally:
-        for session in sessions:
-            session.stop()
 
-    assert outcome["all_moved"] and outcome["moved"] == 2
-    assert sorted(d["domain"] for d in outcome["domains"]) == sorted(t.domain.name for t in domains)
-    for t, session in zip(domains, sessions, strict=True):
-        after = authority_of(t)
-        epoch_before = before[t.domain.name].epoch if before[t.domain.name] else 1
-        assert (after.owner, after.state.value, after.epoch) == ("west", "ACTIVE", epoch_before + 2)
+    card = evacuation_drill(config=config, from_region="east", auto_approve=True, rate=30,
+                            settle_seconds=1, report_dir=str(tmp_path))
+
+    assert card["error"] is None and sorted(card["domains"]) == names
+    for leg in ("failover", "failback"):  # east -> west for both, then both back, as batches
+        results = sorted((r["domain"], r["outcome"]) for r in card["results"][leg])
+        assert results == [(n, "moved") for n in names]
+    for t in domains:
+        domain = card["domains"][t.domain.name]
         # The drill's independent checker, per domain: nothing missing, repeated or written twice.
-        findings = check(list(session.producer.acked), [p for w in session.workers for p in w.processed],
-                         session.epochs(), [w.group for w in session.workers])
-        assert findings["acked"] > 30 and set(findings["acked_by_region"]) == {"east", "west"}
-        for group, found in findings["consumers"].items():
-            assert (found["missing"], found["duplicates"]) == (0, 0), (t.domain.name, group, found)
-        assert findings["violations"] == []
-        # The old owner east is protected again: this domain's own flow west -> east RUNNING.
-        assert engine_for(t).status("west", "east").state == "RUNNING"
-    # payments, owned by west, was not part of it: same owner, same epoch, its flow still RUNNING.
+        assert domain["outcome"] == "passed", [o for o in domain["objectives"] if not o["passed"]]
+        work = domain["workload"]
+        assert work["acked"] > 30 and set(work["acked_by_region"]) == {"east", "west"}
+        for group, found in domain["consumers"].items():
+            assert (found["missing"], found["duplicates"]) == (0, 0), (t.domain.name, group)
+            assert found["distinct"] == domain["workload"]["acked"]
+        assert domain["second_writer_violations"] == []
+        assert (domain["failover"]["owner_before"], domain["failover"]["owner_after"]) == ("east", "west")
+        assert (domain["failback"]["owner_before"], domain["failback"]["owner_after"]) == ("west", "east")
+        after = authority_of(t)
+        assert (after.owner, after.state.value, after.epoch) == ("east", "ACTIVE", 5)  # 1 + 2 + 2
+        # The old owner is protected again after each hand-over: this domain's own flow RUNNING.
+        assert engine_for(t).status("east", "west").state == "RUNNING"
+    # payments, owned by west, was not part of either batch: same owner, same epoch, flow RUNNING.
     payments_after = authority_of(payments)
     assert (payments_after.owner, payments_after.epoch) == ("west", payments_before.epoch)
     assert engine_for(payments).status("west", "east").state == "RUNNING"
     # One decision for the batch, recorded on every member run, each run knowing its batch.
-    views = [runs_of(t)[0] for t in domains]
+    evacuation = card["evacuations"]["failover"]
+    views = [next(v for v in runs_of(t) if v.run.id == card["domains"][t.domain.name]["runs"]["failover"])
+             for t in domains]
     batches = [json.loads(next(s.evidence for s in v.steps if s.name == "evacuation_batch")) for v in views]
-    assert {b["evacuation"] for b in batches} == {outcome["evacuation"]}
+    assert {b["evacuation"] for b in batches} == {evacuation}
     assert batches[0]["members"] == {t.domain.name: v.run.id for t, v in zip(domains, views, strict=True)}
     approvals = [[(a.gate, a.decision, a.approver, a.channel) for a in v.approvals] for v in views]
     assert approvals[0] == approvals[1] and len(approvals[0]) == 1
     assert approvals[0][0][:2] == ("approve-failover", "approved")
-    assert f"batch approval of evacuation {outcome['evacuation']}" in views[1].approvals[0].comment
+    comments = [v.approvals[0].comment for v in views]
+    assert sum(f"batch approval of evacuation {evacuation}" in c for c in comments) == 1  # the other decided
     assert all(v.status == "succeeded" and v.run.runbook == "failover" for v in views)
+    # The HTML report, rendered by a browser: one timeline lane per domain, each with writes in both regions.
+    page = tmp_path / f"evacuation-drill-{evacuation}.html"
+    assert card["report_path"] == str(page)
+    rendered = subprocess.run([*CHROMIUM, f"--user-data-dir={tmp_path / 'chromium'}", "--dump-dom",
+                               page.as_uri()], capture_output=True, text=True, timeout=90)
+    dom = rendered.stdout
+    assert 'id="outcome">passed<' in dom, rendered.stderr[-2000:]
+    assert dom.count('class="lane"') == 2
+    for name in names:
+        lane = dom[dom.index(f'data-domain="{name}"'):]
+        lane = lane[:lane.index("</svg>")]
+        assert 'class="rate" data-region="east"' in lane and 'class="rate" data-region="west"' in lane
+        assert lane.count('class="gate"') == 2  # one batch decision per evacuation, before its fence
 
 
 def test_a_failing_domain_returns_to_safety_alone_or_takes_the_batch_back_with_all_or_nothing(
