@@ -67,38 +67,35 @@ def drop_acls(admin, bindings: list) -> None:
         future.result()
 
 
-@pytest.fixture
-def evac_file(lab, prefect_api, tmp_path):
-    """Factory: a topology file of payments (owned by west) plus `n` fresh east-owned domains,
-    each with its own topic (3 partitions, both regions), groups and connectors east -> west."""
-    made: list = []
-    prefixes: list[str] = []
+def east_domains_file(lab, workdir, n: int, partitions: int = 3, tag: str = "evac") -> tuple[str, list, str]:
+    """A topology file of payments (owned by west) plus `n` fresh east-owned domains, each with its
+    own topic (both regions), groups, ACLs for the lab's app principals and connectors east -> west
+    (started, concurrently). (path, the new domains' topologies, their common name prefix)."""
+    from concurrent.futures import ThreadPoolExecutor
 
-    def create(n: int) -> tuple[str, list]:
-        hexid = uuid.uuid4().hex[:6]
-        document = yaml.safe_load(lab.topology_file.read_text())
-        payments = next(d for d in document["domains"] if d["name"] == "payments")
-        names = [f"evac{hexid}{chr(ord('a') + i)}" for i in range(n)]
-        document["domains"] = [payments] + [
-            {"name": name, "topics": [f"{name}.events"], "topic_prefixes": [f"{name}."],
-             "consumer_groups": [f"{name}-g1", f"{name}-g2"], "initial_owner": "east",
-             "replication": {"groups_pattern": f"{name}-.*"}} for name in names]
-        document["default_domain"] = "payments"
-        path = tmp_path / f"evac-{hexid}.yaml"
-        path.write_text(yaml.safe_dump(document, sort_keys=False))
-        domains = [t for t in load_topologies(path) if t.domain.name in names]
-        for region in domains[0].regions.values():
-            ensure_acls(admin_client(region), app_acls(f"evac{hexid}"))
-        prefixes.append(f"evac{hexid}")
-        for t in domains:
-            made.append(t)
-            for region in t.regions.values():
-                ensure_topics(admin_client(region), {t.domain.topics[0]: 3})
-            engine_for(t).start("east", "west")
-        return str(path), domains
+    prefix = f"{tag}{uuid.uuid4().hex[:6]}"
+    document = yaml.safe_load(lab.topology_file.read_text())
+    payments = next(d for d in document["domains"] if d["name"] == "payments")
+    names = [f"{prefix}{chr(ord('a') + i)}" for i in range(n)]
+    document["domains"] = [payments] + [
+        {"name": name, "topics": [f"{name}.events"], "topic_prefixes": [f"{name}."],
+         "consumer_groups": [f"{name}-g1", f"{name}-g2"], "initial_owner": "east",
+         "replication": {"groups_pattern": f"{name}-.*"}} for name in names]
+    document["default_domain"] = "payments"
+    path = workdir / f"{prefix}.yaml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    domains = [t for t in load_topologies(path) if t.domain.name in names]
+    for region in domains[0].regions.values():
+        ensure_acls(admin_client(region), app_acls(prefix))
+        ensure_topics(admin_client(region), {t.domain.topics[0]: partitions for t in domains})
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(lambda t: engine_for(t).start("east", "west", wait_seconds=120), domains))
+    return str(path), domains, prefix
 
-    yield create
-    for t in made:  # the lab as it was: no fence, no connector of these domains left
+
+def remove_domains(domains: list, prefixes: list[str]) -> None:
+    """The lab as it was: no fence, no connector of these domains, no ACL granted for them."""
+    for t in domains:
         for region in t.regions:
             unfence(t, region)
         engine = engine_for(t)
@@ -106,10 +103,26 @@ def evac_file(lab, prefect_api, tmp_path):
             for name in engine.connector_names(source, target):
                 if engine.connect.status(name) is not None:
                     engine.connect.delete(name)
-    if made:
-        for region in made[0].regions.values():
+    if domains:
+        for region in domains[0].regions.values():
             for prefix in prefixes:
                 drop_acls(admin_client(region), app_acls(prefix))
+
+
+@pytest.fixture
+def evac_file(lab, prefect_api, tmp_path):
+    """Factory: east_domains_file(n), removed at the end."""
+    made: list = []
+    prefixes: list[str] = []
+
+    def create(n: int) -> tuple[str, list]:
+        path, domains, prefix = east_domains_file(lab, tmp_path, n)
+        made.extend(domains)
+        prefixes.append(prefix)
+        return path, domains
+
+    yield create
+    remove_domains(made, prefixes)
 
 
 def runs_of(t) -> list:
