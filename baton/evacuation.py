@@ -133,7 +133,8 @@ class Batch:
     and calls `decide(point, payloads, failed)` there; its answer (or its ApprovalRejected /
     StepFailed) goes to every member waiting at the point."""
 
-    def __init__(self, members: list[str], decide: Callable[[str, dict[str, Any], dict[str, str]], Any]):
+    def __init__(self, members: list[str], decide: Callable[[str, dict[str, Any], dict[str, str]], Any],
+                 order: list[str] | None = None):
         self._cond = threading.Condition()
         self._live = set(members)
         self._waiting: dict[str, tuple[str, Any]] = {}
@@ -142,6 +143,9 @@ class Batch:
         self.failed: dict[str, str] = {}
         self.decided: list[tuple[str, list[str]]] = []  # (point, members it was decided for)
         self._decide = decide
+        # Points in runbook order: members at different points (a conditional gate only some
+        # reach) are decided earliest first, so nobody passes a later point before the others.
+        self._order = {point: i for i, point in enumerate(order or [])}
 
     def arrive(self, member: str, point: str, payload: Any = None) -> Any:
         """Wait at `point` until the batch decided it; its answer, or its error raised here."""
@@ -175,7 +179,8 @@ class Batch:
     def _ready_point(self) -> tuple[str, dict[str, Any]] | None:
         if not self._live or set(self._waiting) != self._live:
             return None
-        point = min(p for p, _ in self._waiting.values())  # members at different points: one at a time
+        point = min((p for p, _ in self._waiting.values()),
+                    key=lambda p: (self._order.get(p, len(self._order)), p))
         return point, {m: payload for m, (p, payload) in self._waiting.items() if p == point}
 
     def serve(self) -> None:

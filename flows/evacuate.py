@@ -63,7 +63,7 @@ class Evacuation:
         self.auto_approve = auto_approve
         self.notifier = notifier
         self.poll_seconds = poll_seconds
-        self.batch = Batch(list(contexts), self._decide)
+        self.batch = Batch(list(contexts), self._decide, order=[s.name for s in EVACUATE.steps])
 
     def handles(self, step) -> bool:
         return step.name == HOLD_FOR_BATCH.name

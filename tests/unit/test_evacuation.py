@@ -221,3 +221,16 @@ def test_connect_requests_wait_out_a_rebalance_caused_by_another_domain():
     client = ConnectClient("http://connect.invalid")
     client._http = httpx.Client(base_url=client.url, transport=httpx.MockTransport(handler))
     assert client.config("x") == {"name": "x"} and len(seen) == 3
+
+
+def test_members_at_different_points_are_decided_in_runbook_order():
+    calls = []
+
+    def decide(point, payloads, failed):
+        calls.append((point, sorted(payloads)))
+        return {}
+
+    # b needs a conditional gate a does not: "approve-switch" sorts before it by name, not by order.
+    batch = Batch(["a", "b"], decide, order=["approve-translation-resolutions", "approve-switch"])
+    run_members(batch, {"a": ["approve-switch"], "b": ["approve-translation-resolutions", "approve-switch"]})
+    assert calls == [("approve-translation-resolutions", ["b"]), ("approve-switch", ["a", "b"])]
