@@ -123,8 +123,20 @@ def all_or_nothing_refusal(failed: dict[str, str], point: str) -> str | None:
             "returns to its last safe state")
 
 
+class PerMember(dict):
+    """A decision that differs per member (member -> answer, or the error that member raises)."""
+
+
 class BatchBroken(StepFailed):
     """The evacuation's coordinator stopped: no member may go on alone."""
+
+
+def _for(member: str, answer: tuple[bool, Any]) -> tuple[bool, Any]:
+    ok, value = answer
+    if ok and isinstance(value, PerMember):
+        own = value.get(member)
+        return (False, own) if isinstance(own, Exception) else (True, own)
+    return answer
 
 
 class Batch:
@@ -201,7 +213,7 @@ class Batch:
                 with self._cond:
                     for member in payloads:
                         del self._waiting[member]
-                        self._answers[member] = answer
+                        self._answers[member] = _for(member, answer)
                     self.decided.append((point, sorted(payloads)))
                     self._cond.notify_all()
         except BaseException as e:  # never leave a member waiting for a coordinator that is gone

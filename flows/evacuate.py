@@ -22,6 +22,7 @@ from baton.errors import ApprovalRejected, StepFailed, UsageError
 from baton.evacuation import (
     MOVED,
     Batch,
+    PerMember,
     all_or_nothing_refusal,
     domain_result,
     new_evacuation_id,
@@ -30,6 +31,7 @@ from baton.evacuation import (
     select_domains,
 )
 from baton.settings import load_topologies
+from baton.steps import resolution
 from baton.steps.context import RunContext
 from flows.gates import request_approval
 from flows.runner import _trigger, escape_markdown, execute, open_run, starter
@@ -41,13 +43,20 @@ BATCH_STEP = "evacuation_batch"
 
 def _domain_line(domain: str, ctx: RunContext, summary: dict) -> str:
     """One domain's evidence at a batch gate."""
+    from flows.gates import _translations
+
     groups = ctx.state.get("check_lag", {}).get("groups") or {}
     parts = [f"{domain} (run {ctx.run_id})", summary.get("planned_change", "?"),
              f"lag: {summary.get('lag') or 'not measured'}",
              f"records at risk: {summary.get('data_at_risk_records', '0 required once fenced')}",
-             f"readiness: {summary.get('readiness') or 'not available'}",
-             "groups: " + (", ".join(f"{g} {s.get('state', s.get('error', '?'))}" for g, s in groups.items())
-                           or "none")]
+             f"readiness: {summary.get('readiness') or 'not available'}"]
+    if summary.get("currency"):
+        parts.append(f"currency: {summary['currency']}")
+    if summary.get("translation"):  # after the fence: what was translated, duplicates bound, missing
+        parts.append(f"translations: {_translations(summary)}")
+    elif groups:
+        parts.append("groups: " + ", ".join(f"{g} {s.get('state', s.get('error', '?'))}"
+                                            for g, s in groups.items()))
     return "; ".join(str(p) for p in parts)
 
 
@@ -79,6 +88,8 @@ class Evacuation:
         return answer | {"waited_seconds": round(time.monotonic() - started, 3)}
 
     def _decide(self, point: str, payloads: dict, failed: dict[str, str]) -> dict:
+        if point == resolution.GATE:  # each domain's own groups and choices: asked per domain
+            return self._resolve(payloads)
         if point == HOLD_FOR_BATCH.name:
             refusal = all_or_nothing_refusal(failed, "their switch")
             if refusal:
@@ -102,6 +113,10 @@ class Evacuation:
                     "domains": [_domain_line(m, payloads[m][0], payloads[m][2]) for m in members]}
         if not summary["unplanned"]:
             summary["data_at_risk_records"] = 0
+        else:  # each domain's own statement is in its line; the total where every one is known
+            at_risk = [payloads[m][2].get("data_at_risk_records") for m in members]
+            summary["data_at_risk_records"] = (sum(at_risk) if all(isinstance(r, int) for r in at_risk)
+                                               else "unknown for some domain (see each domain)")
         if failed:
             summary["failed_domains"] = [f"{d}: {why}" for d, why in sorted(failed.items())]
         return summary
@@ -117,6 +132,20 @@ class Evacuation:
             self._fan_out(lead, gate, [self.contexts[m] for m in members[1:]])
         return answer | {"batch": {"evacuation": self.id, "decided_on_run": lead.run_id,
                                    "domains": members}}
+
+    def _resolve(self, payloads: dict) -> PerMember:
+        """approve-translation-resolutions, one domain after the other (every other domain waits
+        at a barrier meanwhile, so only one pause is open at a time)."""
+        answers = PerMember()
+        for member in sorted(payloads):
+            ctx, step, summary = payloads[member]
+            try:
+                answers[member] = request_approval(
+                    ctx, step, summary | {"evacuation": self.id}, auto_approve=self.auto_approve,
+                    notifier=self.notifier, poll_seconds=self.poll_seconds, key_suffix=f"-{member}")
+            except (ApprovalRejected, StepFailed) as e:
+                answers[member] = e
+        return answers
 
     def _fan_out(self, lead: RunContext, gate: str, others: list[RunContext]) -> None:
         decisions = [a for a in lead.audit.run(lead.run_id).approvals
@@ -143,7 +172,7 @@ def _member(evacuation: Evacuation, ctx: RunContext, results: dict) -> None:
         evacuation.batch.leave(ctx.domain, str(e).split(". Compensation")[0])
 
 
-def _open_members(selection, config, *, reason, operator, trigger, log) -> dict[str, RunContext]:
+def _open_members(selection, config, *, unplanned, reason, operator, trigger, log) -> dict[str, RunContext]:
     """Open every member run (each takes its domain's lock); if one cannot start, close the
     ones already open as aborted: nothing was changed."""
     contexts: dict[str, RunContext] = {}
@@ -151,7 +180,7 @@ def _open_members(selection, config, *, reason, operator, trigger, log) -> dict[
         for topology in selection.members:
             name = topology.domain.name
             contexts[name] = open_run(FAILOVER, config=config, domain=name, reason=reason,
-                                      operator=operator, trigger=trigger,
+                                      unplanned=unplanned, operator=operator, trigger=trigger,
                                       log=lambda m, name=name: log(f"[{name}] {m}"))
     except BaseException as e:
         for ctx in contexts.values():
@@ -164,7 +193,7 @@ def _open_members(selection, config, *, reason, operator, trigger, log) -> dict[
 @flow(name="evacuate", log_prints=True, retries=0)
 def evacuate(from_region: str, config: str | None = None, all_or_nothing: bool = False,
              auto_approve: bool = False, reason: str = "", operator: str | None = None,
-             domains: list[str] | None = None) -> dict:
+             domains: list[str] | None = None, unplanned: bool = False) -> dict:
     """Fail over every domain `from_region` owns, in parallel, with one approval per gate.
 
     Args:
@@ -175,27 +204,32 @@ def evacuate(from_region: str, config: str | None = None, all_or_nothing: bool =
         reason: why the region is evacuated
         operator: who starts the evacuation (default: the OS user)
         domains: only these of the region's domains (default: every domain it owns)
+        unplanned: the region is unreachable (needs a reason): batch gates approve-failover and
+            approve-switch, each domain's data at risk listed; translation resolutions per domain
     """
     logger = get_run_logger()
+    if unplanned and not reason:
+        raise UsageError("an unplanned evacuation needs a reason: say what declared the region unavailable")
     trigger = _trigger()
     operator = starter(operator, trigger)
     selection = select_domains(load_topologies(config), from_region, recorded_authority, domains)
     if auto_approve:
         for topology in selection.members:
-            refusal = auto_approve_refusal(topology, EVACUATE.gates_asked(unplanned=False))
+            refusal = auto_approve_refusal(topology, EVACUATE.gates_asked(unplanned=unplanned))
             if refusal:
                 raise UsageError(f"{topology.domain.name}: {refusal}")
     evacuation_id = new_evacuation_id(from_region)
     logger.info(f"{evacuation_id}: evacuating {from_region}: {', '.join(selection.names)}"
                 + "".join(f"; {d} left out: {why}" for d, why in selection.skipped.items()))
     reason = reason or f"evacuation of {from_region}"
-    contexts = _open_members(selection, config, reason=f"{evacuation_id}: {reason}", operator=operator,
+    contexts = _open_members(selection, config, unplanned=unplanned, reason=f"{evacuation_id}: {reason}",
+                             operator=operator,
                              trigger=trigger, log=logger.info)
     members = {name: ctx.run_id for name, ctx in contexts.items()}
     for ctx in contexts.values():
         with ctx.audit.step(ctx.run_id, BATCH_STEP, region=ctx.new_owner) as record:
             record.evidence = {"evacuation": evacuation_id, "from_region": from_region,
-                               "all_or_nothing": all_or_nothing, "members": members,
+                               "unplanned": unplanned, "all_or_nothing": all_or_nothing, "members": members,
                                "skipped": selection.skipped}
     notifier = None
     if not auto_approve:

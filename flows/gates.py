@@ -168,7 +168,7 @@ def _verified_slack_approval(ctx: RunContext, gate: str, decision: GateDecision)
 
 
 def request_approval(ctx: RunContext, step: Step, summary: dict, *, auto_approve: bool,
-                     poll_seconds: float = 2, notifier=None) -> dict:
+                     poll_seconds: float = 2, notifier=None, key_suffix: str = "") -> dict:
     """Block until the gate is approved; raise ApprovalRejected on rejection or timeout.
 
     The notifier (baton.approvals.slack.SlackNotifier, or None) posts the request, a reminder
@@ -197,7 +197,8 @@ def request_approval(ctx: RunContext, step: Step, summary: dict, *, auto_approve
     reminder = _schedule_reminder(notifier, message, ctx, step, deadline, timeout)
     try:
         return _wait_for_decision(ctx, step, gate, deadline, timeout, slack_only, poll_seconds,
-                                  notifier, message, form=decision_form(step, summary), offered=offered)
+                                  notifier, message, form=decision_form(step, summary), offered=offered,
+                                  key_suffix=key_suffix)
     finally:
         if reminder is not None:
             reminder.cancel()
@@ -277,13 +278,14 @@ def _refuse_if_returned(ctx: RunContext, gate: str, decision: GateDecision, chan
 
 def _wait_for_decision(ctx: RunContext, step: Step, gate: str, deadline: float, timeout: float,
                        slack_only: bool, poll_seconds: float, notifier, message,
-                       form: type[GateDecision] = GateDecision, offered: dict | None = None) -> dict:
+                       form: type[GateDecision] = GateDecision, offered: dict | None = None,
+                       key_suffix: str = "") -> dict:
     attempt = 0
     while True:
         attempt += 1
         remaining = int(deadline - time.monotonic())
         ctx.log(f"gate {gate}: waiting for approval ({remaining} s left)")
-        key = f"{gate}-{attempt}"
+        key = f"{gate}-{attempt}{key_suffix}"  # a suffix: one flow run asking a gate per domain
         try:
             if remaining < 1:
                 raise FlowPauseTimeout("no time left")

@@ -39,7 +39,9 @@ EVACUATE = Runbook(
     "is returned to its last safe state without stopping the others, unless the operator chose "
     "all-or-nothing (`--all-or-nothing`): then no domain switches unless every domain reached "
     "its switch. Each domain ends `moved` or `returned to safety` with why; a planned evacuation "
-    "reprotects each old owner as a planned failover does. Planned only for now: an evacuation of "
-    "a dead region is refused; fail its domains over one by one with `baton failover --unplanned`.",
+    "reprotects each old owner as a planned failover does. Unplanned (`--unplanned --reason`, the "
+    "region is unreachable): approve-failover and approve-switch are batch gates, the latter "
+    "listing each domain's data at risk, currency and translations; translation resolutions are "
+    "asked per domain (each has its own groups), one after the other.",
     steps=tuple(_STEPS),
 )

@@ -190,7 +190,9 @@ def evacuate(from_region: Annotated[str, typer.Option("--from", help="the region
              all_or_nothing: Annotated[bool, typer.Option(
                  "--all-or-nothing", help="no domain switches unless every domain reached its switch")
              ] = False,
-             reason: Annotated[str, typer.Option(help="why the region is evacuated")] = "",
+             unplanned: Annotated[bool, typer.Option(help="the region is unreachable")] = False,
+             reason: Annotated[str, typer.Option(help="why the region is evacuated (required with "
+                                                      "--unplanned)")] = "",
              yes: YesOption = False, as_json: JsonOption = False) -> None:
     """Fail over every domain the region owns, in parallel, with one approval per gate."""
     from baton.evacuation import recorded_authority, result_line, select_domains
@@ -198,10 +200,12 @@ def evacuate(from_region: Annotated[str, typer.Option("--from", help="the region
     from runbooks import EVACUATE
 
     # Bad input (unknown region, nothing owned there, --yes refused) exits 2 before Prefect starts.
+    if unplanned and not reason:
+        raise UsageError("--unplanned needs --reason: say what declared the region unavailable")
     selection = select_domains(load_topologies(config), from_region, recorded_authority)
     if yes:
         for topology in selection.members:
-            _check_auto_approve(topology, EVACUATE, unplanned=False)
+            _check_auto_approve(topology, EVACUATE, unplanned=unplanned)
     config = str(resolve_config_path(config))
     use_lab_prefect()
     from flows.console import quiet_baton_refusals
@@ -211,7 +215,7 @@ def evacuate(from_region: Annotated[str, typer.Option("--from", help="the region
     err.print(f"evacuating {from_region}: {', '.join(selection.names)} (Prefect)..."
               + "".join(f"\n  left out {d}: {why}" for d, why in selection.skipped.items()))
     outcome = flow(from_region=from_region, config=config, all_or_nothing=all_or_nothing,
-                   auto_approve=yes, reason=reason)  # not every domain moved: StepFailed, exit 1
+                   auto_approve=yes, reason=reason, unplanned=unplanned)  # not all moved: StepFailed, exit 1
     if as_json:
         print(json.dumps(outcome, indent=2, default=str))
         return

@@ -234,3 +234,22 @@ def test_members_at_different_points_are_decided_in_runbook_order():
     batch = Batch(["a", "b"], decide, order=["approve-translation-resolutions", "approve-switch"])
     run_members(batch, {"a": ["approve-switch"], "b": ["approve-translation-resolutions", "approve-switch"]})
     assert calls == [("approve-translation-resolutions", ["b"]), ("approve-switch", ["a", "b"])]
+
+
+def test_a_per_domain_decision_reaches_each_member_with_its_own_answer_or_error():
+    from baton.evacuation import PerMember
+
+    def decide(point, payloads, failed):
+        return PerMember(a={"choices": {"a-g1": "checkpoint"}}, b=ApprovalRejected("b: no valid choice"))
+
+    outcome = run_members(Batch(["a", "b"], decide), {m: ["approve-translation-resolutions"] for m in "ab"})
+    assert outcome["a"] == [{"choices": {"a-g1": "checkpoint"}}]
+    assert isinstance(outcome["b"], ApprovalRejected) and "no valid choice" in str(outcome["b"])
+
+
+def test_cli_unplanned_evacuation_needs_a_reason(domains, tmp_path):
+    from baton.cli import app
+
+    result = CliRunner().invoke(app, ["evacuate", "--from", "east", "--unplanned", "--config",
+                                      str(tmp_path / "topology.yaml")])
+    assert result.exit_code == 2 and "--unplanned needs --reason" in result.output
