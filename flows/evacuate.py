@@ -130,8 +130,9 @@ class Evacuation:
                                       notifier=self.notifier, poll_seconds=self.poll_seconds)
         finally:  # approved, rejected or timed out: the one decision, on every member's run
             self._fan_out(lead, gate, [self.contexts[m] for m in members[1:]])
+        # every domain's gate evidence holds what the approver saw for the whole batch
         return answer | {"batch": {"evacuation": self.id, "decided_on_run": lead.run_id,
-                                   "domains": members}}
+                                   "domains": members, "shown": summary}}
 
     def _resolve(self, payloads: dict) -> PerMember:
         """approve-translation-resolutions, one domain after the other (every other domain waits
@@ -173,21 +174,29 @@ def _member(evacuation: Evacuation, ctx: RunContext, results: dict) -> None:
 
 
 def _open_members(selection, config, *, unplanned, reason, operator, trigger, log) -> dict[str, RunContext]:
-    """Open every member run (each takes its domain's lock); if one cannot start, close the
-    ones already open as aborted: nothing was changed."""
-    contexts: dict[str, RunContext] = {}
-    try:
-        for topology in selection.members:
-            name = topology.domain.name
-            contexts[name] = open_run(FAILOVER, config=config, domain=name, reason=reason,
-                                      unplanned=unplanned, operator=operator, trigger=trigger,
-                                      log=lambda m, name=name: log(f"[{name}] {m}"))
-    except BaseException as e:
-        for ctx in contexts.values():
-            ctx.audit.finish_run(ctx.run_id, "aborted", actor=operator,
-                                 detail=f"the evacuation did not start: {e}")
-        raise
-    return contexts
+    """Open every member run (each takes its domain's lock), concurrently: each reads its
+    replication state, seconds per domain when the region is dead. If one cannot start, close
+    the ones that did as aborted: nothing was changed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def open_one(name: str):
+        try:
+            return open_run(FAILOVER, config=config, domain=name, reason=reason, unplanned=unplanned,
+                            operator=operator, trigger=trigger, log=lambda m: log(f"[{name}] {m}"))
+        except BaseException as e:  # noqa: BLE001 - returned, raised below once every run is closed
+            return e
+
+    names = selection.names
+    with ThreadPoolExecutor(max_workers=min(8, len(names))) as pool:
+        opened = dict(zip(names, pool.map(open_one, names), strict=True))
+    errors = [e for e in opened.values() if isinstance(e, BaseException)]
+    if errors:
+        for ctx in opened.values():
+            if not isinstance(ctx, BaseException):
+                ctx.audit.finish_run(ctx.run_id, "aborted", actor=operator,
+                                     detail=f"the evacuation did not start: {errors[0]}")
+        raise errors[0]
+    return opened
 
 
 @flow(name="evacuate", log_prints=True, retries=0)

@@ -24,7 +24,7 @@ from baton.kafka.fencing import unfence
 from baton.replication import engine_for
 from baton.settings import load_topologies
 from tests.conftest import wait_until
-from tests.integration.runbook_support import commit, lab_domain, produce
+from tests.integration.runbook_support import commit, lab_domain, produce, wait_mirrored
 from tests.integration.test_drill import CHROMIUM
 
 pytestmark = pytest.mark.integration
@@ -67,7 +67,8 @@ def drop_acls(admin, bindings: list) -> None:
         future.result()
 
 
-def east_domains_file(lab, workdir, n: int, partitions: int = 3, tag: str = "evac") -> tuple[str, list, str]:
+def east_domains_file(lab, workdir, n: int, partitions: int = 3, tag: str = "evac",
+                      **thresholds) -> tuple[str, list, str]:
     """A topology file of payments (owned by west) plus `n` fresh east-owned domains, each with its
     own topic (both regions), groups, ACLs for the lab's app principals and connectors east -> west
     (started, concurrently). (path, the new domains' topologies, their common name prefix)."""
@@ -82,6 +83,7 @@ def east_domains_file(lab, workdir, n: int, partitions: int = 3, tag: str = "eva
          "consumer_groups": [f"{name}-g1", f"{name}-g2"], "initial_owner": "east",
          "replication": {"groups_pattern": f"{name}-.*"}} for name in names]
     document["default_domain"] = "payments"
+    document["thresholds"] |= thresholds
     path = workdir / f"{prefix}.yaml"
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     domains = [t for t in load_topologies(path) if t.domain.name in names]
@@ -115,8 +117,8 @@ def evac_file(lab, prefect_api, tmp_path):
     made: list = []
     prefixes: list[str] = []
 
-    def create(n: int) -> tuple[str, list]:
-        path, domains, prefix = east_domains_file(lab, tmp_path, n)
+    def create(n: int, **thresholds) -> tuple[str, list]:
+        path, domains, prefix = east_domains_file(lab, tmp_path, n, **thresholds)
         made.extend(domains)
         prefixes.append(prefix)
         return path, domains
@@ -240,3 +242,46 @@ def test_a_failing_domain_returns_to_safety_alone_or_takes_the_batch_back_with_a
     assert "switch condition failed: every group translated exactly" in message
     assert (authority_of(healthy).owner, authority_of(healthy).state.value) == ("west", "ACTIVE")
     assert (authority_of(failing).owner, authority_of(failing).state.value) == ("east", "ACTIVE")
+
+
+def test_unplanned_evacuation_of_a_dead_region_asks_each_batch_gate_once_with_every_domains_risk(
+        lab, evac_file):
+    from baton.kafka.admin import check_reachable
+    from flows.evacuate import evacuate
+
+    config, domains = evac_file(2, lease_ttl_seconds=3)
+    for t in domains:
+        topic = t.domain.topics[0]
+        produce(t, "east", topic, 30, 3, "seed")
+        for group in t.domain.consumer_groups:
+            commit(t, "east", group, topic, {0: 2, 1: 4, 2: 6})
+        wait_mirrored(t, topic, 30)
+        # The link fails first (as in the unplanned drill): Connect would otherwise take ~45 s to
+        # stop tasks polling a dead cluster at the switch, for one domain as for several.
+        engine_for(t).stop("east", "west")
+    lab.fault("kill", "east")
+    try:
+        outcome = evacuate(from_region="east", config=config, auto_approve=True, unplanned=True,
+                           reason="east killed by the test")
+    finally:
+        lab.fault("restart", "east")
+        check_reachable("east", domains[0].regions["east"], timeout=60)
+
+    assert outcome["all_moved"] and sorted(d["domain"] for d in outcome["domains"]) == sorted(
+        t.domain.name for t in domains)
+    views = [runs_of(t)[0] for t in domains]
+    for t, view in zip(domains, views, strict=True):
+        assert (authority_of(t).owner, authority_of(t).state.value) == ("west", "ACTIVE")
+        assert view.run.planned is False and view.status == "succeeded"
+        batch_gates = [(a.gate, a.decision) for a in view.approvals
+                       if a.gate != "approve-translation-resolutions"]
+        assert batch_gates == [("approve-failover", "approved"), ("approve-switch", "approved")]
+    # approve-switch was asked once for both, its evidence listing each domain's data at risk.
+    shown = [json.loads(next(s.evidence for s in v.steps if s.name == "approve-switch"))["batch"]
+             for v in views]
+    assert shown[0] == shown[1] and shown[0]["evacuation"] == outcome["evacuation"]
+    for t in domains:
+        line = next(line for line in shown[0]["shown"]["domains"] if line.startswith(t.domain.name))
+        assert "records at risk:" in line and "translations:" in line
+    comments = [a.comment for v in views for a in v.approvals if a.gate == "approve-switch"]
+    assert sum(f"batch approval of evacuation {outcome['evacuation']}" in c for c in comments) == 1
