@@ -253,3 +253,37 @@ def test_cli_unplanned_evacuation_needs_a_reason(domains, tmp_path):
     result = CliRunner().invoke(app, ["evacuate", "--from", "east", "--unplanned", "--config",
                                       str(tmp_path / "topology.yaml")])
     assert result.exit_code == 2 and "--unplanned needs --reason" in result.output
+
+
+def test_the_batch_request_lists_every_domain_in_slack_and_in_the_prefect_form():
+    from baton.approvals.messages import evidence_lines
+    from flows.gates import decision_form
+
+    summary = {"runbook": "evacuate", "evacuation": "evacuation-east-1", "domain": "a, b",
+               "gate": "approve-failover", "planned_change": "east -> west for 2 domain(s): a, b",
+               "domains": ["a (run r1): lag: 0 records; records at risk: 0",
+                           "b (run r2): lag: 3 records <script>"],
+               "failed_domains": ["c: check_lag refused: replication down"]}
+    lines = evidence_lines(summary)
+    assert "*Evacuation*: evacuation-east-1" in lines
+    assert "• a (run r1): lag: 0 records; records at risk: 0" in lines
+    assert "• b (run r2): lag: 3 records &lt;script&gt;" in lines
+    assert "• *failed*: c: check_lag refused: replication down" in lines
+    form = decision_form(EVACUATE.step("approve-failover"), summary)
+    description = form._description
+    assert "one decision for every domain below" in description
+    assert "- b \\(run r2\\): lag: 3 records &lt;script&gt;" in description
+    assert "- failed: c: check\\_lag refused: replication down" in description
+
+
+def test_a_batch_of_ten_domains_fits_slack_sections_without_losing_a_domain():
+    from baton.approvals.messages import request_blocks
+    from baton.approvals.requests import GateRequest
+
+    domains = [f"d{i} (run r{i}): " + "lag: 12 records; readiness: ready; " * 12 for i in range(10)]
+    blocks = request_blocks(GateRequest(run_id="r0", gate="approve-failover", flow_run_id="f",
+                                        domain="d0", runbook="failover"),
+                            {"gate": "approve-failover", "domains": domains}, "http://prefect")
+    texts = [b["text"]["text"] for b in blocks if b["type"] == "section"]
+    assert len(texts) > 1 and all(len(t) <= 3000 for t in texts)
+    assert all(any(f"• d{i} (run r{i})" in t for t in texts) for i in range(10))
