@@ -7,6 +7,8 @@ database, published as a Markdown artifact and returned.
 
 from __future__ import annotations
 
+import time
+from datetime import UTC
 from pathlib import Path
 from typing import Literal
 
@@ -141,3 +143,105 @@ def _publish(card: dict, report_dir: str | None, logger) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(to_html(card))
         card["report_path"] = str(path)
+
+
+@flow(name="evacuation-drill", log_prints=True, retries=0)
+def evacuation_drill(config: str | None = None, from_region: str = "east", auto_approve: bool = False,
+                     operator: str | None = None, rate: float = 30.0, settle_seconds: float = 3.0,
+                     objectives: Objectives | None = None, report_dir: str | None = None) -> dict:
+    """Evacuate a region under a sequenced workload per domain, then return the moved domains as
+    a second evacuation; every domain's checker on one scorecard, one timeline lane per domain.
+
+    Args:
+        config: topology file holding the domains (default: $BATON_CONFIG, ./baton.yaml or the lab's)
+        from_region: the region to evacuate (every domain whose recorded authority is ACTIVE there)
+        auto_approve: answer the batch gates as the operator; allowed against the lab only (recorded)
+        operator: who runs the drill (default: the OS user)
+        rate: workload records per second per domain
+        settle_seconds: workload time before, between and after the evacuations
+        objectives: what each domain's scorecard must show to pass
+        report_dir: also write the HTML report there (evacuation-drill-<evacuation id>.html)
+    """
+    from baton.drill.report import evacuation_markdown, evacuation_to_html
+    from baton.errors import BatonError
+    from baton.evacuation import recorded_authority, select_domains
+    from baton.settings import load_topologies
+    from flows.evacuate import evacuate
+
+    logger = get_run_logger()
+    selection = select_domains(load_topologies(config), from_region, recorded_authority)
+    lab = all(is_lab(t) for t in selection.members)
+    if auto_approve and not lab:
+        raise UsageError("auto-approve is allowed against the lab only: a drill on a real pair goes "
+                         "through its approvers like any hand-over")
+    if rate <= 0 or settle_seconds < 0:
+        raise UsageError("rate must be > 0 records/s and settle_seconds >= 0")
+    operator = starter(operator)
+    objectives = objectives or Objectives()
+    # one workload and checker per domain
+    sessions = {t.domain.name: DrillSession(t, rate=rate,
+                                            log=lambda m, n=t.domain.name: logger.info(f"[{n}] {m}"))
+                for t in selection.members}
+    other = selection.members[0].other_region(from_region)
+    outcomes: dict[str, dict] = {}
+    error = None
+    started = time.time()
+    for session in sessions.values():
+        session.start()
+    try:
+        session_list = list(sessions.values())
+        session_list[0].settle(settle_seconds)
+        for session in session_list:
+            session.wait_ready(from_region)
+        for leg, region, only in (("failover", from_region, None), ("failback", other, "moved")):
+            names = None if only is None else [d["domain"] for d in outcomes["failover"]["domains"]
+                                                if d["outcome"] == "moved"]
+            if names == []:
+                break
+            try:
+                outcomes[leg] = evacuate(from_region=region, config=config, auto_approve=auto_approve,
+                                         operator=operator, domains=names,
+                                         reason="evacuation drill" + (": return" if only else ""))
+            except BatonError as e:
+                error = f"{type(e).__name__}: {e}"
+                outcomes[leg] = getattr(e, "outcome", None) or {"domains": [], "evacuation": None}
+            session_list[0].settle(settle_seconds)
+    finally:
+        for session in sessions.values():
+            session.stop()
+    cards = {}
+    for name, session in sessions.items():
+        ids = _failover_runs_since(session.audit, name, started)
+        runs = {"failover": ids[0] if ids else None, "failback": ids[1] if len(ids) > 1 else None}
+        if runs["failover"] is None:
+            continue
+        card = build_scorecard(session, failover_run=runs["failover"], failback_run=runs["failback"],
+                               unplanned=False, policy="quarantine", objectives=objectives,
+                               auto_approve=auto_approve, lab=lab, operator=operator, error=error)
+        session.audit.record_drill_report(runs["failover"], card["outcome"], card)
+        cards[name] = card
+    passed = error is None and bool(cards) and all(c["passed"] for c in cards.values())
+    card = {"kind": "evacuation", "from_region": from_region, "to_region": other,
+            "evacuations": {leg: o.get("evacuation") for leg, o in outcomes.items()},
+            "results": {leg: o.get("domains") for leg, o in outcomes.items()},
+            "domains": cards, "error": error, "passed": passed, "outcome": "passed" if passed else "failed",
+            "started_at": min((c["started_at"] for c in cards.values()), default=started),
+            "ended_at": max((c["ended_at"] or started for c in cards.values()), default=time.time())}
+    try:
+        create_markdown_artifact(evacuation_markdown(card), key="evacuation-drill-scorecard",
+                                 description=card["evacuations"].get("failover"))
+    except Exception as e:  # noqa: BLE001 - the artifact is a view; the audit DB holds the record
+        logger.warning(f"could not publish the drill artifact: {e}")
+    if report_dir:
+        path = Path(report_dir) / f"evacuation-drill-{card['evacuations'].get('failover')}.html"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(evacuation_to_html(card))
+        card["report_path"] = str(path)
+    return card
+
+
+def _failover_runs_since(audit: AuditStore, domain: str, after: float) -> list[str]:
+    """The domain's failover runs started since `after`, oldest first (evacuation, then return)."""
+    runs = [r for r in audit.runs(domain, limit=10)
+            if r.runbook == "failover" and r.started_at.replace(tzinfo=UTC).timestamp() >= after]
+    return [r.id for r in sorted(runs, key=lambda r: r.started_at)]

@@ -112,6 +112,13 @@ def decision_form(step: Step, summary: dict) -> type[GateDecision]:
              _line("translations", _translations(summary))]
     if summary.get("switch_conditions"):
         lines.append(_line("approves the switch only if", "; ".join(summary["switch_conditions"])))
+    if summary.get("domains"):  # an evacuation: the one decision covers every domain listed
+        from flows.runner import escape_markdown
+
+        lines += ["", f"**Evacuation {escape_markdown(summary.get('evacuation', ''))}**: one decision "
+                      "for every domain below, recorded on each domain's run:"]
+        lines += [f"- {escape_markdown(line)}" for line in summary["domains"]]
+        lines += [f"- failed: {escape_markdown(line)}" for line in summary.get("failed_domains", [])]
     if summary.get("divergent_records") is not None:
         lines.append(_line("divergent records", f"{summary['divergent_records']} "
                                                 f"(policy {summary.get('divergent_policy')})"))
@@ -161,7 +168,7 @@ def _verified_slack_approval(ctx: RunContext, gate: str, decision: GateDecision)
 
 
 def request_approval(ctx: RunContext, step: Step, summary: dict, *, auto_approve: bool,
-                     poll_seconds: float = 2, notifier=None) -> dict:
+                     poll_seconds: float = 2, notifier=None, key_suffix: str = "") -> dict:
     """Block until the gate is approved; raise ApprovalRejected on rejection or timeout.
 
     The notifier (baton.approvals.slack.SlackNotifier, or None) posts the request, a reminder
@@ -190,7 +197,8 @@ def request_approval(ctx: RunContext, step: Step, summary: dict, *, auto_approve
     reminder = _schedule_reminder(notifier, message, ctx, step, deadline, timeout)
     try:
         return _wait_for_decision(ctx, step, gate, deadline, timeout, slack_only, poll_seconds,
-                                  notifier, message, form=decision_form(step, summary), offered=offered)
+                                  notifier, message, form=decision_form(step, summary), offered=offered,
+                                  key_suffix=key_suffix)
     finally:
         if reminder is not None:
             reminder.cancel()
@@ -270,13 +278,14 @@ def _refuse_if_returned(ctx: RunContext, gate: str, decision: GateDecision, chan
 
 def _wait_for_decision(ctx: RunContext, step: Step, gate: str, deadline: float, timeout: float,
                        slack_only: bool, poll_seconds: float, notifier, message,
-                       form: type[GateDecision] = GateDecision, offered: dict | None = None) -> dict:
+                       form: type[GateDecision] = GateDecision, offered: dict | None = None,
+                       key_suffix: str = "") -> dict:
     attempt = 0
     while True:
         attempt += 1
         remaining = int(deadline - time.monotonic())
         ctx.log(f"gate {gate}: waiting for approval ({remaining} s left)")
-        key = f"{gate}-{attempt}"
+        key = f"{gate}-{attempt}{key_suffix}"  # a suffix: one flow run asking a gate per domain
         try:
             if remaining < 1:
                 raise FlowPauseTimeout("no time left")

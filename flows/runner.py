@@ -192,8 +192,11 @@ def gate_summary(ctx: RunContext, step: Step) -> dict:
 
 
 def execute(runbook: Runbook, ctx: RunContext, *, auto_approve: bool = False, notifier=None,
-            poll_seconds: int = 2) -> dict:
-    """Run every step in order; compensate and re-raise on failure before the switch."""
+            poll_seconds: int = 2, batch=None) -> dict:
+    """Run every step in order; compensate and re-raise on failure before the switch.
+
+    `batch` (flows/evacuate.py): a member of an evacuation; it answers the gates for the whole
+    batch and runs the batch's own steps (`batch.handles(step)`)."""
     done = ctx.state.pop("_done", set())
     started = time.monotonic()
     try:
@@ -207,9 +210,16 @@ def execute(runbook: Runbook, ctx: RunContext, *, auto_approve: bool = False, no
                 summary = gate_summary(ctx, step)
                 with ctx.audit.step(ctx.run_id, step.name, region=ctx.new_owner) as record:
                     record.evidence = {"shown": summary}
-                    record.evidence |= request_approval(ctx, step, summary, auto_approve=auto_approve,
-                                                        notifier=notifier, poll_seconds=poll_seconds)
+                    if batch is not None:
+                        record.evidence |= batch.gate(ctx, step, summary)
+                    else:
+                        record.evidence |= request_approval(ctx, step, summary, auto_approve=auto_approve,
+                                                            notifier=notifier, poll_seconds=poll_seconds)
                 ctx.state[step.name] = record.evidence  # e.g. the choices of approve-translation-resolutions
+            elif batch is not None and batch.handles(step):
+                with ctx.audit.step(ctx.run_id, step.name, region=ctx.new_owner) as record:
+                    record.evidence = batch.hold(ctx, step)
+                ctx.state[step.name] = record.evidence
             else:
                 # quote: Prefect would otherwise walk the whole context (every earlier step's
                 # evidence) to track task inputs, before every task: seconds inside the fence.

@@ -12,7 +12,8 @@ from datetime import UTC, datetime
 from baton.approvals.requests import REASON_INPUT, ActionId, BlockId, GateRequest
 
 EVIDENCE_FIELDS = (  # (summary key, label) in the order an approver reads them
-    ("runbook", "Runbook"), ("domain", "Domain"), ("gate", "Gate"), ("started_by", "Started by"),
+    ("runbook", "Runbook"), ("evacuation", "Evacuation"), ("domain", "Domain"), ("gate", "Gate"),
+    ("started_by", "Started by"),
     ("planned_change", "Planned authority change"), ("authority_now", "Authority now"),
     ("lag", "Lag"), ("data_at_risk_records", "Records at risk"), ("currency", "Currency"),
     ("readiness", "Readiness"),
@@ -60,16 +61,21 @@ def evidence_lines(summary: dict) -> list[str]:
         lines.append(f"*{label}*: {escape(_text(value)[:500])}")
     if summary.get("unplanned"):
         lines.append("*Unplanned*: the owner was declared unavailable")
+    # an evacuation: one line of evidence per domain of the batch, and who dropped out
+    lines += [f"• {escape(line[:400])}" for line in summary.get("domains", [])]
+    lines += [f"• *failed*: {escape(line[:300])}" for line in summary.get("failed_domains", [])]
     return lines
 
 
 def request_blocks(request: GateRequest, summary: dict, run_url: str) -> list[dict]:
     """The approval request: evidence, a link to the run, a reason box and Approve/Reject."""
     title = f"Approval needed: {request.gate} ({request.runbook} of {request.domain})"
+    sections = _chunks(evidence_lines(summary))
     return [
         {"type": "header", "text": {"type": "plain_text", "text": title[:150]}},
-        {"type": "section", "block_id": BlockId.EVIDENCE,
-         "text": {"type": "mrkdwn", "text": "\n".join(evidence_lines(summary))[:3000]}},
+        {"type": "section", "block_id": BlockId.EVIDENCE, "text": {"type": "mrkdwn", "text": sections[0]}},
+        # an evacuation's domains go on in further sections (Slack takes 3000 characters in one)
+        *({"type": "section", "text": {"type": "mrkdwn", "text": text}} for text in sections[1:10]),
         {"type": "context", "elements": [
             {"type": "mrkdwn",
              "text": f"Run `{escape(request.run_id)}` · <{escape(run_url)}|flow run in Prefect>"}]},
@@ -88,6 +94,17 @@ def request_blocks(request: GateRequest, summary: dict, run_url: str) -> list[di
              "text": {"type": "plain_text", "text": "Reject"}, "value": request.encode()},
         ]},
     ]
+
+
+def _chunks(lines: list[str], limit: int = 3000) -> list[str]:
+    """Whole lines joined into texts of at most `limit` characters (a longer line is cut)."""
+    texts = [""]
+    for line in lines:
+        line = line[:limit]
+        if texts[-1] and len(texts[-1]) + 1 + len(line) > limit:
+            texts.append("")
+        texts[-1] = f"{texts[-1]}\n{line}" if texts[-1] else line
+    return texts
 
 
 def request_text(request: GateRequest) -> str:

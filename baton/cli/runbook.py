@@ -185,6 +185,46 @@ def reprotect(config: ConfigOption = None, domain: DomainOption = None, plan: Pl
               reason=reason, auto_approve=yes, resume_run_id=resume)
 
 
+def evacuate(from_region: Annotated[str, typer.Option("--from", help="the region to evacuate")],
+             config: ConfigOption = None,
+             all_or_nothing: Annotated[bool, typer.Option(
+                 "--all-or-nothing", help="no domain switches unless every domain reached its switch")
+             ] = False,
+             unplanned: Annotated[bool, typer.Option(help="the region is unreachable")] = False,
+             reason: Annotated[str, typer.Option(help="why the region is evacuated (required with "
+                                                      "--unplanned)")] = "",
+             yes: YesOption = False, as_json: JsonOption = False) -> None:
+    """Fail over every domain the region owns, in parallel, with one approval per gate."""
+    from baton.evacuation import recorded_authority, result_line, select_domains
+    from baton.settings import load_topologies, resolve_config_path
+    from runbooks import EVACUATE
+
+    # Bad input (unknown region, nothing owned there, --yes refused) exits 2 before Prefect starts.
+    if unplanned and not reason:
+        raise UsageError("--unplanned needs --reason: say what declared the region unavailable")
+    selection = select_domains(load_topologies(config), from_region, recorded_authority)
+    if yes:
+        for topology in selection.members:
+            _check_auto_approve(topology, EVACUATE, unplanned=unplanned)
+    config = str(resolve_config_path(config))
+    use_lab_prefect()
+    from flows.console import quiet_baton_refusals
+    from flows.evacuate import evacuate as flow
+
+    quiet_baton_refusals()
+    err.print(f"evacuating {from_region}: {', '.join(selection.names)} (Prefect)..."
+              + "".join(f"\n  left out {d}: {why}" for d, why in selection.skipped.items()))
+    outcome = flow(from_region=from_region, config=config, all_or_nothing=all_or_nothing,
+                   auto_approve=yes, reason=reason, unplanned=unplanned)  # not all moved: StepFailed, exit 1
+    if as_json:
+        print(json.dumps(outcome, indent=2, default=str))
+        return
+    out.print(f"{outcome['evacuation']}: [green]{outcome['moved']} of {len(outcome['domains'])} "
+              f"domain(s) moved[/green] in {outcome['wall_seconds']} s")
+    for row in outcome["domains"]:
+        out.print(f"  {result_line(row)}", highlight=False)
+
+
 def runs(config: ConfigOption = None, domain: DomainOption = None,
          limit: int = 20, as_json: JsonOption = False) -> None:
     """List recent runs from the audit database."""
@@ -247,7 +287,8 @@ def report(run_id: str, config: ConfigOption = None, domain: DomainOption = None
 
 def deploy(pool: Annotated[str | None, typer.Option(help="work pool (default: from prefect.yaml)")] = None,
            as_json: JsonOption = False) -> None:
-    """Register the failover, failback, reprotect and drill deployments (deployments/prefect.yaml)."""
+    """Register the failover, failback, reprotect, evacuate and drill deployments
+    (deployments/prefect.yaml)."""
     import os
 
     from flows.deploy import deploy as register
@@ -264,5 +305,5 @@ def deploy(pool: Annotated[str | None, typer.Option(help="work pool (default: fr
 
 
 def register(app: typer.Typer) -> None:
-    for command in (failover, failback, reprotect, runs, report, deploy):
+    for command in (failover, failback, reprotect, evacuate, runs, report, deploy):
         app.command(command.__name__)(handles_errors(command))

@@ -94,7 +94,7 @@ def to_markdown(card: dict) -> str:
 
 # -- HTML ----------------------------------------------------------------------------------------
 
-def _chart(card: dict, width: int = 960) -> str:
+def _chart(card: dict, width: int = 960, svg_id: str = "timeline", extra: str = "") -> str:
     """Write rate per region, replication lag, authority changes and gates on one time axis."""
     timeline = card.get("timeline", {})
     start = card.get("started_at") or 0
@@ -109,7 +109,8 @@ def _chart(card: dict, width: int = 960) -> str:
     def x(at: float) -> float:
         return left + (min(max(at, start), end) - start) / span * (width - left - right)
 
-    parts = [f'<svg id="timeline" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+    parts = [f'<svg id="{html.escape(svg_id)}"{extra} xmlns="http://www.w3.org/2000/svg" '
+             f'width="{width}" height="{height}" '
              f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
              f'<rect x="{left}" y="{top}" width="{width - left - right}" height="{rate_h}" fill="#fafafa" '
              'stroke="#ccc"/>',
@@ -197,6 +198,71 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}} th{{background:#f
 <h2>Objectives</h2>{_table(objective_rows(card), ('objective', 'target', 'actual', 'result'), 'objectives')}
 <h2>Timeline</h2>{_chart(card)}
 <details><summary>scorecard (JSON)</summary><pre>{raw}</pre></details>
+</body></html>
+"""
+
+
+# -- evacuation drills: one scorecard per domain, one timeline lane per domain --------------------
+
+def evacuation_rows(card: dict) -> list[tuple[str, ...]]:
+    """(domain, evacuation result, return result, acknowledged, missing / duplicates per group,
+    second writers, RTO out / back, outcome) per domain."""
+    results = {leg: {r["domain"]: r for r in rows or []}
+               for leg, rows in (card.get("results") or {}).items()}
+    rows = []
+    for name, domain in sorted(card.get("domains", {}).items()):
+        consumers = ", ".join(f"{g} {c['missing']} / {c['duplicates']}"
+                              for g, c in domain.get("consumers", {}).items())
+        legs = [domain.get("failover") or {}, domain.get("failback") or {}]
+        outcomes = (results.get(leg, {}).get(name, {}).get("outcome", "-")
+                    for leg in ("failover", "failback"))
+        rows.append((name, *outcomes,
+                     str(domain.get("workload", {}).get("acked", 0)), consumers,
+                     str(len(domain.get("second_writer_violations", []))),
+                     " / ".join(_fmt(leg.get("rto_seconds"), " s") for leg in legs), domain["outcome"]))
+    return rows
+
+
+EVACUATION_HEADERS = ("domain", "evacuation", "return", "acknowledged", "missing / duplicates per group",
+                      "second writers", "RTO out / back", "outcome")
+
+
+def evacuation_markdown(card: dict) -> str:
+    lines = [f"# Evacuation drill of {card['from_region']}: {card['outcome']}", "",
+             f"- evacuations: {card.get('evacuations')}"]
+    if card.get("error"):
+        lines.append(f"- error: {card['error']}")
+    lines += ["", "| " + " | ".join(EVACUATION_HEADERS) + " |", "|" + "---|" * len(EVACUATION_HEADERS)]
+    lines += ["| " + " | ".join(row) + " |" for row in evacuation_rows(card)]
+    return "\n".join(lines)
+
+
+def evacuation_to_html(card: dict) -> str:
+    """One self-contained page: every domain's checker, and one timeline lane per domain on the
+    same time axis (the evacuation's start to its end)."""
+    outcome = card["outcome"]
+    colour = "#2ca02c" if outcome == "passed" else "#d62728"
+    bounds = {"started_at": card.get("started_at"), "ended_at": card.get("ended_at")}
+    lanes = "".join(
+        f'<h3>{html.escape(name)}</h3>'
+        + _chart(domain | bounds, svg_id=f"lane-{name}",
+                 extra=f' class="lane" data-domain="{html.escape(name)}"')
+        for name, domain in sorted(card.get("domains", {}).items()))
+    notes = [f"evacuations: {card.get('evacuations')}",
+             f"started {_time(card.get('started_at'))}, ended {_time(card.get('ended_at'))}"]
+    if card.get("error"):
+        notes.append(f"error: {card['error']}")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>Baton evacuation drill {html.escape(str(card.get('evacuations', {}).get('failover')))}</title>
+<style>body{{font-family:sans-serif;margin:2em;color:#222}} table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}} th{{background:#f0f0f0}}
+.outcome{{color:{colour};font-weight:bold}}</style></head>
+<body><h1>Evacuation drill of {html.escape(card['from_region'])}:
+<span class="outcome" id="outcome">{html.escape(outcome)}</span></h1>
+<ul>{''.join(f'<li>{html.escape(n)}</li>' for n in notes)}</ul>
+<h2>Domains</h2>{_table(evacuation_rows(card), EVACUATION_HEADERS, 'domains')}
+<h2>Timeline, one lane per domain</h2><div id="timeline">{lanes}</div>
 </body></html>
 """
 

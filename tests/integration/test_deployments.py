@@ -45,7 +45,7 @@ def test_drill_deployment_runs_on_a_worker_and_gates_are_answered_through_the_ap
     from flows.deploy import deploy
 
     registered = {row["deployment"]: row for row in deploy()}
-    assert set(registered) == {"failover", "failback", "reprotect", "drill"}
+    assert set(registered) == {"failover", "failback", "reprotect", "evacuate", "drill"}
     assert registered["drill"]["cron"] == "0 9 1 * *"
     drill = read(lambda c: c.read_deployment_by_name("drill/drill"))
     assert {"config", "auto_approve", "divergent_policy"} <= set(drill.parameter_openapi_schema["properties"])

@@ -42,3 +42,25 @@ def test_html_is_one_page_with_scorecard_and_timeline_and_escapes_text():
     assert page.count('class="rate"') == 2 and 'class="lag"' in page and 'class="gate"' in page
     assert 'class="authority"' in page and 'class="fault"' in page
     assert "lab &lt;only&gt;" in page and "lab <only>" not in page
+
+
+def test_evacuation_page_has_one_lane_per_domain_on_one_time_axis_and_escapes_names():
+    from baton.drill.report import evacuation_markdown, evacuation_rows, evacuation_to_html
+
+    one, two = card(), card() | {"domain": "pay<ments>", "started_at": 120.0, "ended_at": 160.0}
+    evacuation = {"kind": "evacuation", "from_region": "east", "outcome": "failed", "passed": False,
+                  "error": None, "started_at": 100.0, "ended_at": 160.0,
+                  "evacuations": {"failover": "evacuation-east-1"},
+                  "results": {"failover": [{"domain": "orders", "outcome": "moved"},
+                                           {"domain": "pay<ments>", "outcome": "returned to safety"}]},
+                  "domains": {"orders": one, "pay<ments>": two}}
+    rows = {r[0]: r for r in evacuation_rows(evacuation)}
+    assert rows["orders"][1:3] == ("moved", "-") and rows["pay<ments>"][1] == "returned to safety"
+    assert rows["orders"][4] == "billing 0 / 2"
+    page = evacuation_to_html(evacuation)
+    assert page.count('class="lane"') == 2 and 'data-domain="pay&lt;ments&gt;"' in page
+    assert "pay<ments>" not in page and "<script" not in page
+    # both lanes share the evacuation's axis: the same record time maps to the same x in each lane
+    lanes = page.split('class="lane"')[1:]
+    assert all('<text x="60.0" y="' in lane and "+60 s</text>" in lane for lane in lanes)
+    assert "| orders | moved | - |" in evacuation_markdown(evacuation)

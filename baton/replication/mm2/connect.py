@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import functools
+import time
 
 import httpx
 
 from baton.errors import ReplicationError
+
+REBALANCE_WAIT_SECONDS = 30.0
 
 
 @functools.cache
@@ -22,13 +25,23 @@ class ConnectClient:
         self._http = httpx.Client(base_url=self.url, timeout=timeout, verify=_tls_context())
 
     def _call(self, method: str, path: str, **kwargs) -> httpx.Response:
-        try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.HTTPError as e:
-            raise ReplicationError(
-                f"Kafka Connect at {self.url} did not answer {method} {path}: {e}. "
-                "Is the Connect worker running (`baton lab status`)?"
-            ) from e
+        # While the workers rebalance (another domain's connectors were just changed, e.g. two
+        # domains of an evacuation at once), Connect refuses every request with 409 or 500
+        # "rebalance is expected/in progress": wait it out (bounded), every call here is idempotent.
+        deadline, pause = time.monotonic() + REBALANCE_WAIT_SECONDS, 0.1
+        while True:
+            try:
+                response = self._http.request(method, path, **kwargs)
+            except httpx.HTTPError as e:
+                raise ReplicationError(
+                    f"Kafka Connect at {self.url} did not answer {method} {path}: {e}. "
+                    "Is the Connect worker running (`baton lab status`)?"
+                ) from e
+            if not (response.status_code in (409, 500) and "rebalance" in response.text.lower()
+                    and time.monotonic() + pause < deadline):
+                break
+            time.sleep(pause)
+            pause = min(pause * 2, 1.0)
         if response.status_code >= 400 and response.status_code != 404:
             raise ReplicationError(
                 f"Kafka Connect {method} {path} failed with {response.status_code}: "

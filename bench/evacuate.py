@@ -1,0 +1,101 @@
+"""Region evacuation vs one domain's failover, in the same run on the running lab.
+
+`--domains` throwaway domains owned by east (`--partitions` partitions each, their own topics,
+groups and MM2 connectors east -> west; tests/integration/test_evacuation.py builds them), each
+seeded with records and two groups' commits. Then, `--runs` times: one domain's planned failover
+(the flow, gate auto-approved, reprotect included) and its return; then the evacuation of east
+(every domain at once, one batch approval) and the return of all of them as a second evacuation.
+Figures: wall time of each (flow call to return), the evacuation over the single failover, and
+the slowest domain's own run inside the evacuation. Connectors and ACLs are removed at the end.
+
+    .venv/bin/python bench/evacuate.py [--domains 10] [--partitions 12] [--runs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.integration.runbook_support import commit, produce, wait_mirrored  # noqa: E402
+from tests.integration.test_evacuation import east_domains_file, remove_domains  # noqa: E402
+
+
+def seed(t, partitions: int) -> None:
+    topic = t.domain.topics[0]
+    produce(t, "east", topic, 5 * partitions, partitions, "bench")
+    for group in t.domain.consumer_groups:
+        commit(t, "east", group, topic, dict.fromkeys(range(partitions), 2))
+    wait_mirrored(t, topic, 5 * partitions, timeout=120)
+
+
+def timed(call, **parameters) -> tuple[float, dict]:
+    started = time.monotonic()
+    result = call(**parameters)
+    return time.monotonic() - started, result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--domains", type=int, default=10)
+    parser.add_argument("--partitions", type=int, default=12)
+    parser.add_argument("--runs", type=int, default=2)
+    args = parser.parse_args()
+
+    from baton.lab.lab import Lab
+    from baton.lab.prefect_server import start_prefect_server
+
+    lab = Lab(progress=lambda m: None)
+    lab.up()
+    server = start_prefect_server()
+    os.environ["PREFECT_API_URL"] = server.url
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.evacuate import evacuate
+    from flows.failover import failover
+
+    workdir = Path(tempfile.mkdtemp(prefix="baton-bench-evacuate-"))
+    domains, prefixes = [], []
+    single, batch, slowest = [], [], []
+    try:
+        started = time.monotonic()
+        path, domains, prefix = east_domains_file(lab, workdir, args.domains, args.partitions, tag="bench")
+        prefixes.append(prefix)
+        for t in domains:
+            seed(t, args.partitions)
+        print(json.dumps({"setup_s": round(time.monotonic() - started, 1)}), flush=True)
+        names = [t.domain.name for t in domains]
+        with temporary_settings(updates={PREFECT_API_URL: server.url}):
+            for _ in range(args.runs):
+                seconds, summary = timed(failover, config=path, domain=names[0], auto_approve=True)
+                assert summary["status"] == "succeeded", summary
+                single.append(seconds)
+                failover(config=path, domain=names[0], auto_approve=True)  # back to east
+                seconds, outcome = timed(evacuate, from_region="east", config=path, auto_approve=True)
+                assert outcome["all_moved"], outcome
+                batch.append(seconds)
+                slowest.append(max(d["wall_seconds"] for d in outcome["domains"]))
+                evacuate(from_region="west", config=path, auto_approve=True, domains=names)
+                print(json.dumps({"single_s": round(single[-1], 2), "evacuation_s": round(batch[-1], 2),
+                                  "slowest_domain_run_s": slowest[-1]}), flush=True)
+    finally:
+        remove_domains(domains, prefixes)
+        server.stop()
+    result = {"domains": args.domains, "partitions": args.partitions, "runs": args.runs,
+              "single_failover_s": round(statistics.median(single), 2),
+              "evacuation_s": round(statistics.median(batch), 2),
+              "evacuation_over_single": round(statistics.median(batch) / statistics.median(single), 2),
+              "slowest_domain_run_in_evacuation_s": round(statistics.median(slowest), 2)}
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
