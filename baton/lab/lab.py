@@ -49,9 +49,11 @@ def lab_acls() -> list[AclBinding]:
     # Producers get WRITE on their own domain's topics only: since Kafka 3.0 (KIP-679) that is all
     # an idempotent producer needs (no cluster IDEMPOTENT_WRITE). Transactional producers also
     # write their own domain's transactional ids (prefix `<domain>-`).
-    # Every app may read the control topic (guarded clients follow the lease there).
-    bindings = [AclBinding(resource, "baton.", prefixed, principal, "*", AclOperation.READ, allow)
-                for resource in (topic, group) for principal in (app, consumer, payments, payments_consumer)]
+    # Every app may read the control topic (guarded clients follow the lease there) and use the
+    # lab's `baton-*` groups (a guarded consumer's own group in the tests and demos).
+    bindings = [AclBinding(resource, prefix, prefixed, principal, "*", AclOperation.READ, allow)
+                for resource, prefix in ((topic, "baton."), (group, "baton."), (group, "baton-"))
+                for principal in (app, consumer, payments, payments_consumer)]
     for principal, domain in ((app, "orders"), (payments, "payments")):
         for operation in (AclOperation.WRITE, AclOperation.DESCRIBE):
             bindings.append(AclBinding(topic, f"{domain}.", prefixed, principal, "*", operation, allow))
