@@ -17,7 +17,7 @@ from typing import Any
 
 from baton.authority.record import Authority, State
 from baton.errors import ApprovalRejected, StepFailed, UsageError
-from baton.settings import Topology
+from baton.settings import Topology, only_domains
 
 MOVED = "moved"
 MOVED_UNPROTECTED = "moved, a step after the switch failed"
@@ -45,12 +45,7 @@ def select_domains(topologies: list[Topology], region: str,
     domain with no authority recorded yet counts as owned by its initial_owner (what a failover
     would start from). UsageError (nothing changed) for an unknown region or domain, or a region
     that owns no domain."""
-    if only:
-        unknown = sorted(set(only) - {t.domain.name for t in topologies})
-        if unknown:
-            raise UsageError(f"domain(s) {', '.join(unknown)} are not in this topology; its domains: "
-                             f"{', '.join(t.domain.name for t in topologies)}. Nothing was changed")
-        topologies = [t for t in topologies if t.domain.name in only]
+    topologies = only_domains(topologies, only)
     regions = sorted({r for t in topologies for r in t.regions})
     if region not in regions:
         raise UsageError(f"--from {region!r} is not a region of this topology; its regions: "

@@ -449,6 +449,19 @@ def topologies_from_document(data: dict, source: str = "the topology") -> list[T
     return topologies
 
 
+def only_domains(topologies: list[Topology], names: list[str] | None) -> list[Topology]:
+    """The topologies of the named domains (all when none are named); UsageError naming an unknown one."""
+    if not names:
+        return topologies
+    from baton.errors import UsageError
+
+    unknown = sorted(set(names) - {t.domain.name for t in topologies})
+    if unknown:
+        raise UsageError(f"--domain {', '.join(unknown)}: not in the topology; its domains: "
+                         f"{', '.join(t.domain.name for t in topologies)}. Nothing was changed")
+    return [t for t in topologies if t.domain.name in names]
+
+
 def pick_domain(topologies: list[Topology], domain: str | None, data: dict,
                 source: str = "the topology") -> Topology:
     """The named domain (else $BATON_DOMAIN, else the document's `default_domain`); a document

@@ -128,20 +128,21 @@ def drill(config: str | None = None, domain: str | None = None,
                                    auto_approve=auto_approve, lab=lab, operator=operator,
                                    prediction=prediction, error=error)
             audit.record_drill_report(failover_run, card["outcome"], card)
-            _publish(card, report_dir, logger)
+            _publish(card, report_dir, logger, run=card["runs"]["failover"])
     return card
 
 
-def _publish(card: dict, report_dir: str | None, logger) -> None:
+def _publish(card: dict, report_dir: str | None, logger, *, run: str | None, name: str = "drill",
+             markdown=to_markdown, html=to_html) -> None:
+    """The scorecard as a Prefect artifact, and as `<name>-<run>.html` in report_dir if given."""
     try:
-        create_markdown_artifact(to_markdown(card), key="drill-scorecard",
-                                 description=card["runs"]["failover"])
+        create_markdown_artifact(markdown(card), key=f"{name}-scorecard", description=run)
     except Exception as e:  # noqa: BLE001 - the artifact is a view; the audit DB holds the record
         logger.warning(f"could not publish the drill artifact: {e}")
     if report_dir:
-        path = Path(report_dir) / f"drill-{card['runs']['failover']}.html"
+        path = Path(report_dir) / f"{name}-{run}.html"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(to_html(card))
+        path.write_text(html(card))
         card["report_path"] = str(path)
 
 
@@ -227,16 +228,8 @@ def evacuation_drill(config: str | None = None, from_region: str = "east", auto_
             "domains": cards, "error": error, "passed": passed, "outcome": "passed" if passed else "failed",
             "started_at": min((c["started_at"] for c in cards.values()), default=started),
             "ended_at": max((c["ended_at"] or started for c in cards.values()), default=time.time())}
-    try:
-        create_markdown_artifact(evacuation_markdown(card), key="evacuation-drill-scorecard",
-                                 description=card["evacuations"].get("failover"))
-    except Exception as e:  # noqa: BLE001 - the artifact is a view; the audit DB holds the record
-        logger.warning(f"could not publish the drill artifact: {e}")
-    if report_dir:
-        path = Path(report_dir) / f"evacuation-drill-{card['evacuations'].get('failover')}.html"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(evacuation_to_html(card))
-        card["report_path"] = str(path)
+    _publish(card, report_dir, logger, name="evacuation-drill", run=card["evacuations"].get("failover"),
+             markdown=evacuation_markdown, html=evacuation_to_html)
     return card
 
 

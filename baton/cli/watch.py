@@ -38,17 +38,12 @@ def watch(
         "--worker", hidden=True, help="sample in this process (the supervisor's child)")] = False,
 ) -> None:
     """Sample lag, replication, checkpoints and the lease of each domain every interval (a service)."""
-    from baton.settings import load_topologies
+    from baton.settings import load_topologies, only_domains
     from baton.watch.metrics import WatchMetrics
     from baton.watch.service import Watch
 
     topologies = [t for path in (config or [None]) for t in load_topologies(path)]
-    if domain:
-        unknown = sorted(set(domain) - {t.domain.name for t in topologies})
-        if unknown:
-            raise UsageError(f"--domain {', '.join(unknown)}: not in the topology file(s); they hold "
-                             f"{', '.join(t.domain.name for t in topologies)}")
-        topologies = [t for t in topologies if t.domain.name in domain]
+    topologies = only_domains(topologies, domain)
     if interval is not None:
         topologies = [t.model_copy(update={"watch": t.watch.model_copy(
             update={"interval_seconds": interval})}) for t in topologies]
