@@ -42,14 +42,14 @@ def find_divergent_tail(ctx: RunContext) -> dict:
     those an earlier run already handled."""
     returning, current = ctx.standby_now, ctx.owner_now
     try:
-        check_reachable(returning, ctx.topology.regions[returning])
+        admin = check_reachable(returning, ctx.topology.regions[returning])
     except RegionUnreachable as e:
         raise StepFailed(f"{returning} does not answer, so its divergent tail cannot be handled nor "
                          f"replication towards it started: run it once {returning} answers; "
                          f"`baton ready` says when ({e})") from e
     # After an unplanned failover the returning region could not be fenced; fence it now so
     # the tail cannot grow while it is measured (idempotent: a no-op after a planned failover).
-    fenced = fence(ctx.topology, returning)
+    fenced = fence(ctx.topology, returning, admin=admin)
     # Replication returning -> current was stopped at the failover; what it never copied diverged.
     lag = measure_lag(ctx.topology, owner=returning)
     if lag.unknown:

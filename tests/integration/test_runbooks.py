@@ -121,6 +121,11 @@ def test_planned_failover_then_failback_moves_authority_and_consumers_exactly(do
     carried = evidence["translate_consumer_offsets"]["verified_before_fence_and_carried"]
     assert prepared["prepared"] and 1 <= carried <= prepared["verified_from_offset_syncs"]
     assert engine_for(t).status("east", "west").state == "STOPPED"
+    # The switch ended once authority moved, with the stop of east -> west only requested;
+    # reconcile read every connector back STOPPED as a postcondition, before the reprotect steps.
+    assert "replication_stopped" not in evidence["switch_authority"]
+    stopped = evidence["reconcile"]["replication_stopped"]
+    assert stopped["stopped"] and {c["state"] for c in stopped["status"]["components"]} == {"STOPPED"}
     # The run published its Prefect artifacts: a Markdown summary and the translated offsets.
     summary_md, offsets_table = latest_artifacts("failover-summary", "failover-offsets")
     assert summary["run_id"] in summary_md.description and "switch_authority" in summary_md.data
