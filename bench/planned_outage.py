@@ -8,7 +8,10 @@ In one process on the running lab, per size (6 and 100 partitions by default):
   fence proven by ACL read-back + equal end-offset reads).
 Every gate is answered through the Prefect API `--delay` seconds after it paused (a person
 reading the request). A guarded producer writes every 20 ms throughout; the write gap is the
-longest time between two acknowledged records. Automated time = run wall time minus gate waits.
+longest time between two acknowledged records. Automated time = run wall time minus gate waits;
+it includes the planned run's reprotect steps (find_divergent_tail .. verify_standby_current,
+after reconcile), also reported alone (reprotect_s), and run_plan start -> reconcile end minus
+gates (run_plan_to_reconcile_end_s).
 Each failover is followed by an auto-approved failback (not timed).
 
     .venv/bin/python bench/planned_outage.py [--runs 2] [--sizes 6,100] [--delay 10]
@@ -33,6 +36,9 @@ sys.path.insert(0, str(ROOT))
 
 from bench.failover_steps import fail_back, seeded_domain  # noqa: E402
 from tests.integration.runbook_support import paused_run, restore_lab, resume  # noqa: E402
+
+REPROTECT_STEPS = ("find_divergent_tail", "handle_divergent_tail", "start_reverse_replication",
+                   "verify_standby_current")
 
 
 def old_runbook():
@@ -147,7 +153,15 @@ def one_failover(variant: str, path: Path, topology, delay: float) -> dict:
               - by_name["stop_primary_producers"].started_at).total_seconds()
     inside = ("stop_primary_producers", "verify_secondary_currency", "translate_consumer_offsets",
               "check_switch_conditions", "approve-switch", "switch_authority")
-    return {"write_gap_s": writer.gap(started - 2, ended + 2), "automated_s": (ended - started) - gates,
+    # Inside the automated part (the flow's wall time): reported beside it, never subtracted.
+    reprotect = sum(steps.get(name, 0) for name in REPROTECT_STEPS)
+    automated = (ended - started) - gates
+    plan, reconciled = by_name["run_plan"], by_name["reconcile"]
+    to_reconcile_end = (reconciled.ended_at - plan.started_at).total_seconds() - gates
+    return {"write_gap_s": writer.gap(started - 2, ended + 2), "automated_s": automated,
+            "reprotect_s": reprotect, "run_plan_to_reconcile_end_s": to_reconcile_end,
+            # Prefect's flow start, task runs and artifacts, and the runner between steps
+            "outside_steps_s": automated - sum(s for n, s in steps.items() if not n.startswith("approve-")),
             "fenced_s": fenced, "between_steps_s": fenced - sum(steps.get(name, 0) for name in inside),
             "gate_wait_s": gates, "gates": len(approver.answered), "steps": steps}
 
@@ -217,6 +231,10 @@ def main() -> None:
                         "write_gaps_s": [round(r["write_gap_s"], 2) for r in results],
                         "automated_runs_s": [round(r["automated_s"], 2) for r in results],
                         "fenced_s": [round(r["fenced_s"], 2) for r in results],
+                        "reprotect_s": [round(r["reprotect_s"], 2) for r in results],
+                        "outside_steps_s": [round(r["outside_steps_s"], 2) for r in results],
+                        "run_plan_to_reconcile_end_s": [round(r["run_plan_to_reconcile_end_s"], 2)
+                                                        for r in results],
                         "between_steps_s": [round(r["between_steps_s"], 2) for r in results],
                         "steps_s": results[-1]["steps"]}), flush=True)
     finally:
