@@ -97,9 +97,11 @@ class MirrorMakerEngine:
         return [connector_name(self.topology, kind, source, target) for kind in KINDS]
 
     def status(self, source: str, target: str) -> ReplicationStatus:
+        names = self.connector_names(source, target)
+        with ThreadPoolExecutor(max_workers=len(names)) as pool:  # one round trip, not three
+            raws = list(pool.map(self.connect.status, names))
         components = []
-        for name in self.connector_names(source, target):
-            raw = self.connect.status(name)
+        for name, raw in zip(names, raws, strict=True):
             if raw is None:
                 components.append(ConnectorState(name, "MISSING"))
                 continue
@@ -118,7 +120,7 @@ class MirrorMakerEngine:
         """Connectors configured from the topology and RUNNING. With `keep_config`, existing
         connectors are only resumed as they were (recovery restarts what a run stopped, and
         must not rewrite it with credentials that may be the very thing that is wrong)."""
-        for kind in KINDS:
+        for kind in KINDS:  # one after the other: concurrent config changes may be refused (409)
             name = connector_name(self.topology, kind, source, target)
             wanted = connector_config(self.topology, kind, source, target)
             current = self.connect.config(name)
