@@ -17,6 +17,7 @@ from baton.kafka.fencing import fence
 from baton.replication import engine_for
 from baton.replication.lag import measure_lag
 from baton.steps.context import DIVERGENT_POLICIES, RunContext
+from baton.steps.failover import currency_measurement
 
 MAX_LISTED = 10_000  # records listed one by one in evidence; beyond that the run refuses
 
@@ -51,7 +52,13 @@ def find_divergent_tail(ctx: RunContext) -> dict:
     # the tail cannot grow while it is measured (idempotent: a no-op after a planned failover).
     fenced = fence(ctx.topology, returning, admin=admin)
     # Replication returning -> current was stopped at the failover; what it never copied diverged.
-    lag = measure_lag(ctx.topology, owner=returning)
+    # A planned failover's reprotect measured exactly this at its currency step, on the fenced
+    # owner: used when every offset of both sides re-reads unchanged, else measured again.
+    noted: dict = {}
+    _, lag = currency_measurement(ctx, noted)
+    if lag is None or lag.owner != returning:
+        noted = {"lag": noted.get("lag", "measured now") if lag is None else "measured now"}
+        lag = measure_lag(ctx.topology, owner=returning)
     if lag.unknown:
         raise StepFailed("the divergent tail cannot be bounded for: " + ", ".join(
             f"{p.topic}[{p.partition}] ({p.note})" for p in lag.unknown))
@@ -68,6 +75,7 @@ def find_divergent_tail(ctx: RunContext) -> dict:
     ctx.log(f"find_divergent_tail: {len(records)} records on {returning} never reached {current}"
             + (f" ({lag.records_at_risk - len(records)} handled by an earlier run)" if handled else ""))
     return {"region": returning, "compared_with": current, "count": len(records), "fence": fenced,
+            "lag": noted["lag"],
             "handled_earlier": lag.records_at_risk - len(records),
             "ranges": {f"{t}[{p}]": [list(r) for r in spans] for (t, p), spans in ranges.items()},
             "records": [r.describe() for r in records]}

@@ -385,16 +385,17 @@ def verify_secondary_currency(ctx: RunContext) -> dict:
 # -- translate_consumer_offsets ---------------------------------------------------------------
 
 
-def _currency_measurement(ctx: RunContext, native: dict[str, str], evidence: dict):
-    """(scope, lag) of the currency step when translation may use them, else (None, None).
+def currency_measurement(ctx: RunContext, evidence: dict, native: dict[str, str] | None = None):
+    """(scope, lag) of the currency step when a later step may use them, else (None, None).
 
     The lag was measured on the fenced owner (its end offsets proven still) and showed the mirror
     current. It still describes both sides if every owner start/end/stable offset and every mirror
     start/end offset reads the same now: the owner is fenced, and a mirror that grew (a replayed
     copy) or lost its head (retention) would show here, so then everything is measured again.
+    `native`: the mirror names the caller uses, when they may differ from the scope's.
     """
     scope, lag = ctx.reuse.get("currency", (None, None))
-    if ctx.unplanned or scope is None or scope.mirrors != native:
+    if ctx.unplanned or scope is None or (native is not None and scope.mirrors != native):
         return None, None
     pairs = scope.pairs()
     owner = watermarks(scope.owner_admin, pairs, scope.owner, scope.timeout, stable=True)
@@ -434,7 +435,7 @@ def translate_consumer_offsets(ctx: RunContext) -> dict:
     declared = _declared_unreachable(ctx, ctx.old_owner)
     if declared:
         evidence["owner_declared_unreachable"] = declared  # by an earlier step: not probed again
-    scope, lag = _currency_measurement(ctx, native, evidence)
+    scope, lag = currency_measurement(ctx, evidence, native)
     scope = scope or resolve_scope(topology, owner=ctx.old_owner, topics=list(native),
                                    engine=PairedEngine(engine_for(topology), native),
                                    owner_required=not ctx.unplanned, owner_known_unreachable=bool(declared),
