@@ -29,6 +29,7 @@ import tempfile
 import threading
 import time
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,12 +134,12 @@ def one_failover(variant: str, path: Path, topology, delay: float) -> dict:
     writer = Writer(topology, topology.domain.topics[0])
     writer.start()
     time.sleep(2)  # writes flowing on the owner before the run starts
-    started = time.monotonic()
+    started, started_wall = time.monotonic(), datetime.now(UTC)
     try:
         summary = failover(config=str(path)) if variant == "new" else old_flow()(config=str(path))
     finally:
         approver.stop.set()
-    ended = time.monotonic()
+    ended, ended_wall = time.monotonic(), datetime.now(UTC)
     time.sleep(2)  # writes flowing on the new owner
     writer.stop.set()
     writer.join(10)
@@ -161,9 +162,15 @@ def one_failover(variant: str, path: Path, topology, delay: float) -> dict:
     return {"write_gap_s": writer.gap(started - 2, ended + 2), "automated_s": automated,
             "reprotect_s": reprotect, "run_plan_to_reconcile_end_s": to_reconcile_end,
             # Prefect's flow start, task runs and artifacts, and the runner between steps
+            "flow_start_s": (_aware(view.run.started_at) - started_wall).total_seconds(),
+            "after_last_step_s": (ended_wall - _aware(view.steps[-1].ended_at)).total_seconds(),
             "outside_steps_s": automated - sum(s for n, s in steps.items() if not n.startswith("approve-")),
             "fenced_s": fenced, "between_steps_s": fenced - sum(steps.get(name, 0) for name in inside),
             "gate_wait_s": gates, "gates": len(approver.answered), "steps": steps}
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def retried(call, *args, attempts: int = 3):
@@ -233,6 +240,8 @@ def main() -> None:
                         "fenced_s": [round(r["fenced_s"], 2) for r in results],
                         "reprotect_s": [round(r["reprotect_s"], 2) for r in results],
                         "outside_steps_s": [round(r["outside_steps_s"], 2) for r in results],
+                        "flow_start_s": [round(r["flow_start_s"], 2) for r in results],
+                        "after_last_step_s": [round(r["after_last_step_s"], 2) for r in results],
                         "run_plan_to_reconcile_end_s": [round(r["run_plan_to_reconcile_end_s"], 2)
                                                         for r in results],
                         "between_steps_s": [round(r["between_steps_s"], 2) for r in results],
