@@ -39,6 +39,8 @@ UNREACHABLE_PROBE_SECONDS = 3.0  # how long to ask a region that may be down bef
 # Currency is polled from 50 ms, doubling to 1 s: after a fence MM2 copies the last records
 # within tens of milliseconds, and every poll while producers are refused is outage.
 CURRENCY_FIRST_POLL, CURRENCY_MAX_POLL = 0.05, 1.0
+STOP_REQUEST = "replication_stop_request"  # ctx.state: the switch's stop request, in flight
+STOP_WAIT_SECONDS = 60.0  # a switch that fails before authority moved waits this long for its stop
 
 
 class PairedEngine:
@@ -517,12 +519,18 @@ def switch_authority(ctx: RunContext) -> dict:
                                   reason=f"{ctx.runbook}: write authority to {ctx.new_owner}",
                                   store=ctx.authority)
     except BaseException as error:
-        # Before authority moved the compensation restarts replication: Connect must have
-        # answered this run's stop first, and an unanswered stop is named (recover.py waits it out).
+        # Before authority moved the compensation restarts replication: the stop must have taken
+        # effect first (else Connect could apply it after the restart), and a stop that did not
+        # is named in the error (recover.py then checks again until it may have settled).
         pool.shutdown(wait=True)
         stop_error = stopping.exception()
+        if stop_error is None and overlap:
+            try:
+                engine_for(ctx.topology).wait_for(ctx.old_owner, ctx.new_owner, "STOPPED", STOP_WAIT_SECONDS)
+            except (ReplicationError, OSError) as e:
+                stop_error = e
         named = isinstance(error, BatonError) and not isinstance(error, AuditUnwritable)
-        if stop_error is not None and named:
+        if stop_error is not None and stop_error is not error and named:
             raise StepFailed(f"{error}; the stop of replication {ctx.old_owner} -> {ctx.new_owner} "
                              f"failed too: {stop_error}") from error
         raise
@@ -537,7 +545,6 @@ def switch_authority(ctx: RunContext) -> dict:
     return evidence
 
 
-STOP_REQUEST = "replication_stop_request"  # ctx.state: the switch's stop request, in flight
 
 
 def _stop_old_direction(ctx: RunContext, *, wait: bool):
