@@ -11,7 +11,7 @@ import pytest
 
 from baton.errors import ReplicationError
 from baton.replication.engine import ConnectorState, ReplicationStatus
-from baton.steps import failover
+from baton.steps import failover, recover
 from baton.steps.context import RunContext
 
 
@@ -27,6 +27,10 @@ class Connect:
     def request_stop(self, source, target):
         self.requests += 1
         self.state = "STOPPED"
+
+    def stop(self, source, target, wait_seconds=60):
+        self.request_stop(source, target)
+        return self.wait_for(source, target, "STOPPED", wait_seconds)
 
     def wait_for(self, source, target, wanted, wait_seconds, progress=None):
         if self.state != wanted:
@@ -51,6 +55,7 @@ def done(result=None, error=None) -> Future:
 def engine(monkeypatch):
     def install(connect: Connect) -> Connect:
         monkeypatch.setattr(failover, "engine_for", lambda topology: connect)
+        monkeypatch.setattr(recover, "engine_for", lambda topology: connect)
         return connect
     return install
 
@@ -85,3 +90,24 @@ def test_a_flow_that_does_not_stop_is_reported(engine):
     engine(Stuck("RUNNING"))
     result = failover._replication_stopped(context({}))
     assert result["stopped"] is False and "did not reach STOPPED" in result["error"]
+
+
+def test_recovery_after_the_switch_finishes_a_stop_that_did_not_take_effect(engine):
+    # The run failed between the switch (authority moved) and reconcile: nothing to return to,
+    # but replication old -> new must end STOPPED; read from Connect, changed only when it is not.
+    running = engine(Connect("RUNNING"))
+    part = recover._stopped_part(None, "east", "west", log=lambda m: None)
+    assert (part.status, part.action, running.requests) == ("fixed", "stopped replication east -> west", 1)
+    stopped = engine(Connect("STOPPED"))
+    assert recover._stopped_part(None, "east", "west", log=lambda m: None).status == "ok"
+    assert stopped.requests == 0
+
+
+def test_recovery_after_the_switch_leaves_an_unanswered_stop_pending(engine):
+    class Down(Connect):
+        def status(self, source, target):
+            raise ReplicationError("Kafka Connect at http://connect did not answer GET /connectors/x/status")
+
+    engine(Down("RUNNING"))
+    part = recover._stopped_part(None, "east", "west", log=lambda m: None)
+    assert (part.status, part.where) == ("pending", "connect") and "did not answer" in part.detail
