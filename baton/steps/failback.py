@@ -17,7 +17,7 @@ from baton.kafka.fencing import fence
 from baton.replication import engine_for
 from baton.replication.lag import measure_lag
 from baton.steps.context import DIVERGENT_POLICIES, RunContext
-from baton.steps.failover import currency_measurement
+from baton.steps.failover import currency_measurement, replication_stopped
 
 MAX_LISTED = 10_000  # records listed one by one in evidence; beyond that the run refuses
 
@@ -129,6 +129,10 @@ def start_reverse_replication(ctx: RunContext) -> dict:
 
 
 def restore_replication(ctx: RunContext) -> dict:
-    """After the switch: replication from the owner again to the other region."""
+    """After the switch: replication from the owner again to the other region, once the stop the
+    switch requested took effect (Connect refuses connector changes while its stop rebalances)."""
+    stopped = replication_stopped(ctx)
+    if not stopped["stopped"]:
+        raise StepFailed(f"replication {ctx.old_owner} -> {ctx.new_owner} did not stop: {stopped['error']}")
     status = engine_for(ctx.topology).start(ctx.new_owner, ctx.old_owner, wait_seconds=120)
-    return {"replication": status.as_dict()}
+    return {"replication_stopped": stopped, "replication": status.as_dict()}

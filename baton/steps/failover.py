@@ -554,7 +554,7 @@ def _stop_old_direction(ctx: RunContext, *, wait: bool):
     return engine.request_stop(ctx.old_owner, ctx.new_owner)
 
 
-def _replication_stopped(ctx: RunContext) -> dict:
+def replication_stopped(ctx: RunContext) -> dict:
     """Postcondition of the switch: replication old owner -> new owner STOPPED, waited for
     (bounded by thresholds.step_timeout_seconds, progress logged). Asked again when the
     switch's request failed or was not made in this process (a resumed run): idempotent."""
@@ -595,7 +595,7 @@ def reconcile(ctx: RunContext) -> dict:
     if current.owner != ctx.new_owner or current.state != State.ACTIVE:
         problems.append(f"authority is {current.describe()}, expected ACTIVE on {ctx.new_owner}")
     with ThreadPoolExecutor(max_workers=4) as pool:
-        stopped = pool.submit(_replication_stopped, ctx)
+        stopped = pool.submit(replication_stopped, ctx)
         control = pool.submit(read_control, topology, ctx.new_owner)
         old_writes = pool.submit(_old_owner_writes_after_fence, ctx)
         new_owner = pool.submit(_new_owner_read_back, ctx)

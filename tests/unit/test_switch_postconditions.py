@@ -63,7 +63,7 @@ def engine(monkeypatch):
 def test_the_switch_request_answered_is_waited_for_not_sent_again(engine):
     connect = engine(Connect("STOPPED"))
     ctx = context({failover.STOP_REQUEST: done()})
-    result = failover._replication_stopped(ctx)
+    result = failover.replication_stopped(ctx)
     assert result["stopped"] and result["status"]["state"] == "STOPPED" and connect.requests == 0
     assert failover.STOP_REQUEST not in ctx.state  # a second reconcile reads Connect, not the future
 
@@ -71,15 +71,15 @@ def test_the_switch_request_answered_is_waited_for_not_sent_again(engine):
 def test_a_failed_switch_request_is_sent_again(engine):
     connect = engine(Connect("RUNNING"))
     error = ReplicationError("Kafka Connect PUT /connectors/x/stop failed with 500")
-    result = failover._replication_stopped(context({failover.STOP_REQUEST: done(error=error)}))
+    result = failover.replication_stopped(context({failover.STOP_REQUEST: done(error=error)}))
     assert result["stopped"] and connect.requests == 1 and "/stop" in result["switch_request_failed"]
 
 
 def test_a_resumed_run_asks_only_when_not_stopped(engine):
     running = engine(Connect("RUNNING"))
-    assert failover._replication_stopped(context({}))["requested_again"] and running.requests == 1
+    assert failover.replication_stopped(context({}))["requested_again"] and running.requests == 1
     stopped = engine(Connect("STOPPED"))
-    assert "requested_again" not in failover._replication_stopped(context({})) and stopped.requests == 0
+    assert "requested_again" not in failover.replication_stopped(context({})) and stopped.requests == 0
 
 
 def test_a_flow_that_does_not_stop_is_reported(engine):
@@ -88,7 +88,7 @@ def test_a_flow_that_does_not_stop_is_reported(engine):
             self.requests += 1  # Connect accepts the request but the connector stays RUNNING
 
     engine(Stuck("RUNNING"))
-    result = failover._replication_stopped(context({}))
+    result = failover.replication_stopped(context({}))
     assert result["stopped"] is False and "did not reach STOPPED" in result["error"]
 
 
