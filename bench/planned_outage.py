@@ -8,7 +8,10 @@ In one process on the running lab, per size (6 and 100 partitions by default):
   fence proven by ACL read-back + equal end-offset reads).
 Every gate is answered through the Prefect API `--delay` seconds after it paused (a person
 reading the request). A guarded producer writes every 20 ms throughout; the write gap is the
-longest time between two acknowledged records. Automated time = run wall time minus gate waits.
+longest time between two acknowledged records. Automated time = run wall time minus gate waits;
+it includes the planned run's reprotect steps (find_divergent_tail .. verify_standby_current,
+after reconcile), also reported alone (reprotect_s), and run_plan start -> reconcile end minus
+gates (run_plan_to_reconcile_end_s).
 Each failover is followed by an auto-approved failback (not timed).
 
     .venv/bin/python bench/planned_outage.py [--runs 2] [--sizes 6,100] [--delay 10]
@@ -26,6 +29,7 @@ import tempfile
 import threading
 import time
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,6 +37,9 @@ sys.path.insert(0, str(ROOT))
 
 from bench.failover_steps import fail_back, seeded_domain  # noqa: E402
 from tests.integration.runbook_support import paused_run, restore_lab, resume  # noqa: E402
+
+REPROTECT_STEPS = ("find_divergent_tail", "handle_divergent_tail", "start_reverse_replication",
+                   "verify_standby_current")
 
 
 def old_runbook():
@@ -127,12 +134,12 @@ def one_failover(variant: str, path: Path, topology, delay: float) -> dict:
     writer = Writer(topology, topology.domain.topics[0])
     writer.start()
     time.sleep(2)  # writes flowing on the owner before the run starts
-    started = time.monotonic()
+    started, started_wall = time.monotonic(), datetime.now(UTC)
     try:
         summary = failover(config=str(path)) if variant == "new" else old_flow()(config=str(path))
     finally:
         approver.stop.set()
-    ended = time.monotonic()
+    ended, ended_wall = time.monotonic(), datetime.now(UTC)
     time.sleep(2)  # writes flowing on the new owner
     writer.stop.set()
     writer.join(10)
@@ -147,9 +154,23 @@ def one_failover(variant: str, path: Path, topology, delay: float) -> dict:
               - by_name["stop_primary_producers"].started_at).total_seconds()
     inside = ("stop_primary_producers", "verify_secondary_currency", "translate_consumer_offsets",
               "check_switch_conditions", "approve-switch", "switch_authority")
-    return {"write_gap_s": writer.gap(started - 2, ended + 2), "automated_s": (ended - started) - gates,
+    # Inside the automated part (the flow's wall time): reported beside it, never subtracted.
+    reprotect = sum(steps.get(name, 0) for name in REPROTECT_STEPS)
+    automated = (ended - started) - gates
+    plan, reconciled = by_name["run_plan"], by_name["reconcile"]
+    to_reconcile_end = (reconciled.ended_at - plan.started_at).total_seconds() - gates
+    return {"write_gap_s": writer.gap(started - 2, ended + 2), "automated_s": automated,
+            "reprotect_s": reprotect, "run_plan_to_reconcile_end_s": to_reconcile_end,
+            # Prefect's flow start, task runs and artifacts, and the runner between steps
+            "flow_start_s": (_aware(view.run.started_at) - started_wall).total_seconds(),
+            "after_last_step_s": (ended_wall - _aware(view.steps[-1].ended_at)).total_seconds(),
+            "outside_steps_s": automated - sum(s for n, s in steps.items() if not n.startswith("approve-")),
             "fenced_s": fenced, "between_steps_s": fenced - sum(steps.get(name, 0) for name in inside),
             "gate_wait_s": gates, "gates": len(approver.answered), "steps": steps}
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def retried(call, *args, attempts: int = 3):
@@ -217,6 +238,12 @@ def main() -> None:
                         "write_gaps_s": [round(r["write_gap_s"], 2) for r in results],
                         "automated_runs_s": [round(r["automated_s"], 2) for r in results],
                         "fenced_s": [round(r["fenced_s"], 2) for r in results],
+                        "reprotect_s": [round(r["reprotect_s"], 2) for r in results],
+                        "outside_steps_s": [round(r["outside_steps_s"], 2) for r in results],
+                        "flow_start_s": [round(r["flow_start_s"], 2) for r in results],
+                        "after_last_step_s": [round(r["after_last_step_s"], 2) for r in results],
+                        "run_plan_to_reconcile_end_s": [round(r["run_plan_to_reconcile_end_s"], 2)
+                                                        for r in results],
                         "between_steps_s": [round(r["between_steps_s"], 2) for r in results],
                         "steps_s": results[-1]["steps"]}), flush=True)
     finally:

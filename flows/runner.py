@@ -41,9 +41,12 @@ PLAN_STEP = "run_plan"
 
 
 def _trigger() -> str:
-    from prefect.runtime import deployment
+    # The flow run in this process's context says it; prefect.runtime.deployment.id would read
+    # the flow run from the API first (0.45 s measured at the start of every run).
+    from prefect.context import FlowRunContext
 
-    return "deployment" if deployment.id else "cli"
+    flow_run = getattr(FlowRunContext.get(), "flow_run", None)
+    return "deployment" if flow_run is not None and flow_run.deployment_id else "cli"
 
 
 def starter(operator: str | None, trigger: str | None = None) -> str:

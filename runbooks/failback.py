@@ -25,7 +25,9 @@ APPROVE_FAILBACK = Step(
 )
 RESTORE_REPLICATION = Step(
     "restore_replication", Kind.CHANGE,
-    "Restart replication in the original direction (new owner -> the other region).",
+    "Restart replication in the original direction (new owner -> the other region), once the "
+    "stop of the other direction that `switch_authority` requested reads STOPPED (Connect "
+    "refuses connector changes while that stop rebalances).",
     changes="replication new owner -> other region RUNNING",
 )
 

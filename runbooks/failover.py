@@ -107,17 +107,23 @@ SWITCH_AUTHORITY = Step(
     "authority ACTIVE on the new owner (epoch + 1), published to every reachable region. "
     "Stopping replication is off the critical path only when the naming policy writes mirrors "
     "into a different topic than producers use (MM2's default `east.orders`): then no mirrored "
-    "record can land where the new owner's producers write, so the connectors stop while "
-    "authority moves, and the step waits for them before it ends (reconcile never sees them "
-    "running). Under the identity policy the mirror IS the producers' topic: replication must "
-    "have stopped before the new owner accepts a write, so it stays on the critical path.",
+    "record can land where the new owner's producers write, so the stop is requested while "
+    "authority moves and the step ends once authority has moved; `reconcile` waits for "
+    "STOPPED as a postcondition. Under the identity policy the mirror IS the producers' topic: "
+    "replication must have stopped before the new owner accepts a write, so the step waits for "
+    "STOPPED before the switch. If the step fails before authority moved, it first waits for "
+    "Connect to answer the stop, so the compensation's restart of replication comes after it.",
     changes="replication old -> new STOPPED; authority ACTIVE on the new owner (epoch + 1)",
     roles=frozenset({Role.SWITCH}),
 )
 RECONCILE = Step(
     "reconcile", Kind.MEASURE,
-    "Post-checks: the new owner accepts the producer principal's writes, nothing was written "
-    "to the old owner after its fence, the groups sit where they were put.",
+    "Post-checks, read back at once: authority ACTIVE on the new owner and its control record "
+    "there, no fence left on the new owner (its producers can write), replication old -> new "
+    "STOPPED (waited for, bounded by thresholds.step_timeout_seconds with progress; asked again "
+    "when the switch's request failed or the run was resumed), nothing written to the old owner "
+    "after its fence, the groups sit where they were put. Any failed check fails the run after "
+    "the switch, which stands; resuming the run checks again.",
     roles=frozenset({Role.RECONCILE}),
 )
 

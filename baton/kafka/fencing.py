@@ -111,9 +111,10 @@ def present_bindings(topology: Topology, region: str, admin=None) -> list[AclBin
     return [wanted[_key(b)] for b in found if _key(b) in wanted]
 
 
-def is_fenced(topology: Topology, region: str) -> bool:
-    """Every binding of today's fence is present in `region` (a legacy leftover alone is not a fence)."""
-    present = {_key(b) for b in present_bindings(topology, region)}
+def is_fenced(topology: Topology, region: str, admin=None) -> bool:
+    """Every binding of today's fence is present in `region` (a legacy leftover alone is not a fence).
+    admin: a client of `region` the caller already holds."""
+    present = {_key(b) for b in present_bindings(topology, region, admin)}
     return all(_key(b) in present for b in fence_bindings(topology, region))
 
 

@@ -6,6 +6,7 @@ adapters implement the same methods, and runbooks never see the difference.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -98,7 +99,14 @@ class ReplicationEngine(Protocol):
         """Create or resume the flow source -> target; idempotent; waits until it runs."""
 
     def stop(self, source: str, target: str, *, wait_seconds: float = 60) -> ReplicationStatus:
-        """Stop the flow source -> target, keeping its progress; idempotent."""
+        """Stop the flow source -> target, keeping its progress; idempotent; waits until stopped."""
+
+    def request_stop(self, source: str, target: str) -> None:
+        """Ask for the flow source -> target to stop, without waiting until it has; idempotent."""
+
+    def wait_for(self, source: str, target: str, wanted: str, wait_seconds: float,
+                 progress: Callable[[str], None] | None = None) -> ReplicationStatus:
+        """Wait (bounded; `progress` told now and then) until the flow is in state `wanted`."""
 
     def internal_topics(self, source: str, target: str) -> dict[str, tuple[str, str]]:
         """The engine's bookkeeping topics: purpose -> (region, topic)."""

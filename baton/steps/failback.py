@@ -17,6 +17,7 @@ from baton.kafka.fencing import fence
 from baton.replication import engine_for
 from baton.replication.lag import measure_lag
 from baton.steps.context import DIVERGENT_POLICIES, RunContext
+from baton.steps.failover import currency_measurement, replication_stopped
 
 MAX_LISTED = 10_000  # records listed one by one in evidence; beyond that the run refuses
 
@@ -42,16 +43,22 @@ def find_divergent_tail(ctx: RunContext) -> dict:
     those an earlier run already handled."""
     returning, current = ctx.standby_now, ctx.owner_now
     try:
-        check_reachable(returning, ctx.topology.regions[returning])
+        admin = check_reachable(returning, ctx.topology.regions[returning])
     except RegionUnreachable as e:
         raise StepFailed(f"{returning} does not answer, so its divergent tail cannot be handled nor "
                          f"replication towards it started: run it once {returning} answers; "
                          f"`baton ready` says when ({e})") from e
     # After an unplanned failover the returning region could not be fenced; fence it now so
     # the tail cannot grow while it is measured (idempotent: a no-op after a planned failover).
-    fenced = fence(ctx.topology, returning)
+    fenced = fence(ctx.topology, returning, admin=admin)
     # Replication returning -> current was stopped at the failover; what it never copied diverged.
-    lag = measure_lag(ctx.topology, owner=returning)
+    # A planned failover's reprotect measured exactly this at its currency step, on the fenced
+    # owner: used when every offset of both sides re-reads unchanged, else measured again.
+    noted: dict = {}
+    _, lag = currency_measurement(ctx, noted)
+    if lag is None or lag.owner != returning:
+        noted = {"lag": noted.get("lag", "measured now") if lag is None else "measured now"}
+        lag = measure_lag(ctx.topology, owner=returning)
     if lag.unknown:
         raise StepFailed("the divergent tail cannot be bounded for: " + ", ".join(
             f"{p.topic}[{p.partition}] ({p.note})" for p in lag.unknown))
@@ -68,6 +75,7 @@ def find_divergent_tail(ctx: RunContext) -> dict:
     ctx.log(f"find_divergent_tail: {len(records)} records on {returning} never reached {current}"
             + (f" ({lag.records_at_risk - len(records)} handled by an earlier run)" if handled else ""))
     return {"region": returning, "compared_with": current, "count": len(records), "fence": fenced,
+            "lag": noted["lag"],
             "handled_earlier": lag.records_at_risk - len(records),
             "ranges": {f"{t}[{p}]": [list(r) for r in spans] for (t, p), spans in ranges.items()},
             "records": [r.describe() for r in records]}
@@ -121,6 +129,10 @@ def start_reverse_replication(ctx: RunContext) -> dict:
 
 
 def restore_replication(ctx: RunContext) -> dict:
-    """After the switch: replication from the owner again to the other region."""
+    """After the switch: replication from the owner again to the other region, once the stop the
+    switch requested took effect (Connect refuses connector changes while its stop rebalances)."""
+    stopped = replication_stopped(ctx)
+    if not stopped["stopped"]:
+        raise StepFailed(f"replication {ctx.old_owner} -> {ctx.new_owner} did not stop: {stopped['error']}")
     status = engine_for(ctx.topology).start(ctx.new_owner, ctx.old_owner, wait_seconds=120)
-    return {"replication": status.as_dict()}
+    return {"replication_stopped": stopped, "replication": status.as_dict()}

@@ -14,7 +14,7 @@ from confluent_kafka import KafkaException
 
 from baton.authority import State, change_authority
 from baton.authority.control import read as read_control
-from baton.errors import BatonError, RegionUnreachable, ReplicationError, StepFailed
+from baton.errors import AuditUnwritable, BatonError, RegionUnreachable, ReplicationError, StepFailed
 from baton.kafka.admin import check_reachable
 from baton.kafka.fencing import fence, is_fenced, unfence
 from baton.kafka.reading import committed_offsets, partition_counts, watermarks
@@ -39,6 +39,8 @@ UNREACHABLE_PROBE_SECONDS = 3.0  # how long to ask a region that may be down bef
 # Currency is polled from 50 ms, doubling to 1 s: after a fence MM2 copies the last records
 # within tens of milliseconds, and every poll while producers are refused is outage.
 CURRENCY_FIRST_POLL, CURRENCY_MAX_POLL = 0.05, 1.0
+STOP_REQUEST = "replication_stop_request"  # ctx.state: the switch's stop request, in flight
+STOP_WAIT_SECONDS = 60.0  # a switch that fails before authority moved waits this long for its stop
 
 
 class PairedEngine:
@@ -391,16 +393,17 @@ def verify_secondary_currency(ctx: RunContext) -> dict:
 # -- translate_consumer_offsets ---------------------------------------------------------------
 
 
-def _currency_measurement(ctx: RunContext, native: dict[str, str], evidence: dict):
-    """(scope, lag) of the currency step when translation may use them, else (None, None).
+def currency_measurement(ctx: RunContext, evidence: dict, native: dict[str, str] | None = None):
+    """(scope, lag) of the currency step when a later step may use them, else (None, None).
 
     The lag was measured on the fenced owner (its end offsets proven still) and showed the mirror
     current. It still describes both sides if every owner start/end/stable offset and every mirror
     start/end offset reads the same now: the owner is fenced, and a mirror that grew (a replayed
     copy) or lost its head (retention) would show here, so then everything is measured again.
+    `native`: the mirror names the caller uses, when they may differ from the scope's.
     """
     scope, lag = ctx.reuse.get("currency", (None, None))
-    if ctx.unplanned or scope is None or scope.mirrors != native:
+    if ctx.unplanned or scope is None or (native is not None and scope.mirrors != native):
         return None, None
     pairs = scope.pairs()
     owner = watermarks(scope.owner_admin, pairs, scope.owner, scope.timeout, stable=True)
@@ -440,7 +443,7 @@ def translate_consumer_offsets(ctx: RunContext) -> dict:
     declared = _declared_unreachable(ctx, ctx.old_owner)
     if declared:
         evidence["owner_declared_unreachable"] = declared  # by an earlier step: not probed again
-    scope, lag = _currency_measurement(ctx, native, evidence)
+    scope, lag = currency_measurement(ctx, evidence, native)
     scope = scope or resolve_scope(topology, owner=ctx.old_owner, topics=list(native),
                                    engine=PairedEngine(engine_for(topology), native),
                                    owner_required=not ctx.unplanned, owner_known_unreachable=bool(declared),
@@ -502,14 +505,16 @@ def switch_authority(ctx: RunContext) -> dict:
     if current.state != State.FENCED or current.run_id != ctx.run_id:
         raise StepFailed(f"authority is {current.describe()}; this run did not fence it, refusing to switch")
     # Mirrors in their own topics (default naming): no replicated record can land where the new
-    # owner's producers write, so stopping the connectors overlaps the switch. Identity naming:
-    # the mirror is the producers' topic, so replication must stop before anyone may write.
+    # owner's producers write, so the stop is only requested here and overlaps the switch;
+    # reconcile waits for STOPPED as its postcondition. Identity naming: the mirror is the
+    # producers' topic, so replication must have stopped before anyone may write.
     overlap = ctx.topology.replication.policy != "identity"
-    evidence: dict = {"replication_stop": "overlapped with the switch" if overlap
-                      else "before the switch (identity naming: mirror = producers' topic)"}
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        # Even the engine's client is made on the side: nothing before the switch waits on Connect.
-        stopping = pool.submit(lambda: engine_for(ctx.topology).stop(ctx.old_owner, ctx.new_owner))
+    evidence: dict = {"replication_stop": "requested with the switch; reconcile waits for STOPPED"
+                      if overlap else "before the switch (identity naming: mirror = producers' topic)"}
+    pool = ThreadPoolExecutor(max_workers=1)
+    # Even the engine's client is made on the side: nothing before the switch waits on Connect.
+    stopping = pool.submit(_stop_old_direction, ctx, wait=not overlap)
+    try:
         if not overlap:
             evidence["replication_stopped"] = stopping.result().as_dict()
         started = time.monotonic()
@@ -519,59 +524,101 @@ def switch_authority(ctx: RunContext) -> dict:
                                   run_id=ctx.run_id, changed_by=ctx.operator,
                                   reason=f"{ctx.runbook}: write authority to {ctx.new_owner}",
                                   store=ctx.authority)
-        evidence["authority"] = result.as_dict()
-        ctx.state["switched"] = True
-        switched = time.monotonic()
-        evidence["seconds"] = {"unfence_new_owner": round(unfenced - started, 3),
-                               "authority_active": round(switched - unfenced, 3)}
-        # The step ends only once replication stopped (reconcile and failback rely on it); a
-        # failure here is reported after the switch, which has happened and stays.
-        evidence["replication_stopped"] = stopping.result().as_dict()
-        evidence["replication_stopped_after_switch_seconds"] = round(time.monotonic() - switched, 2)
+    except BaseException as error:
+        # Before authority moved the compensation restarts replication: the stop must have taken
+        # effect first (else Connect could apply it after the restart), and a stop that did not
+        # is named in the error (recover.py then checks again until it may have settled).
+        pool.shutdown(wait=True)
+        stop_error = stopping.exception()
+        if stop_error is None and overlap:
+            try:
+                engine_for(ctx.topology).wait_for(ctx.old_owner, ctx.new_owner, "STOPPED", STOP_WAIT_SECONDS)
+            except (ReplicationError, OSError) as e:
+                stop_error = e
+        named = isinstance(error, BatonError) and not isinstance(error, AuditUnwritable)
+        if stop_error is not None and stop_error is not error and named:
+            raise StepFailed(f"{error}; the stop of replication {ctx.old_owner} -> {ctx.new_owner} "
+                             f"failed too: {stop_error}") from error
+        raise
+    pool.shutdown(wait=False)
+    evidence["authority"] = result.as_dict()
     ctx.state["switched"] = True
+    if overlap:
+        ctx.state[STOP_REQUEST] = stopping  # reconcile waits for it and for STOPPED
+    evidence["seconds"] = {"unfence_new_owner": round(unfenced - started, 3),
+                           "authority_active": round(time.monotonic() - unfenced, 3)}
     ctx.log(f"switch_authority: {ctx.new_owner} owns {ctx.domain} at epoch {result.authority.epoch}")
     return evidence
+
+
+
+
+def _stop_old_direction(ctx: RunContext, *, wait: bool):
+    engine = engine_for(ctx.topology)
+    if wait:
+        return engine.stop(ctx.old_owner, ctx.new_owner)
+    return engine.request_stop(ctx.old_owner, ctx.new_owner)
+
+
+def replication_stopped(ctx: RunContext) -> dict:
+    """Postcondition of the switch: replication old owner -> new owner STOPPED, waited for
+    (bounded by thresholds.step_timeout_seconds, progress logged). Asked again when the
+    switch's request failed or was not made in this process (a resumed run): idempotent."""
+    timeout = ctx.topology.thresholds.step_timeout_seconds
+    started = time.monotonic()
+    evidence: dict = {}
+    engine = engine_for(ctx.topology)
+    request = ctx.state.pop(STOP_REQUEST, None)
+    try:
+        if request is not None:
+            try:
+                request.result(timeout=timeout)
+            except (ReplicationError, OSError) as e:
+                evidence["switch_request_failed"] = str(e)
+                request = None
+        if request is None and engine.status(ctx.old_owner, ctx.new_owner).state != "STOPPED":
+            engine.request_stop(ctx.old_owner, ctx.new_owner)
+            evidence["requested_again"] = True
+        status = engine.wait_for(ctx.old_owner, ctx.new_owner, "STOPPED", timeout,
+                                 progress=lambda message: ctx.log(f"reconcile: {message}"))
+    except (ReplicationError, OSError, TimeoutError) as e:
+        return evidence | {"stopped": False, "error": str(e)}
+    return evidence | {"stopped": True, "status": status.as_dict(),
+                       "waited_seconds": round(time.monotonic() - started, 3)}
 
 
 # -- reconcile --------------------------------------------------------------------------------
 
 
 def reconcile(ctx: RunContext) -> dict:
+    """Postconditions of the hand-over, read back at once (each is its own round trips): authority
+    and its control record on the new owner, no fence left there, replication old -> new STOPPED,
+    nothing written to the old owner after its fence, the groups where they were put."""
     topology = ctx.topology
     problems: list[str] = []
     current = ctx.authority.current(ctx.domain)
     evidence: dict = {"authority": current.model_dump(mode="json")}
     if current.owner != ctx.new_owner or current.state != State.ACTIVE:
         problems.append(f"authority is {current.describe()}, expected ACTIVE on {ctx.new_owner}")
-    # Independent read-backs, each its own round trips: asked at once.
-    with ThreadPoolExecutor(max_workers=3) as pool:
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        stopped = pool.submit(replication_stopped, ctx)
         control = pool.submit(read_control, topology, ctx.new_owner)
-        fenced = pool.submit(is_fenced, topology, ctx.new_owner)
-        new_reachable = pool.submit(check_reachable, ctx.new_owner, topology.regions[ctx.new_owner])
-        old_admin = _reachable(ctx, ctx.old_owner, timeout=UNREACHABLE_PROBE_SECONDS)
-        published, still_fenced, new_admin = control.result(), fenced.result(), new_reachable.result()
+        old_writes = pool.submit(_old_owner_writes_after_fence, ctx)
+        new_owner = pool.submit(_new_owner_read_back, ctx)
+        published, replication = control.result(), stopped.result()
+        evidence["old_owner_writes_after_fence"] = written = old_writes.result()
+        still_fenced, behind = new_owner.result()
     evidence["control_topic_on_new_owner"] = published.model_dump(mode="json") if published else None
     if published is None or published.epoch != current.epoch:
         problems.append(f"the control topic on {ctx.new_owner} does not show epoch {current.epoch}")
     if still_fenced:
         problems.append(f"{ctx.new_owner} still has fencing ACLs: its producers cannot write")
-    final = ctx.state.get("final_end_offsets")
-    if final and old_admin is not None:
-        partitions = [(key.rsplit("[", 1)[0], int(key.rsplit("[", 1)[1][:-1])) for key in final]
-        now = _end_offsets(ctx, ctx.old_owner, old_admin, partitions)
-        written = {k: now[k] - final[k] for k in final if now[k] != final[k]}
-        evidence["old_owner_writes_after_fence"] = written
-        if written:
-            problems.append(f"{ctx.old_owner} received writes after its fence: {written}")
-    else:
-        evidence["old_owner_writes_after_fence"] = "not measurable (owner unreachable or no fence offsets)"
-    behind = {}
-    for group, committed in ctx.state.get("applied_offsets", {}).items():
-        read = committed_offsets(new_admin, group, ctx.new_owner, 10)
-        for key, offset in committed.items():
-            topic, partition = key.rsplit("[", 1)[0], int(key.rsplit("[", 1)[1][:-1])
-            if read.get((topic, partition), -1) < offset:
-                behind[f"{group} {key}"] = (offset, read.get((topic, partition)))
+    evidence["replication_stopped"] = replication
+    if not replication["stopped"]:
+        problems.append(f"replication {ctx.old_owner} -> {ctx.new_owner} did not stop: "
+                        f"{replication['error']}")
+    if isinstance(written, dict) and written:
+        problems.append(f"{ctx.old_owner} received writes after its fence: {written}")
     evidence["groups_behind_where_put"] = behind
     if behind:
         problems.append(f"groups sit behind the positions applied: {behind}")
@@ -579,3 +626,30 @@ def reconcile(ctx: RunContext) -> dict:
     if problems:
         raise StepFailed("reconcile found: " + "; ".join(problems))
     return evidence
+
+
+def _old_owner_writes_after_fence(ctx: RunContext) -> dict | str:
+    final = ctx.state.get("final_end_offsets")
+    old_admin = _reachable(ctx, ctx.old_owner, timeout=UNREACHABLE_PROBE_SECONDS)
+    if not final or old_admin is None:
+        return "not measurable (owner unreachable or no fence offsets)"
+    partitions = [(key.rsplit("[", 1)[0], int(key.rsplit("[", 1)[1][:-1])) for key in final]
+    now = _end_offsets(ctx, ctx.old_owner, old_admin, partitions)
+    return {k: now[k] - final[k] for k in final if now[k] != final[k]}
+
+
+def _new_owner_read_back(ctx: RunContext) -> tuple[bool, dict]:
+    """(fence ACLs still on the new owner, groups behind the positions applied), on one client."""
+    admin = check_reachable(ctx.new_owner, ctx.topology.regions[ctx.new_owner])
+    applied = ctx.state.get("applied_offsets", {})
+    with ThreadPoolExecutor(max_workers=1 + len(applied)) as pool:
+        fenced = pool.submit(is_fenced, ctx.topology, ctx.new_owner, admin)
+        reads = {group: pool.submit(committed_offsets, admin, group, ctx.new_owner, 10) for group in applied}
+        behind = {}
+        for group, committed in applied.items():
+            read = reads[group].result()
+            for key, offset in committed.items():
+                topic, partition = key.rsplit("[", 1)[0], int(key.rsplit("[", 1)[1][:-1])
+                if read.get((topic, partition), -1) < offset:
+                    behind[f"{group} {key}"] = (offset, read.get((topic, partition)))
+        return fenced.result(), behind

@@ -170,6 +170,23 @@ def _replication_part(topology, audit, run_id: str, source: str, target: str, lo
     return part
 
 
+def _stopped_part(topology, source: str, target: str, log) -> Part:
+    """After a switch: replication source (old owner) -> target STOPPED, read from Connect."""
+    name = f"replication {source} -> {target}"
+    try:
+        engine = engine_for(topology)
+        state = engine.status(source, target).state
+        if state == "STOPPED":
+            return Part(name, "ok", "STOPPED after the switch (read from Connect)")
+        log(f"recover: replication {source} -> {target} is {state} after the switch; stopping it")
+        status = engine.stop(source, target, wait_seconds=REPLICATION_WAIT_SECONDS)
+    except (ReplicationError, OSError) as e:
+        return Part(name, "pending", f"not STOPPED after the switch and could not be stopped: "
+                                     f"{_first_line(e)}", where="connect")
+    return Part(name, "fixed", f"was {state}, now {status.state} (read from Connect)",
+                action=f"stopped replication {source} -> {target}")
+
+
 def _first_line(error: Exception) -> str:
     return str(error).splitlines()[0] if str(error) else type(error).__name__
 
@@ -184,7 +201,10 @@ def reconcile_to_safe_state(topology, audit, store, run_id: str, *, actor: str, 
     domain = topology.domain.name
     current = store.current(domain)
     if current is not None and current.owner == new and current.state == State.ACTIVE:
+        # Nothing to return to; the switch's own request to stop replication old -> new may not
+        # have taken effect if the run failed before reconcile checked it: finished here.
         recovery.moved, recovery.authority = True, current.describe()
+        recovery.parts.append(_stopped_part(topology, old, new, log))
         return recovery
     acls = _acl_part(topology, old, log)
     recovery.parts.append(acls)

@@ -142,6 +142,15 @@ def test_planned_failover_then_failback_moves_authority_and_consumers_exactly(la
     carried = evidence["translate_consumer_offsets"]["verified_before_fence_and_carried"]
     assert prepared["prepared"] and 1 <= carried <= prepared["verified_from_offset_syncs"]
     assert engine_for(t).status("east", "west").state == "STOPPED"
+    # The switch ended once authority moved, with the stop of east -> west only requested;
+    # reconcile read every connector back STOPPED as a postcondition, before the reprotect steps.
+    assert "replication_stopped" not in evidence["switch_authority"]
+    stopped = evidence["reconcile"]["replication_stopped"]
+    assert stopped["stopped"] and {c["state"] for c in stopped["status"]["components"]} == {"STOPPED"}
+    # East's divergent tail is empty, from the currency measurement of the fenced east, every
+    # offset of both sides re-read unchanged after the stop.
+    tail = evidence["find_divergent_tail"]
+    assert tail["count"] == 0 and tail["lag"].startswith("verify_secondary_currency's measurement")
     # The run published its Prefect artifacts: a Markdown summary and the translated offsets.
     summary_md, offsets_table = latest_artifacts("failover-summary", "failover-offsets")
     assert summary["run_id"] in summary_md.description and "switch_authority" in summary_md.data
@@ -179,6 +188,8 @@ def test_planned_failover_then_failback_moves_authority_and_consumers_exactly(la
     assert store.verify().ok
     steps = {s.name: json.loads(s.evidence) for s in store.run(summary["run_id"]).steps}
     assert list(steps)[-1] == "reconcile" and steps["find_divergent_tail"]["count"] == 0
+    assert steps["find_divergent_tail"]["lag"] == "measured now"  # no fenced measurement to reuse
+    assert steps["reconcile"]["replication_stopped"]["stopped"]
     assert steps["start_reverse_replication"]["state_before"] == "RUNNING"
 
 

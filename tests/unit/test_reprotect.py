@@ -40,7 +40,7 @@ def test_current_against_the_owner_end_when_the_step_began(monkeypatch):
     # The owner keeps writing: at the start it ends at 10; later at 15 with the mirror through 11.
     reports = iter([report(partition(10, 5, 4)), report(partition(15, 11, 3))])
     monkeypatch.setattr(reprotect, "measure_lag", lambda topology, owner: next(reports))
-    monkeypatch.setattr(reprotect, "POLL_SECONDS", 0)
+    monkeypatch.setattr(reprotect, "FIRST_POLL_SECONDS", 0)
     evidence = reprotect.verify_standby_current(context(switched=True))
     assert (evidence["owner"], evidence["standby"]) == ("west", "east")
     [p] = evidence["partitions"]
@@ -50,6 +50,6 @@ def test_current_against_the_owner_end_when_the_step_began(monkeypatch):
 
 def test_a_standby_that_never_catches_up_is_refused_naming_the_way_on(monkeypatch):
     monkeypatch.setattr(reprotect, "measure_lag", lambda topology, owner: report(partition(10, None, None)))
-    monkeypatch.setattr(reprotect, "POLL_SECONDS", 0.05)
+    monkeypatch.setattr(reprotect, "MAX_POLL_SECONDS", 0.05)
     with pytest.raises(StepFailed, match="east is not current against west .*run `baton reprotect` again"):
         reprotect.verify_standby_current(context(switched=True))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from baton.errors import ReplicationError
@@ -18,6 +19,9 @@ from baton.replication.mm2 import internal
 from baton.replication.mm2.connect import ConnectClient
 from baton.replication.mm2.connectors import KINDS, connector_config, connector_name
 from baton.settings import Topology
+
+FIRST_POLL_SECONDS, MAX_POLL_SECONDS = 0.05, 0.5
+PROGRESS_EVERY_SECONDS = 5.0
 
 
 class MirrorMakerEngine:
@@ -93,9 +97,11 @@ class MirrorMakerEngine:
         return [connector_name(self.topology, kind, source, target) for kind in KINDS]
 
     def status(self, source: str, target: str) -> ReplicationStatus:
+        names = self.connector_names(source, target)
+        with ThreadPoolExecutor(max_workers=len(names)) as pool:  # one round trip, not three
+            raws = list(pool.map(self.connect.status, names))
         components = []
-        for name in self.connector_names(source, target):
-            raw = self.connect.status(name)
+        for name, raw in zip(names, raws, strict=True):
             if raw is None:
                 components.append(ConnectorState(name, "MISSING"))
                 continue
@@ -114,7 +120,7 @@ class MirrorMakerEngine:
         """Connectors configured from the topology and RUNNING. With `keep_config`, existing
         connectors are only resumed as they were (recovery restarts what a run stopped, and
         must not rewrite it with credentials that may be the very thing that is wrong)."""
-        for kind in KINDS:
+        for kind in KINDS:  # one after the other: concurrent config changes may be refused (409)
             name = connector_name(self.topology, kind, source, target)
             wanted = connector_config(self.topology, kind, source, target)
             current = self.connect.config(name)
@@ -123,17 +129,27 @@ class MirrorMakerEngine:
             status = self.connect.status(name)
             if status and status["connector"]["state"] in ("STOPPED", "PAUSED"):
                 self.connect.resume(name)
-        return self._wait(source, target, "RUNNING", wait_seconds)
+        return self.wait_for(source, target, "RUNNING", wait_seconds)
 
     def stop(self, source: str, target: str, *, wait_seconds: float = 60) -> ReplicationStatus:
-        existing = [n for n in self.connector_names(source, target) if self.connect.status(n) is not None]
-        # Connect answers each stop only after its rebalance: ask for all three at once.
-        with ThreadPoolExecutor(max_workers=len(existing) or 1) as pool:
-            list(pool.map(self.connect.stop, existing))
-        return self._wait(source, target, "STOPPED", wait_seconds)
+        self.request_stop(source, target)
+        return self.wait_for(source, target, "STOPPED", wait_seconds)
 
-    def _wait(self, source: str, target: str, wanted: str, wait_seconds: float) -> ReplicationStatus:
-        deadline = time.monotonic() + wait_seconds
+    def request_stop(self, source: str, target: str) -> None:
+        def stop_if_present(name: str) -> None:
+            if self.connect.status(name) is not None:
+                self.connect.stop(name)
+
+        names = self.connector_names(source, target)
+        # Connect answers each stop only after its rebalance: ask for all three at once.
+        with ThreadPoolExecutor(max_workers=len(names)) as pool:
+            list(pool.map(stop_if_present, names))
+
+    def wait_for(self, source: str, target: str, wanted: str, wait_seconds: float,
+                 progress: Callable[[str], None] | None = None) -> ReplicationStatus:
+        started = noted = time.monotonic()
+        deadline = started + wait_seconds
+        pause = FIRST_POLL_SECONDS
         while True:
             status = self.status(source, target)
             if status.state == wanted:
@@ -149,4 +165,10 @@ class MirrorMakerEngine:
                     f"replication {source}->{target} did not reach {wanted} within "
                     f"{wait_seconds:.0f}s: {detail}"
                 )
-            time.sleep(0.5)
+            if progress is not None and time.monotonic() - noted > PROGRESS_EVERY_SECONDS:
+                progress(f"replication {source} -> {target} is {status.state}, waiting for {wanted} "
+                         f"({time.monotonic() - started:.0f} s of {wait_seconds:.0f} s)")
+                noted = time.monotonic()
+            # Connect usually settles within a second of the request: polled from 50 ms up.
+            time.sleep(pause)
+            pause = min(pause * 2, MAX_POLL_SECONDS)

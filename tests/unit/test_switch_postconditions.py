@@ -1,0 +1,113 @@
+"""Replication stopped, as reconcile's postcondition of the switch, on plain data: the switch only
+requests the stop; reconcile waits for it, asks again when the request failed or the run was
+resumed, and reports (never hides) a flow that did not stop."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from types import SimpleNamespace
+
+import pytest
+
+from baton.errors import ReplicationError
+from baton.replication.engine import ConnectorState, ReplicationStatus
+from baton.steps import failover, recover
+from baton.steps.context import RunContext
+
+
+class Connect:
+    """Plain data standing in for the engine: connector states, changed by stop requests."""
+
+    def __init__(self, state: str):
+        self.state, self.requests = state, 0
+
+    def status(self, source, target):
+        return ReplicationStatus("mm2", source, target, (ConnectorState("source", self.state),))
+
+    def request_stop(self, source, target):
+        self.requests += 1
+        self.state = "STOPPED"
+
+    def stop(self, source, target, wait_seconds=60):
+        self.request_stop(source, target)
+        return self.wait_for(source, target, "STOPPED", wait_seconds)
+
+    def wait_for(self, source, target, wanted, wait_seconds, progress=None):
+        if self.state != wanted:
+            raise ReplicationError(f"replication {source}->{target} did not reach {wanted}")
+        return self.status(source, target)
+
+
+def context(state: dict) -> RunContext:
+    topology = SimpleNamespace(thresholds=SimpleNamespace(step_timeout_seconds=1),
+                               domain=SimpleNamespace(name="orders"))
+    return RunContext(topology=topology, runbook="failover", run_id="r", old_owner="east", new_owner="west",
+                      audit=None, authority=None, operator="t", state=state, log=lambda m: None)
+
+
+def done(result=None, error=None) -> Future:
+    future = Future()
+    future.set_exception(error) if error else future.set_result(result)
+    return future
+
+
+@pytest.fixture
+def engine(monkeypatch):
+    def install(connect: Connect) -> Connect:
+        monkeypatch.setattr(failover, "engine_for", lambda topology: connect)
+        monkeypatch.setattr(recover, "engine_for", lambda topology: connect)
+        return connect
+    return install
+
+
+def test_the_switch_request_answered_is_waited_for_not_sent_again(engine):
+    connect = engine(Connect("STOPPED"))
+    ctx = context({failover.STOP_REQUEST: done()})
+    result = failover.replication_stopped(ctx)
+    assert result["stopped"] and result["status"]["state"] == "STOPPED" and connect.requests == 0
+    assert failover.STOP_REQUEST not in ctx.state  # a second reconcile reads Connect, not the future
+
+
+def test_a_failed_switch_request_is_sent_again(engine):
+    connect = engine(Connect("RUNNING"))
+    error = ReplicationError("Kafka Connect PUT /connectors/x/stop failed with 500")
+    result = failover.replication_stopped(context({failover.STOP_REQUEST: done(error=error)}))
+    assert result["stopped"] and connect.requests == 1 and "/stop" in result["switch_request_failed"]
+
+
+def test_a_resumed_run_asks_only_when_not_stopped(engine):
+    running = engine(Connect("RUNNING"))
+    assert failover.replication_stopped(context({}))["requested_again"] and running.requests == 1
+    stopped = engine(Connect("STOPPED"))
+    assert "requested_again" not in failover.replication_stopped(context({})) and stopped.requests == 0
+
+
+def test_a_flow_that_does_not_stop_is_reported(engine):
+    class Stuck(Connect):
+        def request_stop(self, source, target):
+            self.requests += 1  # Connect accepts the request but the connector stays RUNNING
+
+    engine(Stuck("RUNNING"))
+    result = failover.replication_stopped(context({}))
+    assert result["stopped"] is False and "did not reach STOPPED" in result["error"]
+
+
+def test_recovery_after_the_switch_finishes_a_stop_that_did_not_take_effect(engine):
+    # The run failed between the switch (authority moved) and reconcile: nothing to return to,
+    # but replication old -> new must end STOPPED; read from Connect, changed only when it is not.
+    running = engine(Connect("RUNNING"))
+    part = recover._stopped_part(None, "east", "west", log=lambda m: None)
+    assert (part.status, part.action, running.requests) == ("fixed", "stopped replication east -> west", 1)
+    stopped = engine(Connect("STOPPED"))
+    assert recover._stopped_part(None, "east", "west", log=lambda m: None).status == "ok"
+    assert stopped.requests == 0
+
+
+def test_recovery_after_the_switch_leaves_an_unanswered_stop_pending(engine):
+    class Down(Connect):
+        def status(self, source, target):
+            raise ReplicationError("Kafka Connect at http://connect did not answer GET /connectors/x/status")
+
+    engine(Down("RUNNING"))
+    part = recover._stopped_part(None, "east", "west", log=lambda m: None)
+    assert (part.status, part.where) == ("pending", "connect") and "did not answer" in part.detail
