@@ -80,8 +80,11 @@ class SlackNotifier:
 
     def post_request(self, ctx, step, summary: dict) -> PostedRequest | None:
         """Post the request for this gate to the channel; None if Slack did not take it."""
+        # Named as the summary names it: an evacuation's batch gate is asked on its first domain's
+        # run, but the approver decides for the evacuation and every domain of it.
         request = GateRequest(run_id=ctx.run_id, gate=step.name, flow_run_id=self.flow_run_id,
-                              domain=ctx.domain, runbook=ctx.runbook)
+                              domain=summary.get("domain") or ctx.domain,
+                              runbook=summary.get("runbook") or ctx.runbook)
         blocks = messages.request_blocks(request, summary, run_url(self.settings, self.flow_run_id))
         response = self._call("chat.postMessage", self.client.chat_postMessage,
                               channel=self.settings.slack_channel, text=messages.request_text(request),

@@ -287,3 +287,28 @@ def test_a_batch_of_ten_domains_fits_slack_sections_without_losing_a_domain():
     texts = [b["text"]["text"] for b in blocks if b["type"] == "section"]
     assert len(texts) > 1 and all(len(t) <= 3000 for t in texts)
     assert all(any(f"• d{i} (run r{i})" in t for t in texts) for i in range(10))
+
+
+def test_the_batch_request_posted_to_slack_is_titled_for_the_evacuation_not_its_first_domain():
+    from types import SimpleNamespace
+
+    from slack_sdk import WebClient
+
+    from baton.approvals.slack import SlackNotifier
+    from baton.settings import ApprovalSettings
+    from tests.slack_standin import BOT_TOKEN, CHANNEL, SlackStandIn
+
+    standin = SlackStandIn().start()
+    try:
+        settings = ApprovalSettings(slack_channel=CHANNEL, slack_api_url=standin.api_url)
+        notifier = SlackNotifier(settings, flow_run_id="f-1",
+                                 client=WebClient(token=BOT_TOKEN, base_url=standin.api_url))
+        lead = SimpleNamespace(run_id="r-a", domain="a", runbook="failover", log=lambda message: None)
+        summary = {"runbook": "evacuate", "domain": "a, b", "gate": "approve-failover",
+                   "domains": ["a (run r-a): lag: 0 records", "b (run r-b): lag: 0 records"]}
+        notifier.post_request(lead, EVACUATE.step("approve-failover"), summary)
+        (posted,) = standin.requests()
+        assert posted["blocks"][0]["text"]["text"] == "Approval needed: approve-failover (evacuate of a, b)"
+        assert "evacuate of a, b" in posted["text"]
+    finally:
+        standin.stop()
