@@ -10,6 +10,7 @@ not repeated, and irreversible steps check their own postcondition anyway.
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 
@@ -46,7 +47,17 @@ def _trigger() -> str:
     from prefect.context import FlowRunContext
 
     flow_run = getattr(FlowRunContext.get(), "flow_run", None)
-    return "deployment" if flow_run is not None and flow_run.deployment_id else "cli"
+    if flow_run is None or flow_run.deployment_id:
+        return "cli" if flow_run is None else "deployment"
+    # A top-level run not started from a deployment, or a process no worker started (a worker
+    # gives the process its flow run's id).
+    if flow_run.parent_task_run_id is None or not os.environ.get("PREFECT__FLOW_RUN_ID"):
+        return "cli"
+    # A subflow (the drill's failover and failback) carries no deployment of its own: Prefect
+    # reads its parent's, through the API when it must.
+    from prefect.runtime import deployment
+
+    return "deployment" if deployment.id else "cli"
 
 
 def starter(operator: str | None, trigger: str | None = None) -> str:
