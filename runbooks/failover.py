@@ -39,12 +39,17 @@ STOP_PRIMARY_PRODUCERS = Step(
     roles=frozenset({Role.FENCE}),
 )
 VERIFY_SECONDARY_CURRENCY = Step(
-    "verify_secondary_currency", Kind.MEASURE,
+    "verify_secondary_currency", Kind.CHANGE,
     "Wait (bounded, and never past the fenced window's limit) until the secondary holds every "
     "record up to the owner's final end offsets, measuring from 50 ms apart, doubling to 1 s (the "
     "replication engine's copy latency is the floor); record the result and any missing offset "
-    "ranges per partition.",
+    "ranges per partition. Once it does, replication old -> new has nothing left to copy: under "
+    "a naming policy that mirrors into its own topics (MM2's default) its stop is requested here "
+    "and Connect applies it (0.5-1.5 s) while translation and the switch run; `reconcile` waits "
+    "for STOPPED. A run that fails before the switch lets that stop settle before its "
+    "compensation restarts replication.",
     unplanned="Cannot be verified without the owner: record the last known lag as data at risk.",
+    changes="planned, default naming: stop of replication old -> new requested",
     roles=frozenset({Role.CURRENCY}),
 )
 TRANSLATE_CONSUMER_OFFSETS = Step(
@@ -107,10 +112,11 @@ SWITCH_AUTHORITY = Step(
     "authority ACTIVE on the new owner (epoch + 1), published to every reachable region. "
     "Stopping replication is off the critical path only when the naming policy writes mirrors "
     "into a different topic than producers use (MM2's default `east.orders`): then no mirrored "
-    "record can land where the new owner's producers write, so the stop is requested while "
-    "authority moves and the step ends once authority has moved; `reconcile` waits for "
-    "STOPPED as a postcondition. Under the identity policy the mirror IS the producers' topic: "
-    "replication must have stopped before the new owner accepts a write, so the step waits for "
+    "record can land where the new owner's producers write, so the stop (requested by "
+    "`verify_secondary_currency` in a planned run, here otherwise) overlaps the switch and the "
+    "step ends once authority has moved; `reconcile` waits for STOPPED as a postcondition. "
+    "Under the identity policy the mirror IS the producers' topic: replication must have "
+    "stopped before the new owner accepts a write, so the step waits for "
     "STOPPED before the switch. If the step fails before authority moved, it first waits for "
     "Connect to answer the stop, so the compensation's restart of replication comes after it.",
     changes="replication old -> new STOPPED; authority ACTIVE on the new owner (epoch + 1)",

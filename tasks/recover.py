@@ -6,11 +6,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from baton.steps.context import RunContext
-from baton.steps.recover import Recovery, recover_run
+from baton.steps.recover import Recovery, compensate
 
 
 @task(name="compensate", cache_policy=NO_CACHE, retries=0)
 def recover_task(ctx: RunContext, why: str) -> Recovery:
     """Converge to the run's last safe state; recorded as step `compensate` (pending parts named)."""
-    return recover_run(ctx.topology, ctx.audit, ctx.authority, ctx.run_id, actor=ctx.operator, why=why,
-                       step="compensate", log=ctx.log)
+    return compensate(ctx, why)

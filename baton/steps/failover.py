@@ -39,7 +39,7 @@ UNREACHABLE_PROBE_SECONDS = 3.0  # how long to ask a region that may be down bef
 # Currency is polled from 50 ms, doubling to 1 s: after a fence MM2 copies the last records
 # within tens of milliseconds, and every poll while producers are refused is outage.
 CURRENCY_FIRST_POLL, CURRENCY_MAX_POLL = 0.05, 1.0
-STOP_REQUEST = "replication_stop_request"  # ctx.state: the switch's stop request, in flight
+STOP_REQUEST = "replication_stop_request"  # ctx.state: the stop of replication old -> new, in flight
 STOP_WAIT_SECONDS = 60.0  # a switch that fails before authority moved waits this long for its stop
 
 
@@ -387,7 +387,23 @@ def verify_secondary_currency(ctx: RunContext) -> dict:
             raise StepFailed(f"{ctx.old_owner} was written to after its fence: {moved}")
     ctx.reuse["currency"] = (scope, report.lag)
     ctx.log(f"verify_secondary_currency: {ctx.new_owner} holds every record ({report.lag.statement()})")
+    if _stop_overlaps(ctx):
+        # The fenced owner's every record is on the mirror: replication old -> new has nothing
+        # left to copy. Its stop (Connect takes 0.5-1.5 s) runs beside translation and the switch;
+        # reconcile waits for STOPPED, and a run that fails before the switch lets the stop
+        # settle before its compensation restarts replication (settle_stop_request).
+        pool = ThreadPoolExecutor(max_workers=1)
+        ctx.state[STOP_REQUEST] = pool.submit(_stop_old_direction, ctx, wait=False)
+        pool.shutdown(wait=False)
+        evidence["replication_stop"] = (f"requested: {ctx.new_owner} holds every record of the fenced "
+                                        f"owner; reconcile waits for STOPPED")
     return evidence
+
+
+def _stop_overlaps(ctx: RunContext) -> bool:
+    """Whether replication old -> new may stop while authority moves: only when mirrors live in
+    their own topics (default naming), and only for a planned run (its owner was fenced and read)."""
+    return not ctx.unplanned and ctx.topology.replication.policy != "identity"
 
 
 # -- translate_consumer_offsets ---------------------------------------------------------------
@@ -509,11 +525,16 @@ def switch_authority(ctx: RunContext) -> dict:
     # reconcile waits for STOPPED as its postcondition. Identity naming: the mirror is the
     # producers' topic, so replication must have stopped before anyone may write.
     overlap = ctx.topology.replication.policy != "identity"
-    evidence: dict = {"replication_stop": "requested with the switch; reconcile waits for STOPPED"
-                      if overlap else "before the switch (identity naming: mirror = producers' topic)"}
     pool = ThreadPoolExecutor(max_workers=1)
-    # Even the engine's client is made on the side: nothing before the switch waits on Connect.
-    stopping = pool.submit(_stop_old_direction, ctx, wait=not overlap)
+    stopping = ctx.state.pop(STOP_REQUEST, None) if overlap else None
+    if stopping is not None:
+        evidence: dict = {"replication_stop": "requested once the mirror was verified current; "
+                                              "reconcile waits for STOPPED"}
+    else:
+        evidence = {"replication_stop": "requested with the switch; reconcile waits for STOPPED"
+                    if overlap else "before the switch (identity naming: mirror = producers' topic)"}
+        # Even the engine's client is made on the side: nothing before the switch waits on Connect.
+        stopping = pool.submit(_stop_old_direction, ctx, wait=not overlap)
     try:
         if not overlap:
             evidence["replication_stopped"] = stopping.result().as_dict()
@@ -558,6 +579,25 @@ def _stop_old_direction(ctx: RunContext, *, wait: bool):
     if wait:
         return engine.stop(ctx.old_owner, ctx.new_owner)
     return engine.request_stop(ctx.old_owner, ctx.new_owner)
+
+
+def settle_stop_request(ctx: RunContext) -> dict | None:
+    """Before a compensation restarts replication old -> new: the stop this run requested (if one
+    is in flight) answered and applied, else Connect could apply it after the restart. None when
+    no stop was in flight; otherwise evidence, with `error` when it did not settle in time."""
+    request = ctx.state.pop(STOP_REQUEST, None)
+    if request is None:
+        return None
+    started = time.monotonic()
+    try:
+        request.result(timeout=STOP_WAIT_SECONDS)
+        status = engine_for(ctx.topology).wait_for(ctx.old_owner, ctx.new_owner, "STOPPED", STOP_WAIT_SECONDS)
+    except (ReplicationError, OSError, TimeoutError) as e:
+        # Named so recover.py keeps replication pending until such a stop can no longer apply.
+        return {"stop_in_flight": "unsettled", "error": f"the stop of replication {ctx.old_owner} -> "
+                f"{ctx.new_owner} did not reach STOPPED: {e}"}
+    return {"stop_in_flight": "settled", "status": status.as_dict(),
+            "waited_seconds": round(time.monotonic() - started, 3)}
 
 
 def replication_stopped(ctx: RunContext) -> dict:

@@ -61,6 +61,7 @@ class Recovery:
     parts: list[Part] = field(default_factory=list)
     authority: str = ""  # the authority as read at the end
     moved: bool = False  # authority is ACTIVE on the new owner: there is nothing to return to
+    stop_in_flight: dict | None = None  # a stop this run requested, settled before the restart
 
     @property
     def pending(self) -> list[Part]:
@@ -89,7 +90,8 @@ class Recovery:
                 "parts": [p.as_dict() for p in self.parts],
                 "actions": [p.action for p in self.parts if p.action]
                 or ["none: every part was already in its safe state"],
-                "pending": [p.as_dict() for p in self.pending], "statement": self.statement()}
+                "pending": [p.as_dict() for p in self.pending], "statement": self.statement()} | (
+                    {"stop_in_flight": self.stop_in_flight} if self.stop_in_flight else {})
 
 
 def run_plan(audit, run_id: str) -> tuple[str, dict]:
@@ -144,7 +146,8 @@ def _unanswered_stop(audit, run_id: str):
     return max(ended) if ended else None
 
 
-def _replication_part(topology, audit, run_id: str, source: str, target: str, log) -> Part:
+def _replication_part(topology, audit, run_id: str, source: str, target: str, log,
+                      unsettled_stop: bool = False) -> Part:
     name = f"replication {source} -> {target}"
     try:
         engine = engine_for(topology)
@@ -159,7 +162,7 @@ def _replication_part(topology, audit, run_id: str, source: str, target: str, lo
     except (ReplicationError, OSError) as e:
         return Part(name, "pending", f"not RUNNING and could not be started: {_first_line(e)}",
                     where="connect")
-    stop = _unanswered_stop(audit, run_id)
+    stop = utcnow() if unsettled_stop else _unanswered_stop(audit, run_id)
     if stop is not None:
         settled = stop.replace(tzinfo=stop.tzinfo or UTC) + timedelta(seconds=STOP_SETTLE_SECONDS)
         if utcnow() < settled:
@@ -192,12 +195,13 @@ def _first_line(error: Exception) -> str:
 
 
 def reconcile_to_safe_state(topology, audit, store, run_id: str, *, actor: str, why: str,
-                            log: Callable[[str], None] | None = None) -> Recovery:
+                            log: Callable[[str], None] | None = None,
+                            stop_in_flight: dict | None = None) -> Recovery:
     """Converge the domain to the run's last safe state (see the module docstring); idempotent."""
     log = log or (lambda message: None)
     runbook, plan = run_plan(audit, run_id)
     old, new = plan["old_owner"], plan["new_owner"]
-    recovery = Recovery(run_id, runbook, old, new)
+    recovery = Recovery(run_id, runbook, old, new, stop_in_flight=stop_in_flight)
     domain = topology.domain.name
     current = store.current(domain)
     if current is not None and current.owner == new and current.state == State.ACTIVE:
@@ -209,7 +213,8 @@ def reconcile_to_safe_state(topology, audit, store, run_id: str, *, actor: str, 
     acls = _acl_part(topology, old, log)
     recovery.parts.append(acls)
     if _replication_wanted(audit, run_id, runbook, plan):
-        recovery.parts.append(_replication_part(topology, audit, run_id, old, new, log))
+        unsettled = bool(stop_in_flight and stop_in_flight.get("error"))
+        recovery.parts.append(_replication_part(topology, audit, run_id, old, new, log, unsettled))
     else:
         was = plan.get("replication_at_start", "not recorded")
         recovery.parts.append(Part(f"replication {old} -> {new}", "ok",
@@ -249,7 +254,7 @@ def record_recovery(audit, recovery: Recovery, name: str, started_at) -> None:
 
 
 def recover_run(topology, audit, store, run_id: str, *, actor: str, why: str, step: str = "recover",
-                log: Callable[[str], None] | None = None) -> Recovery:
+                log: Callable[[str], None] | None = None, stop_in_flight: dict | None = None) -> Recovery:
     """Reconcile and record the outcome as a step of the run (the CLI, unlock and the keeper)."""
     holder = audit.lock_holder(topology.domain.name)
     if holder is not None and holder.run_id != run_id:
@@ -259,7 +264,8 @@ def recover_run(topology, audit, store, run_id: str, *, actor: str, why: str, st
                          f"then run `baton recover --run {run_id}` if anything is still pending")
     started = utcnow()
     try:
-        recovery = reconcile_to_safe_state(topology, audit, store, run_id, actor=actor, why=why, log=log)
+        recovery = reconcile_to_safe_state(topology, audit, store, run_id, actor=actor, why=why, log=log,
+                                           stop_in_flight=stop_in_flight)
     except BatonError as e:
         audit.record_step(run_id, step, "failed", started, utcnow(), {"why": why},
                           error=f"{type(e).__name__}: {e}")
@@ -290,3 +296,15 @@ def can_retry(topology, parts: list[dict]) -> bool:
         except RegionUnreachable:
             return False
     return True
+
+
+def compensate(ctx, why: str) -> Recovery:
+    """The runner's way back, in the run's own process: a replication stop the run requested and
+    that may still be in flight settles first (Connect could apply it after the restart)."""
+    from baton.steps.failover import settle_stop_request
+
+    settled = settle_stop_request(ctx)
+    if settled is not None:
+        ctx.log(f"compensate: the replication stop this run requested: {settled.get('error') or 'settled'}")
+    return recover_run(ctx.topology, ctx.audit, ctx.authority, ctx.run_id, actor=ctx.operator, why=why,
+                       step="compensate", log=ctx.log, stop_in_flight=settled)

@@ -16,6 +16,7 @@ from baton.authority.keeper import LeaseKeeper
 from baton.client import GuardedProducer
 from baton.errors import WriteRefused
 from baton.kafka.fencing import present_bindings
+from baton.replication import engine_for
 from baton.settings import load_topology
 from tests.conftest import wait_until
 from tests.integration.runbook_support import (
@@ -174,6 +175,21 @@ def test_a_condition_failing_inside_the_fence_returns_to_safety_without_a_pause(
     assert "switch_authority" not in names and names[-1] == "compensate"
     compensation = json.loads(next(s.evidence for s in view.steps if s.name == "compensate"))
     assert "unfenced east" in compensation["actions"]
+    # The stop of replication requested once the mirror was verified current settled before the
+    # compensation restarted replication, so no late stop can land after the restart: RUNNING at
+    # every sample for 3 s.
+    currency = json.loads(next(s.evidence for s in view.steps if s.name == "verify_secondary_currency"))
+    assert currency["replication_stop"].startswith("requested")
+    assert compensation["stop_in_flight"]["stop_in_flight"] == "settled"
+    assert compensation["stop_in_flight"]["status"]["state"] == "STOPPED"
+    assert "restarted replication east -> west" in compensation["actions"]
+    engine = engine_for(t)
+    samples = []
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        samples.append(engine.status("east", "west").state)
+        time.sleep(0.25)
+    assert len(samples) >= 5 and set(samples) == {"RUNNING"}, samples
 
 
 def test_pause_form_read_through_the_api_shows_the_evidence_and_only_the_decision(planned_domain):
