@@ -111,3 +111,17 @@ def test_recovery_after_the_switch_leaves_an_unanswered_stop_pending(engine):
     engine(Down("RUNNING"))
     part = recover._stopped_part(None, "east", "west", log=lambda m: None)
     assert (part.status, part.where) == ("pending", "connect") and "did not answer" in part.detail
+
+
+def test_replication_is_stopped_only_once_no_task_runs_any_more():
+    from baton.replication.engine import ConnectorState, ReplicationStatus
+
+    def status(*components):
+        return ReplicationStatus("mm2", "east", "west", components).state
+
+    # Connect reads the connector STOPPED while its task still copies: not stopped yet.
+    assert status(ConnectorState("source", "STOPPED", ("RUNNING",)),
+                  ConnectorState("checkpoint", "STOPPED", ())) == "DEGRADED"
+    assert status(ConnectorState("source", "STOPPED", ()),
+                  ConnectorState("checkpoint", "MISSING")) == "STOPPED"
+    assert status(ConnectorState("source", "RUNNING", ("RUNNING",))) == "RUNNING"
