@@ -312,3 +312,27 @@ def test_the_batch_request_posted_to_slack_is_titled_for_the_evacuation_not_its_
         assert "evacuate of a, b" in posted["text"]
     finally:
         standin.stop()
+
+
+def test_connect_requests_wait_out_a_stale_configuration_refusal():
+    """Connect answers a change that arrives while another's rebalance is pending with 409 "stale
+    configuration" (RebalanceNeededException): retried like "rebalance", so changes sent together
+    (an evacuation's domains in one round) all go through."""
+    import httpx
+
+    from baton.replication.mm2.connect import ConnectClient
+
+    answers = [httpx.Response(409, json={"message": "Cannot complete request momentarily due to stale "
+                                                    "configuration (typically caused by a concurrent "
+                                                    "config change)"}),
+               httpx.Response(202)]
+    seen = []
+
+    def handler(request):
+        seen.append((request.method, request.url.path))
+        return answers.pop(0)
+
+    client = ConnectClient("http://connect.invalid")
+    client._http = httpx.Client(base_url=client.url, transport=httpx.MockTransport(handler))
+    client.resume("mm2-orders-west-east-source")
+    assert seen == [("PUT", "/connectors/mm2-orders-west-east-source/resume")] * 2

@@ -19,6 +19,14 @@ def _tls_context():
     return httpx.create_ssl_context()
 
 
+def _rebalancing(text: str) -> bool:
+    """Connect's refusals while its workers rebalance: "rebalance is expected/in progress", and
+    "stale configuration (typically caused by a concurrent config change)" when a change read
+    meanwhile requires one (DistributedHerder's RebalanceNeededException)."""
+    text = text.lower()
+    return "rebalance" in text or "stale configuration" in text
+
+
 class ConnectClient:
     def __init__(self, url: str, timeout: float = 10.0):
         self.url = url.rstrip("/")
@@ -27,7 +35,8 @@ class ConnectClient:
     def _call(self, method: str, path: str, **kwargs) -> httpx.Response:
         # While the workers rebalance (another domain's connectors were just changed, e.g. two
         # domains of an evacuation at once), Connect refuses every request with 409 or 500
-        # "rebalance is expected/in progress": wait it out (bounded), every call here is idempotent.
+        # "rebalance is expected/in progress" (or "stale configuration"): wait it out (bounded),
+        # every call here is idempotent.
         deadline, pause = time.monotonic() + REBALANCE_WAIT_SECONDS, 0.1
         while True:
             try:
@@ -37,7 +46,7 @@ class ConnectClient:
                     f"Kafka Connect at {self.url} did not answer {method} {path}: {e}. "
                     "Is the Connect worker running (`baton lab status`)?"
                 ) from e
-            if not (response.status_code in (409, 500) and "rebalance" in response.text.lower()
+            if not (response.status_code in (409, 500) and _rebalancing(response.text)
                     and time.monotonic() + pause < deadline):
                 break
             time.sleep(pause)
