@@ -24,6 +24,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, OffsetSpec, Resou
 from confluent_kafka.cimpl import _AdminClientImpl
 
 from baton.errors import RegionUnreachable
+from baton.kafka.admin import topic_partitions
 from baton.kafka.fingerprint import TimestampMode, message_fingerprint
 
 Partition = tuple[str, int]
@@ -61,16 +62,11 @@ def partition_counts(admin: AdminClient, topics: Iterable[str], region: str,
                      timeout: float = 10) -> dict[str, int | None]:
     """Partition count of each topic, None when the topic does not exist."""
     try:
-        metadata = admin.list_topics(timeout=timeout)
+        return topic_partitions(admin, topics, timeout)
     except KafkaException as e:
         raise RegionUnreachable(
-            f"region {region!r}: listing topics failed within {timeout:g}s: {e.args[0]}"
+            f"region {region!r}: describing topics failed within {timeout:g}s: {e.args[0]}"
         ) from e
-    counts: dict[str, int | None] = {}
-    for topic in topics:
-        found = metadata.topics.get(topic)
-        counts[topic] = len(found.partitions) if found is not None and not found.error else None
-    return counts
 
 
 def timestamp_types(admin: AdminClient, topics: Iterable[str], region: str,

@@ -17,6 +17,8 @@ class ConnectorState:
     state: str  # RUNNING, PAUSED, STOPPED, FAILED, UNASSIGNED, MISSING
     tasks: tuple[str, ...] = ()
     trace: str | None = None
+    # Whether a task of it writes data the other region acts on: records, or group offsets.
+    writes_data: bool = True
 
     @property
     def running(self) -> bool:
@@ -25,8 +27,12 @@ class ConnectorState:
     @property
     def stopped(self) -> bool:
         # Connect marks the connector STOPPED before its tasks have shut down, and a task still
-        # RUNNING can copy records (measured: up to 8 after the connector read STOPPED).
-        return self.state in ("STOPPED", "MISSING") and "RUNNING" not in self.tasks
+        # RUNNING can copy records (measured: up to 8 after the connector read STOPPED). A task
+        # that writes no data (a heartbeat, or checkpoints that sync no group offsets) only
+        # finishes its current wait (MM2: its emit interval), so its connector's STOPPED holds.
+        if self.state not in ("STOPPED", "MISSING"):
+            return False
+        return not self.writes_data or "RUNNING" not in self.tasks
 
 
 @dataclass(frozen=True)
@@ -53,7 +59,8 @@ class ReplicationStatus:
             "target": self.target,
             "state": self.state,
             "components": [
-                {"name": c.name, "state": c.state, "tasks": list(c.tasks), "trace": c.trace}
+                {"name": c.name, "state": c.state, "tasks": list(c.tasks), "trace": c.trace,
+                 "writes_data": c.writes_data}
                 for c in self.components
             ],
         }

@@ -11,6 +11,7 @@ import pytest
 
 from baton.errors import ReplicationError
 from baton.replication.engine import ConnectorState, ReplicationStatus
+from baton.settings import Topology
 from baton.steps import failover, recover
 from baton.steps.context import RunContext
 
@@ -125,3 +126,31 @@ def test_replication_is_stopped_only_once_no_task_runs_any_more():
     assert status(ConnectorState("source", "STOPPED", ()),
                   ConnectorState("checkpoint", "MISSING")) == "STOPPED"
     assert status(ConnectorState("source", "RUNNING", ("RUNNING",))) == "RUNNING"
+
+
+def test_a_task_that_writes_no_data_does_not_hold_stopped():
+    """A heartbeat task, or a checkpoint task without group-offset sync, finishing its wait
+    after its connector read STOPPED copies nothing; a checkpoint task that syncs offsets does."""
+    from baton.replication.engine import ConnectorState, ReplicationStatus
+    from baton.replication.mm2.engine import MirrorMakerEngine
+
+    def status(*components):
+        return ReplicationStatus("mm2", "east", "west", components).state
+
+    source = ConnectorState("source", "STOPPED", ())
+    for writes, expected in ((False, "STOPPED"), (True, "DEGRADED")):
+        assert status(source, ConnectorState("checkpoint", "STOPPED", ("RUNNING",), writes_data=writes),
+                      ConnectorState("heartbeat", "STOPPED", ("RUNNING",), writes_data=False)) == expected
+    # A connector still RUNNING is never stopped, whatever its tasks write.
+    assert status(source, ConnectorState("heartbeat", "RUNNING", (), writes_data=False)) == "DEGRADED"
+
+    def engine(**replication):
+        return MirrorMakerEngine(Topology(
+            domain={"name": "orders", "topics": ["orders.events"], "initial_owner": "east"},
+            regions={r: {"bootstrap_servers": f"{r}:9092", "security_protocol": "PLAINTEXT"}
+                     for r in ("east", "west")},
+            replication=replication))
+
+    assert [engine()._writes_data(k) for k in ("source", "checkpoint", "heartbeat")] == [True, False, False]
+    assert engine(sync_group_offsets=True)._writes_data("checkpoint") is True
+    assert engine(extra_connector_config={"sync.group.offsets.enabled": "true"})._writes_data("checkpoint")
