@@ -48,7 +48,7 @@ def read_internal(config: dict, topic: str, region: str, decode: Callable[..., T
     follows `after`: partition -> offset, a Decoded.read_to of an earlier read)."""
     consumer = Consumer(config | {
         "group.id": "baton-reader", "enable.auto.commit": False, "enable.partition.eof": True,
-        "socket.connection.setup.timeout.ms": 5000,
+        "socket.connection.setup.timeout.ms": 5000, "fetch.wait.max.ms": 10,  # as reading.reader
     })
     result = Decoded(topic)
     try:
