@@ -150,3 +150,36 @@ def test_failback_does_not_wait_for_a_watch_sample_of_the_flow_it_just_started()
     ctx.runbook = "failback"
     assert readiness(ctx) == {"available": False, "passing": None,
                               "statement": "readiness: not used by failback (it verifies currency itself)"}
+
+
+def test_a_watch_sample_of_the_runs_own_replication_stop_does_not_fail_readiness():
+    """Inside the fence the run stops replication old -> new once currency holds; a sample taken
+    after that shows replication_running failing, which is not the new owner's readiness. Any
+    other failing check still fails the condition."""
+    from datetime import UTC, datetime
+
+    from baton.errors import SwitchConditionFailed
+    from baton.steps.switch_conditions import check_switch_conditions
+    from baton.watch.readiness import FAIL, Check, Readiness
+    from baton.watch.sampler import Sample
+    from baton.watch.store import SampleStore
+
+    def record(ctx, *checks):
+        now = datetime.now(UTC).timestamp()
+        SampleStore(ctx.audit).record(
+            Sample(domain="orders", owner="east", secondary="west", taken_at=now, interval_seconds=5.0,
+                   replication_state="STOPPED", heartbeat_age_seconds=1.0, records_at_risk=0,
+                   seconds_at_risk=0.0),
+            Readiness("orders", "east", "west", now, list(checks)))
+
+    ctx = context(1.0, entries=[EXACT])
+    record(ctx, Check("replication_running", FAIL, "replication east -> west is STOPPED"))
+    evidence = check_switch_conditions(ctx)
+    readiness = next(c for c in evidence["conditions"] if c["condition"] == "readiness passing")
+    assert readiness["holds"] and "this run stops replication" in readiness["evidence"]["not_counted"]
+
+    ctx = context(1.0, entries=[EXACT])
+    record(ctx, Check("replication_running", FAIL, "replication east -> west is STOPPED"),
+           Check("producers_can_write", FAIL, "no ALLOW WRITE for User:orders-app on west"))
+    with pytest.raises(SwitchConditionFailed, match="readiness passing"):
+        check_switch_conditions(ctx)
