@@ -6,7 +6,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 
-from confluent_kafka import KafkaError, KafkaException, TopicCollection, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AclBinding, AdminClient, NewTopic
 
 from baton.errors import AuthenticationFailed, RegionUnreachable
@@ -20,7 +20,9 @@ def client_config(region: RegionSettings, who: str = "admin") -> dict:
 def admin_client(region: RegionSettings, errors: deque | None = None, who: str = "admin") -> AdminClient:
     """An admin client (as `who`); librdkafka's client-level errors (e.g. SASL authentication)
     go to `errors`."""
-    config = client_config(region, who) | {"logger": _quiet_logger()}
+    # Metadata requests for named topics must never create them (librdkafka's producer-side
+    # default asks the broker to, where auto.create.topics.enable is on).
+    config = client_config(region, who) | {"logger": _quiet_logger(), "allow.auto.create.topics": False}
     if errors is not None:
         config["error_cb"] = errors.append
     return AdminClient(config)
@@ -35,6 +37,7 @@ def _quiet_logger():
     return logger
 
 
+REACHABILITY_PROBE = "baton.reachability-probe"  # asked about, never created
 AUTH_SLICE_SECONDS = 1.0  # how often a slow metadata request is interrupted to look for an auth failure
 
 
@@ -49,11 +52,12 @@ def check_reachable(name: str, region: RegionSettings, timeout: float | None = N
     deadline = time.monotonic() + wait
     while True:
         try:
-            # DescribeCluster, not a full metadata request: its answer is a few brokers, where
-            # every topic's metadata (1,400 partitions in the lab after a test run) was built in
-            # Python under the GIL on each call, ~25 % of an evacuation's GIL time.
-            slice_ = max(0.1, min(AUTH_SLICE_SECONDS, deadline - time.monotonic()))
-            admin.describe_cluster(request_timeout=slice_).result()
+            # The metadata of one topic that never exists: a full listing (1,400 partitions in
+            # the lab after a test run) was built in Python under the GIL on each call, ~25 % of
+            # an evacuation's GIL time. Not DescribeCluster: librdkafka 2.16 aborted the process
+            # (rd_kafka_admin_response_parse assertion) on one while a region was killed.
+            admin.list_topics(topic=REACHABILITY_PROBE,
+                              timeout=max(0.1, min(AUTH_SLICE_SECONDS, deadline - time.monotonic())))
             return admin
         except KafkaException as e:
             admin.poll(0)  # serves the error callback
@@ -109,34 +113,23 @@ def _settled(submit: Callable[[list], dict], items: list, ignore: Callable[[Kafk
     return done
 
 
-# A topic the principal may not describe is reported like a missing one, as a full metadata
-# listing would leave it out.
-_ABSENT = (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError.TOPIC_AUTHORIZATION_FAILED)
-
-
 def topic_partitions(admin: AdminClient, topics: Iterable[str], timeout: float = 10,
                      retry_until: float | None = None) -> dict[str, int | None]:
-    """Partition count of each named topic, None where it does not exist. Asks for these topics
-    only (DescribeTopics never auto-creates): a full metadata listing is built in Python under
-    the GIL, and a cluster holds thousands of partitions. Transient errors are retried until
-    `retry_until` (monotonic); KafkaException for any other error."""
-    names = list(dict.fromkeys(topics))
+    """Partition count of each named topic, None where it does not exist (or answers with an
+    error, e.g. not authorized). Asks for these topics only (admin_client never auto-creates):
+    a full metadata listing is built in Python under the GIL, and a cluster holds thousands of
+    partitions. Transient errors are retried until `retry_until` (monotonic)."""
     counts: dict[str, int | None] = {}
-    while names:
-        try:
-            futures = admin.describe_topics(TopicCollection(names), request_timeout=timeout)
-            for name, future in futures.items():
-                try:
-                    counts[name] = len(future.result().partitions)
-                except KafkaException as e:
-                    if e.args[0].code() not in _ABSENT:
-                        raise
-                    counts[name] = None
-            return counts
-        except KafkaException as e:
-            if retry_until is None or not _transient(e.args[0]) or time.monotonic() > retry_until:
-                raise
-            time.sleep(0.5)
+    for name in dict.fromkeys(topics):
+        while True:
+            try:
+                found = admin.list_topics(topic=name, timeout=timeout).topics.get(name)
+                break
+            except KafkaException as e:
+                if retry_until is None or not _transient(e.args[0]) or time.monotonic() > retry_until:
+                    raise
+                time.sleep(0.5)
+        counts[name] = len(found.partitions) if found is not None and found.error is None else None
     return counts
 
 
