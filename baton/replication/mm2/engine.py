@@ -136,7 +136,10 @@ class MirrorMakerEngine:
             if current is None or (not keep_config and {k: current.get(k) for k in wanted} != wanted):
                 self.connect.put_config(name, wanted)
             status = self.connect.status(name)
-            if status and status["connector"]["state"] in ("STOPPED", "PAUSED"):
+            # Not only STOPPED/PAUSED: a worker that just started reports UNASSIGNED until it has
+            # read its status topic, whatever the target state (a STOPPED connector then stayed
+            # STOPPED). Resuming a connector whose target is already STARTED changes nothing.
+            if status and status["connector"]["state"] != "RUNNING":
                 self.connect.resume(name)
 
         # All three at once, as request_stop: Connect answers a change only after its rebalance,
