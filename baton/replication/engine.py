@@ -42,11 +42,6 @@ class ReplicationStatus:
     target: str
     components: tuple[ConnectorState, ...] = field(default_factory=tuple)
 
-    def auxiliary(self) -> ReplicationStatus:
-        """The same flow, only its components that write no data."""
-        return ReplicationStatus(self.engine, self.source, self.target,
-                                 tuple(c for c in self.components if not c.writes_data))
-
     @property
     def state(self) -> str:
         """RUNNING when every component and task runs; STOPPED when every component stopped and
@@ -120,15 +115,12 @@ class ReplicationEngine(Protocol):
     def stop(self, source: str, target: str, *, wait_seconds: float = 60) -> ReplicationStatus:
         """Stop the flow source -> target, keeping its progress; idempotent; waits until stopped."""
 
-    def request_stop(self, source: str, target: str, *, auxiliary_only: bool = False) -> None:
-        """Ask for the flow source -> target to stop, without waiting until it has; idempotent.
-        auxiliary_only: only its components that write no data (ConnectorState.writes_data)."""
+    def request_stop(self, source: str, target: str) -> None:
+        """Ask for the flow source -> target to stop, without waiting until it has; idempotent."""
 
     def wait_for(self, source: str, target: str, wanted: str, wait_seconds: float,
-                 progress: Callable[[str], None] | None = None, *,
-                 auxiliary_only: bool = False) -> ReplicationStatus:
-        """Wait (bounded; `progress` told now and then) until the flow (or, auxiliary_only, its
-        components that write no data) is in state `wanted`."""
+                 progress: Callable[[str], None] | None = None) -> ReplicationStatus:
+        """Wait (bounded; `progress` told now and then) until the flow is in state `wanted`."""
 
     def internal_topics(self, source: str, target: str) -> dict[str, tuple[str, str]]:
         """The engine's bookkeeping topics: purpose -> (region, topic)."""

@@ -40,7 +40,6 @@ UNREACHABLE_PROBE_SECONDS = 3.0  # how long to ask a region that may be down bef
 # within tens of milliseconds, and every poll while producers are refused is outage.
 CURRENCY_FIRST_POLL, CURRENCY_MAX_POLL = 0.05, 1.0
 STOP_REQUEST = "replication_stop_request"  # ctx.state: the stop of replication old -> new, in flight
-AUX_STOP_REQUEST = "auxiliary_stop_request"  # ctx.state: the stop of its heartbeat/checkpoint parts
 STOP_WAIT_SECONDS = 60.0  # a switch that fails before authority moved waits this long for its stop
 
 
@@ -291,8 +290,6 @@ def stop_primary_producers(ctx: RunContext) -> dict:
         connected = time.monotonic()
         evidence = {"authority": _fence_authority(ctx)}
         authority_fenced = time.monotonic()
-        if admin is not None:
-            evidence["auxiliary_replication_stop"] = _request_auxiliary_stop(ctx)
     if admin is None:
         if not ctx.unplanned:
             # No state is asserted here: compensation reads what is true and the runner says it.
@@ -319,21 +316,6 @@ def stop_primary_producers(ctx: RunContext) -> dict:
                            "acl_fence_read_back": round(acl_fenced - authority_fenced, 3),
                            "proof_or_lease_wait": round(time.monotonic() - acl_fenced, 3)}
     return evidence
-
-
-def _request_auxiliary_stop(ctx: RunContext) -> str:
-    """Planned: ask Connect now to stop the parts of replication old -> new that copy no records
-    (MM2: heartbeats, and checkpoints that sync no group offsets; a planned run translates from
-    offset syncs). Connect stops such a task only after its current emit wait, which held every
-    later stop of the flow behind it; asked here, that wait passes during the fence proof and
-    currency. A compensation lets it settle and restarts them (settle_stop_request)."""
-    pool = ThreadPoolExecutor(max_workers=1)
-    engine = engine_for(ctx.topology)
-    ctx.state[AUX_STOP_REQUEST] = pool.submit(engine.request_stop, ctx.old_owner, ctx.new_owner,
-                                              auxiliary_only=True)
-    pool.shutdown(wait=False)
-    return ("requested: the components of replication that copy no records (heartbeats, checkpoints "
-            "without group-offset sync); the source stops once the mirror is verified current")
 
 
 def _wait_out_lease(ctx: RunContext) -> dict:
@@ -603,17 +585,13 @@ def settle_stop_request(ctx: RunContext) -> dict | None:
     """Before a compensation restarts replication old -> new: the stop this run requested (if one
     is in flight) answered and applied, else Connect could apply it after the restart. None when
     no stop was in flight; otherwise evidence, with `error` when it did not settle in time."""
-    auxiliary = ctx.state.pop(AUX_STOP_REQUEST, None)
     request = ctx.state.pop(STOP_REQUEST, None)
-    if request is None and auxiliary is None:
+    if request is None:
         return None
     started = time.monotonic()
     try:
-        for asked in (auxiliary, request):
-            if asked is not None:
-                asked.result(timeout=STOP_WAIT_SECONDS)
-        status = engine_for(ctx.topology).wait_for(ctx.old_owner, ctx.new_owner, "STOPPED", STOP_WAIT_SECONDS,
-                                                   auxiliary_only=request is None)
+        request.result(timeout=STOP_WAIT_SECONDS)
+        status = engine_for(ctx.topology).wait_for(ctx.old_owner, ctx.new_owner, "STOPPED", STOP_WAIT_SECONDS)
     except (ReplicationError, OSError, TimeoutError) as e:
         # Named so recover.py keeps replication pending until such a stop can no longer apply.
         return {"stop_in_flight": "unsettled", "error": f"the stop of replication {ctx.old_owner} -> "
@@ -631,13 +609,7 @@ def replication_stopped(ctx: RunContext) -> dict:
     evidence: dict = {}
     engine = engine_for(ctx.topology)
     request = ctx.state.pop(STOP_REQUEST, None)
-    auxiliary = ctx.state.pop(AUX_STOP_REQUEST, None)
     try:
-        if auxiliary is not None:
-            try:
-                auxiliary.result(timeout=timeout)
-            except (ReplicationError, OSError) as e:  # the whole stop below covers these parts too
-                evidence["auxiliary_request_failed"] = str(e)
         if request is not None:
             try:
                 request.result(timeout=timeout)

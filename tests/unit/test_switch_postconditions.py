@@ -25,7 +25,7 @@ class Connect:
     def status(self, source, target):
         return ReplicationStatus("mm2", source, target, (ConnectorState("source", self.state),))
 
-    def request_stop(self, source, target, *, auxiliary_only=False):
+    def request_stop(self, source, target):
         self.requests += 1
         self.state = "STOPPED"
 
@@ -33,7 +33,7 @@ class Connect:
         self.request_stop(source, target)
         return self.wait_for(source, target, "STOPPED", wait_seconds)
 
-    def wait_for(self, source, target, wanted, wait_seconds, progress=None, *, auxiliary_only=False):
+    def wait_for(self, source, target, wanted, wait_seconds, progress=None):
         if self.state != wanted:
             raise ReplicationError(f"replication {source}->{target} did not reach {wanted}")
         return self.status(source, target)
@@ -85,7 +85,7 @@ def test_a_resumed_run_asks_only_when_not_stopped(engine):
 
 def test_a_flow_that_does_not_stop_is_reported(engine):
     class Stuck(Connect):
-        def request_stop(self, source, target, *, auxiliary_only=False):
+        def request_stop(self, source, target):
             self.requests += 1  # Connect accepts the request but the connector stays RUNNING
 
     engine(Stuck("RUNNING"))
@@ -154,49 +154,3 @@ def test_a_task_that_writes_no_data_does_not_hold_stopped():
     assert [engine()._writes_data(k) for k in ("source", "checkpoint", "heartbeat")] == [True, False, False]
     assert engine(sync_group_offsets=True)._writes_data("checkpoint") is True
     assert engine(extra_connector_config={"sync.group.offsets.enabled": "true"})._writes_data("checkpoint")
-
-
-class Parts:
-    """A flow of three components, two of which write no data; stop requests change them."""
-
-    def __init__(self):
-        self.state = {"source": "RUNNING", "checkpoint": "RUNNING", "heartbeat": "RUNNING"}
-        self.waited = []
-
-    def status(self, source, target):
-        return ReplicationStatus("mm2", source, target, tuple(
-            ConnectorState(name, state, (), writes_data=name == "source")
-            for name, state in self.state.items()))
-
-    def request_stop(self, source, target, *, auxiliary_only=False):
-        for name in self.state:
-            if not auxiliary_only or name != "source":
-                self.state[name] = "STOPPED"
-
-    def wait_for(self, source, target, wanted, wait_seconds, progress=None, *, auxiliary_only=False):
-        self.waited.append(auxiliary_only)
-        status = self.status(source, target)
-        status = status.auxiliary() if auxiliary_only else status
-        if status.state != wanted:
-            raise ReplicationError(f"replication {source}->{target} did not reach {wanted}")
-        return status
-
-
-def test_a_compensation_settles_the_auxiliary_stop_alone_or_with_the_whole_stop(engine):
-    """Fenced, heartbeats and checkpoints asked to stop, the source not yet: compensation waits
-    for those parts only (the source never stops); with the whole stop asked too, for all."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    parts = engine(Parts())
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        ctx = context({failover.AUX_STOP_REQUEST: pool.submit(parts.request_stop, "east", "west",
-                                                               auxiliary_only=True)})
-        settled = failover.settle_stop_request(ctx)
-        assert settled["stop_in_flight"] == "settled" and parts.waited == [True]
-        assert parts.state == {"source": "RUNNING", "checkpoint": "STOPPED", "heartbeat": "STOPPED"}
-
-        ctx = context({failover.AUX_STOP_REQUEST: pool.submit(lambda: None),
-                       failover.STOP_REQUEST: pool.submit(parts.request_stop, "east", "west")})
-        assert failover.settle_stop_request(ctx)["stop_in_flight"] == "settled"
-        assert parts.waited == [True, False] and set(parts.state.values()) == {"STOPPED"}
-    assert failover.settle_stop_request(context({})) is None

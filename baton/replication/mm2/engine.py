@@ -153,29 +153,23 @@ class MirrorMakerEngine:
         self.request_stop(source, target)
         return self.wait_for(source, target, "STOPPED", wait_seconds)
 
-    def request_stop(self, source: str, target: str, *, auxiliary_only: bool = False) -> None:
+    def request_stop(self, source: str, target: str) -> None:
         def stop_if_present(name: str) -> None:
-            status = self.connect.status(name)
-            # A connector already STOPPED is left alone: asking again costs Connect a rebalance.
-            if status is not None and status["connector"]["state"] != "STOPPED":
+            if self.connect.status(name) is not None:
                 self.connect.stop(name)
 
-        names = [connector_name(self.topology, kind, source, target) for kind in KINDS
-                 if not (auxiliary_only and self._writes_data(kind))]
+        names = self.connector_names(source, target)
         # Connect answers each stop only after its rebalance: ask for all three at once.
         with ThreadPoolExecutor(max_workers=len(names)) as pool:
             list(pool.map(stop_if_present, names))
 
     def wait_for(self, source: str, target: str, wanted: str, wait_seconds: float,
-                 progress: Callable[[str], None] | None = None, *,
-                 auxiliary_only: bool = False) -> ReplicationStatus:
+                 progress: Callable[[str], None] | None = None) -> ReplicationStatus:
         started = noted = time.monotonic()
         deadline = started + wait_seconds
         pause = FIRST_POLL_SECONDS
         while True:
             status = self.status(source, target)
-            if auxiliary_only:
-                status = status.auxiliary()
             if status.state == wanted:
                 return status
             failed = [c for c in status.components if "FAILED" in (c.state, *c.tasks)]
