@@ -123,15 +123,20 @@ def publish(topology: Topology, authority: Authority, timeout: float = 5,
 class ControlReader:
     """Follows one region's control topic; `latest[domain]` is the newest record seen there."""
 
-    def __init__(self, region: RegionSettings, who: str = "admin"):
+    def __init__(self, region: RegionSettings, who: str = "admin", *, to_end: bool = False,
+                 start: int = OFFSET_BEGINNING):
         # assign(), not subscribe(): no group membership, nothing committed; the group id is
         # only there because the client requires one (lab ACLs allow `baton-` groups).
         config = client_config(region, who) | {
             "group.id": f"baton-authority-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
             "auto.offset.reset": "earliest", "topic.metadata.refresh.interval.ms": 5000,
             "logger": quiet_logger()}
+        if to_end:
+            # A read up to a known end offset: a fetch at the end would wait librdkafka's 500 ms
+            # for records that are not coming (reconcile's read of the control topic took 0.78 s).
+            config["fetch.wait.max.ms"] = 10
         self.consumer = Consumer(config)
-        self.consumer.assign([TopicPartition(CONTROL_TOPIC, 0, OFFSET_BEGINNING)])
+        self.consumer.assign([TopicPartition(CONTROL_TOPIC, 0, start)])
         self.latest: dict[str, Authority] = {}
         self.anchors: dict[str, Anchor] = {}  # domain -> the newest chain anchor (by epoch, seq)
         self.last_error: str | None = None
@@ -182,31 +187,30 @@ def read_with_anchor(topology: Topology, region: str, who: str = "admin",
     metadata = admin.list_topics(CONTROL_TOPIC, timeout=timeout).topics[CONTROL_TOPIC]
     if metadata.error is not None:
         return None, None  # no control topic there yet
-    end = _end_offset(topology.regions[region], who, timeout)
-    reader = ControlReader(topology.regions[region], who)
+    config = topology.regions[region]
+    probe = Consumer(client_config(config, who) | {"group.id": "baton-authority-probe",
+                                                   "logger": quiet_logger()})
+    try:
+        start, end = probe.get_watermark_offsets(TopicPartition(CONTROL_TOPIC, 0), timeout=timeout)
+    finally:
+        probe.close()
+    # From a concrete offset: librdkafka resolves OFFSET_BEGINNING with a query that took 0.5 s.
+    reader = ControlReader(config, who, to_end=True, start=start)
     deadline = time.monotonic() + timeout
     try:
-        position = 0
+        position = start
         while position < end:
             if time.monotonic() > deadline:
                 raise RegionUnreachable(
                     f"region {region!r} did not deliver its control topic up to offset {end} within "
                     f"{timeout:g}s (read up to {position}); check that its brokers are healthy")
-            reader.poll(0.2)
+            # A batch read returns at its timeout unless 500 records came: short, and asked again.
+            reader.poll(0.02)
             position = max(0, reader.consumer.position([TopicPartition(CONTROL_TOPIC, 0)])[0].offset)
         domain = topology.domain.name
         return reader.latest.get(domain), reader.anchors.get(domain)
     finally:
         reader.close()
-
-
-def _end_offset(region: RegionSettings, who: str, timeout: float) -> int:
-    consumer = Consumer(client_config(region, who) | {"group.id": "baton-authority-probe",
-                                                      "logger": quiet_logger()})
-    try:
-        return consumer.get_watermark_offsets(TopicPartition(CONTROL_TOPIC, 0), timeout=timeout)[1]
-    finally:
-        consumer.close()
 
 
 def anchor_problems(topology: Topology, audit, timeout: float = 5) -> tuple[list[str], list[str]]:
