@@ -187,15 +187,9 @@ def read_with_anchor(topology: Topology, region: str, who: str = "admin",
     metadata = admin.list_topics(CONTROL_TOPIC, timeout=timeout).topics[CONTROL_TOPIC]
     if metadata.error is not None:
         return None, None  # no control topic there yet
-    config = topology.regions[region]
-    probe = Consumer(client_config(config, who) | {"group.id": "baton-authority-probe",
-                                                   "logger": quiet_logger()})
-    try:
-        start, end = probe.get_watermark_offsets(TopicPartition(CONTROL_TOPIC, 0), timeout=timeout)
-    finally:
-        probe.close()
+    start, end = _watermarks(topology.regions[region], who, timeout)
     # From a concrete offset: librdkafka resolves OFFSET_BEGINNING with a query that took 0.5 s.
-    reader = ControlReader(config, who, to_end=True, start=start)
+    reader = ControlReader(topology.regions[region], who, to_end=True, start=start)
     deadline = time.monotonic() + timeout
     try:
         position = start
@@ -211,6 +205,15 @@ def read_with_anchor(topology: Topology, region: str, who: str = "admin",
         return reader.latest.get(domain), reader.anchors.get(domain)
     finally:
         reader.close()
+
+
+def _watermarks(region: RegionSettings, who: str, timeout: float) -> tuple[int, int]:
+    consumer = Consumer(client_config(region, who) | {"group.id": "baton-authority-probe",
+                                                      "logger": quiet_logger()})
+    try:
+        return consumer.get_watermark_offsets(TopicPartition(CONTROL_TOPIC, 0), timeout=timeout)
+    finally:
+        consumer.close()
 
 
 def anchor_problems(topology: Topology, audit, timeout: float = 5) -> tuple[list[str], list[str]]:

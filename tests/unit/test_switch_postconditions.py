@@ -132,7 +132,6 @@ def test_a_task_that_writes_no_data_does_not_hold_stopped():
     """A heartbeat task, or a checkpoint task without group-offset sync, finishing its wait
     after its connector read STOPPED copies nothing; a checkpoint task that syncs offsets does."""
     from baton.replication.engine import ConnectorState, ReplicationStatus
-    from baton.replication.mm2.engine import MirrorMakerEngine
 
     def status(*components):
         return ReplicationStatus("mm2", "east", "west", components).state
@@ -144,16 +143,22 @@ def test_a_task_that_writes_no_data_does_not_hold_stopped():
     # A connector still RUNNING is never stopped, whatever its tasks write.
     assert status(source, ConnectorState("heartbeat", "RUNNING", (), writes_data=False)) == "DEGRADED"
 
-    def engine(**replication):
-        return MirrorMakerEngine(Topology(
-            domain={"name": "orders", "topics": ["orders.events"], "initial_owner": "east"},
-            regions={r: {"bootstrap_servers": f"{r}:9092", "security_protocol": "PLAINTEXT"}
-                     for r in ("east", "west")},
-            replication=replication))
+    kinds = ("source", "checkpoint", "heartbeat")
+    assert [mm2_engine()._writes_data(k) for k in kinds] == [True, False, False]
+    assert mm2_engine(sync_group_offsets=True)._writes_data("checkpoint") is True
+    syncing = {"sync.group.offsets.enabled": "true"}
+    assert mm2_engine(extra_connector_config=syncing)._writes_data("checkpoint")
 
-    assert [engine()._writes_data(k) for k in ("source", "checkpoint", "heartbeat")] == [True, False, False]
-    assert engine(sync_group_offsets=True)._writes_data("checkpoint") is True
-    assert engine(extra_connector_config={"sync.group.offsets.enabled": "true"})._writes_data("checkpoint")
+
+def mm2_engine(**replication):
+    """An MM2 engine for a two-region `orders` topology (no Connect is asked until used)."""
+    from baton.replication.mm2.engine import MirrorMakerEngine
+
+    return MirrorMakerEngine(Topology(
+        domain={"name": "orders", "topics": ["orders.events"], "initial_owner": "east"},
+        regions={r: {"bootstrap_servers": f"{r}:9092", "security_protocol": "PLAINTEXT"}
+                 for r in ("east", "west")},
+        replication=replication))
 
 
 def test_the_components_that_write_data_are_asked_to_stop_before_the_others():
@@ -161,8 +166,6 @@ def test_the_components_that_write_data_are_asked_to_stop_before_the_others():
     (a heartbeat's: its emit interval): the source's stop is asked alone, and answered, first."""
     import threading
     import time
-
-    from baton.replication.mm2.engine import MirrorMakerEngine
 
     class Recorder:
         def __init__(self):
@@ -179,11 +182,7 @@ def test_the_components_that_write_data_are_asked_to_stop_before_the_others():
                 self.asked.append(kind)  # in the order Connect answered
 
     def asked(**replication):
-        engine = MirrorMakerEngine(Topology(
-            domain={"name": "orders", "topics": ["orders.events"], "initial_owner": "east"},
-            regions={r: {"bootstrap_servers": f"{r}:9092", "security_protocol": "PLAINTEXT"}
-                     for r in ("east", "west")},
-            replication=replication))
+        engine = mm2_engine(**replication)
         engine.connect = Recorder()
         engine.request_stop("east", "west")
         return engine.connect.asked
