@@ -606,6 +606,8 @@ def apply_translation(topology: Topology, report: TranslationReport, *, force: b
     refusals = []
     plans: dict[str, dict[Partition, int]] = {}
     previous: dict[str, dict[Partition, int]] = {}
+    if not by_group:  # no group has a position to carry (librdkafka refuses to describe none)
+        return []
     described = admin.describe_consumer_groups(list(by_group), request_timeout=timeout)
     for group, entries in by_group.items():
         unusable = [f"{e.mirror_topic}[{e.partition}] {e.status}: {e.note}" for e in entries if not e.usable]

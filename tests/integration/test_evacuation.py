@@ -285,3 +285,22 @@ def test_unplanned_evacuation_of_a_dead_region_asks_each_batch_gate_once_with_ev
         assert "records at risk:" in line and "translations:" in line
     comments = [a.comment for v in views for a in v.approvals if a.gate == "approve-switch"]
     assert sum(f"batch approval of evacuation {outcome['evacuation']}" in c for c in comments) == 1
+
+
+def test_a_domain_whose_groups_never_committed_fails_over_and_back(evac_file):
+    """A fresh domain: none of its groups has a position anywhere. The failover carries none,
+    applies none and moves authority (librdkafka refuses to describe zero groups; the run used to
+    fail in translate_consumer_offsets there)."""
+    from flows.failover import failover
+
+    path, (t,) = evac_file(1)
+    topic = t.domain.topics[0]
+    produce(t, "east", topic, 12, 3, "fresh")
+    wait_mirrored(t, topic, 12, timeout=120)
+    over = failover(config=path, domain=t.domain.name, auto_approve=True)
+    evidence = {s.name: json.loads(s.evidence) for s in AuditStore.for_topology(t).run(over["run_id"]).steps}
+    assert over["status"] == "succeeded" and evidence["translate_consumer_offsets"]["applied"] == []
+    assert (authority_of(t).owner, authority_of(t).state.value) == ("west", "ACTIVE")
+    back = failover(config=path, domain=t.domain.name, auto_approve=True)
+    assert back["status"] == "succeeded"
+    assert (authority_of(t).owner, authority_of(t).state.value) == ("east", "ACTIVE")
