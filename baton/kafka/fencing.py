@@ -99,7 +99,8 @@ def present_bindings(topology: Topology, region: str, admin=None) -> list[AclBin
     """Which of the region's fence bindings, and leftover legacy ones, exist right now (read
     from the brokers)."""
     wanted = {_key(b): b for b in fence_bindings(topology, region) + legacy_bindings(topology, region)}
-    admin = admin or check_reachable(region, topology.regions[region])
+    # `is None`, not `or`: a client's truth is its queue length (len()), 0 when it is idle.
+    admin = admin if admin is not None else check_reachable(region, topology.regions[region])
     found = []
     for principal in {b.principal for b in wanted.values()}:
         query = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, principal, None,
@@ -121,7 +122,8 @@ def is_fenced(topology: Topology, region: str, admin=None) -> bool:
 def _apply(topology: Topology, region: str, fencing: bool, admin=None) -> dict[str, Any]:
     bindings = fence_bindings(topology, region)
     legacy = legacy_bindings(topology, region)
-    admin = admin or check_reachable(region, topology.regions[region])  # one client for change and read-back
+    if admin is None:  # one client for change and read-back
+        admin = check_reachable(region, topology.regions[region])
     before = {_key(b) for b in present_bindings(topology, region, admin)}
     # Fencing adds today's bindings; both directions remove a legacy cluster-wide leftover.
     to_create = [b for b in bindings if _key(b) not in before] if fencing else []

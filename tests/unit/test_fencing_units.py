@@ -86,3 +86,41 @@ def test_unknown_region_and_no_principals_are_config_errors(tmp_path):
         name: region.model_copy(update={"producer_principals": []}) for name, region in t.regions.items()}})
     with pytest.raises(ConfigError, match="producer_principals is empty"):
         legacy_bindings(bare, "east")
+
+
+def test_fence_changes_and_reads_back_through_the_client_it_is_given(tmp_path, monkeypatch):
+    """An idle librdkafka client is falsy (len() is its queue length, 0): `admin or new_client()`
+    opened a new client for every read-back, 2-5 per fence or unfence."""
+    from concurrent.futures import Future
+
+    from baton.kafka import fencing
+
+    class IdleAdmin:
+        def __init__(self):
+            self.acls, self.calls = [], 0
+
+        def __len__(self):
+            return 0
+
+        def _done(self, value):
+            future = Future()
+            future.set_result(value)
+            return future
+
+        def describe_acls(self, query, request_timeout):
+            self.calls += 1
+            return self._done([b for b in self.acls if b.principal == query.principal])
+
+        def create_acls(self, bindings, request_timeout):
+            self.acls += bindings
+            return {b: self._done(None) for b in bindings}
+
+    def no_new_client(*args, **kwargs):
+        raise AssertionError("opened a new client although one was given")
+
+    monkeypatch.setattr(fencing, "check_reachable", no_new_client)
+    t = topology(tmp_path)
+    admin = IdleAdmin()
+    evidence = fencing.fence(t, "east", admin=admin)
+    assert evidence["verified_by_read_back"] and evidence["changed"] == len(fence_bindings(t, "east"))
+    assert fencing.is_fenced(t, "east", admin) and admin.calls >= 2
