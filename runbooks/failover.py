@@ -126,7 +126,9 @@ RECONCILE = Step(
     "reconcile", Kind.MEASURE,
     "Post-checks, read back at once: authority ACTIVE on the new owner and its control record "
     "there, no fence left on the new owner (its producers can write), replication old -> new "
-    "STOPPED (waited for, bounded by thresholds.step_timeout_seconds with progress; asked again "
+    "STOPPED: every connector that copies data stopped and none of its tasks running (the "
+    "heartbeat and checkpoint connectors run on; waited for, bounded by "
+    "thresholds.step_timeout_seconds with progress; asked again "
     "when the switch's request failed or the run was resumed), nothing written to the old owner "
     "after its fence, the groups sit where they were put. Any failed check fails the run after "
     "the switch, which stands; resuming the run checks again.",

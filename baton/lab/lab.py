@@ -388,7 +388,8 @@ class Lab:
             engine = MirrorMakerEngine(topology)
             if action == "stop":
                 engine.stop(lab.INITIAL_OWNER, "west")
-                return "replication east -> west stopped (connectors STOPPED, progress kept)"
+                return ("replication east -> west stopped (source connector STOPPED, progress kept; "
+                        "heartbeat and checkpoint connectors run on, they copy no data)")
             if action == "start":
                 engine.start(lab.INITIAL_OWNER, "west")
                 return "replication east -> west RUNNING"

@@ -44,11 +44,13 @@ class ReplicationStatus:
 
     @property
     def state(self) -> str:
-        """RUNNING when every component and task runs; STOPPED when every component stopped and
-        no task runs any more; else DEGRADED."""
+        """RUNNING when every component and task runs; STOPPED when every component that writes
+        data stopped and none of its tasks runs any more (the others may run: they carry nothing
+        the other region acts on); else DEGRADED."""
         if self.components and all(c.running for c in self.components):
             return "RUNNING"
-        if self.components and all(c.stopped for c in self.components):
+        copying = [c for c in self.components if c.writes_data]
+        if copying and all(c.stopped for c in copying):
             return "STOPPED"
         return "DEGRADED"
 
@@ -113,10 +115,11 @@ class ReplicationEngine(Protocol):
         """Create or resume the flow source -> target; idempotent; waits until it runs."""
 
     def stop(self, source: str, target: str, *, wait_seconds: float = 60) -> ReplicationStatus:
-        """Stop the flow source -> target, keeping its progress; idempotent; waits until stopped."""
+        """Stop the flow source -> target copying data, keeping its progress; idempotent; waits
+        until stopped. Components that write no data may keep running."""
 
     def request_stop(self, source: str, target: str) -> None:
-        """Ask for the flow source -> target to stop, without waiting until it has; idempotent."""
+        """Ask for the flow source -> target to stop copying, without waiting until it has; idempotent."""
 
     def wait_for(self, source: str, target: str, wanted: str, wait_seconds: float,
                  progress: Callable[[str], None] | None = None) -> ReplicationStatus:

@@ -143,10 +143,14 @@ def test_planned_failover_then_failback_moves_authority_and_consumers_exactly(la
     assert prepared["prepared"] and 1 <= carried <= prepared["verified_from_offset_syncs"]
     assert engine_for(t).status("east", "west").state == "STOPPED"
     # The switch ended once authority moved, with the stop of east -> west only requested;
-    # reconcile read every connector back STOPPED as a postcondition, before the reprotect steps.
+    # reconcile read the connectors that copy data back STOPPED as a postcondition, before the
+    # reprotect steps; the heartbeat and checkpoint connectors (no group-offset sync) ran on.
     assert "replication_stopped" not in evidence["switch_authority"]
     stopped = evidence["reconcile"]["replication_stopped"]
-    assert stopped["stopped"] and {c["state"] for c in stopped["status"]["components"]} == {"STOPPED"}
+    states = {c["name"].rsplit("-", 1)[-1]: (c["state"], c["writes_data"])
+              for c in stopped["status"]["components"]}
+    assert stopped["stopped"] and states == {"source": ("STOPPED", True), "checkpoint": ("RUNNING", False),
+                                             "heartbeat": ("RUNNING", False)}
     # East's divergent tail is empty, from the currency measurement of the fenced east, every
     # offset of both sides re-read unchanged after the stop.
     tail = evidence["find_divergent_tail"]

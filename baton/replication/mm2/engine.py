@@ -154,23 +154,21 @@ class MirrorMakerEngine:
         return self.wait_for(source, target, "STOPPED", wait_seconds)
 
     def request_stop(self, source: str, target: str) -> None:
+        # Only the connectors that write data are stopped; heartbeat and checkpoint connectors
+        # (unless they sync group offsets) keep running in a flow that copies nothing. Connect
+        # applies stops one rebalance at a time and a rebalance waits for each revoked task's
+        # current poll, which for these tasks lasts their emit interval: stopping them made
+        # every stop round ~1 s on the lab, and ten domains' stops queued ~7 s behind each other
+        # (bench/RESULTS.md, evacuation). Left running, they are already running when the flow
+        # starts again, so a start resumes one connector instead of three.
         def stop_if_present(name: str) -> None:
             if self.connect.status(name) is not None:
                 self.connect.stop(name)
 
-        # Connect applies stops one rebalance at a time, and a rebalance waits for the revoked
-        # tasks' current poll; a heartbeat or checkpoint task polls for its whole emit interval.
-        # The components that write data are asked first, alone, so their stop never queues
-        # behind that wait (measured on the lab: STOPPED in 0.12-0.23 s instead of 0.85-1.17 s).
-        # The others are asked once Connect has accepted the first request; they do not hold
-        # STOPPED (ConnectorState.stopped).
-        def named(writes: bool) -> list[str]:
-            return [connector_name(self.topology, kind, source, target) for kind in KINDS
-                    if self._writes_data(kind) == writes]
-
-        with ThreadPoolExecutor(max_workers=len(KINDS)) as pool:
-            for names in (named(True), named(False)):
-                list(pool.map(stop_if_present, names))
+        names = [connector_name(self.topology, kind, source, target) for kind in KINDS
+                 if self._writes_data(kind)]
+        with ThreadPoolExecutor(max_workers=len(names)) as pool:
+            list(pool.map(stop_if_present, names))
 
     def wait_for(self, source: str, target: str, wanted: str, wait_seconds: float,
                  progress: Callable[[str], None] | None = None) -> ReplicationStatus:
