@@ -5,8 +5,11 @@ groups and MM2 connectors east -> west; tests/integration/test_evacuation.py bui
 seeded with records and two groups' commits. Then, `--runs` times: one domain's planned failover
 (the flow, gate auto-approved, reprotect included) and its return; then the evacuation of east
 (every domain at once, one batch approval) and the return of all of them as a second evacuation.
-Figures: wall time of each (flow call to return), the evacuation over the single failover, and
-the slowest domain's own run inside the evacuation. Connectors and ACLs are removed at the end.
+Figures: wall time of each (flow call to return), the evacuation over the single failover, the
+slowest domain's own run inside the evacuation, and the CPU seconds every process of the run
+spent meanwhile (this process, the Prefect server, both brokers, the Connect worker): the
+machine's cores bound how fast ten domains' work can go at once. Connectors and ACLs are removed
+at the end.
 
     .venv/bin/python bench/evacuate.py [--domains 10] [--partitions 12] [--runs 2]
 """
@@ -37,10 +40,25 @@ def seed(t, partitions: int) -> None:
     wait_mirrored(t, topic, 5 * partitions, timeout=120)
 
 
-def timed(call, **parameters) -> tuple[float, dict]:
-    started = time.monotonic()
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """User + system CPU seconds so far of each named process (all its threads)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    seconds = {}
+    for name, pid in pids.items():
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        seconds[name] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return seconds
+
+
+def timed(call, pids: dict[str, int], cpu: list, **parameters) -> tuple[float, dict]:
+    before, started = cpu_seconds(pids), time.monotonic()
     result = call(**parameters)
-    return time.monotonic() - started, result
+    seconds = time.monotonic() - started
+    after = cpu_seconds(pids)
+    spent = {name: round(after[name] - before[name], 1) for name in pids}
+    cpu.append(spent | {"total": round(sum(spent.values()), 1),
+                        "cores_busy": round(sum(spent.values()) / seconds, 2)})
+    return seconds, result
 
 
 def main() -> None:
@@ -62,9 +80,12 @@ def main() -> None:
     from flows.evacuate import evacuate
     from flows.failover import failover
 
+    pids = {"bench": os.getpid(), "prefect": server.process.pid} | {
+        name: lab.processes[name].pid() for name in ("east", "west", "connect")}
     workdir = Path(tempfile.mkdtemp(prefix="baton-bench-evacuate-"))
     domains, prefixes = [], []
     single, batch, slowest = [], [], []
+    single_cpu, batch_cpu = [], []
     try:
         started = time.monotonic()
         path, domains, prefix = east_domains_file(lab, workdir, args.domains, args.partitions, tag="bench")
@@ -75,17 +96,20 @@ def main() -> None:
         names = [t.domain.name for t in domains]
         with temporary_settings(updates={PREFECT_API_URL: server.url}):
             for _ in range(args.runs):
-                seconds, summary = timed(failover, config=path, domain=names[0], auto_approve=True)
+                seconds, summary = timed(failover, pids, single_cpu, config=path, domain=names[0],
+                                         auto_approve=True)
                 assert summary["status"] == "succeeded", summary
                 single.append(seconds)
                 failover(config=path, domain=names[0], auto_approve=True)  # back to east
-                seconds, outcome = timed(evacuate, from_region="east", config=path, auto_approve=True)
+                seconds, outcome = timed(evacuate, pids, batch_cpu, from_region="east", config=path,
+                                         auto_approve=True)
                 assert outcome["all_moved"], outcome
                 batch.append(seconds)
                 slowest.append(max(d["wall_seconds"] for d in outcome["domains"]))
                 evacuate(from_region="west", config=path, auto_approve=True, domains=names)
                 print(json.dumps({"single_s": round(single[-1], 2), "evacuation_s": round(batch[-1], 2),
-                                  "slowest_domain_run_s": slowest[-1]}), flush=True)
+                                  "slowest_domain_run_s": slowest[-1], "single_cpu_s": single_cpu[-1],
+                                  "evacuation_cpu_s": batch_cpu[-1]}), flush=True)
     finally:
         remove_domains(domains, prefixes)
         server.stop()
@@ -93,7 +117,10 @@ def main() -> None:
               "single_failover_s": round(statistics.median(single), 2),
               "evacuation_s": round(statistics.median(batch), 2),
               "evacuation_over_single": round(statistics.median(batch) / statistics.median(single), 2),
-              "slowest_domain_run_in_evacuation_s": round(statistics.median(slowest), 2)}
+              "slowest_domain_run_in_evacuation_s": round(statistics.median(slowest), 2),
+              "cores": os.cpu_count(),
+              "single_cpu_s": round(statistics.median(c["total"] for c in single_cpu), 1),
+              "evacuation_cpu_s": round(statistics.median(c["total"] for c in batch_cpu), 1)}
     print(json.dumps(result), flush=True)
 
 
