@@ -179,7 +179,7 @@ def read_ranges(
         return records
     timestamps = timestamps or {}
     own = consumer is None
-    consumer = reader(config) if own else consumer
+    consumer = consumer or reader(config)
     deadline = time.monotonic() + timeout
     try:
         rounds = max(len(spans) for spans in merged.values())

@@ -144,9 +144,9 @@ CONNECT_SETTINGS: dict[str, str] = {
 MIRROR_LAB_SETTINGS: dict[str, str] = {
     "refresh.topics.interval.seconds": "5",
     "refresh.groups.interval.seconds": "5",
-    # Connect stops a task only once its poll returns, and these tasks wait one emit interval
-    # per poll: the interval bounds how long a stop of replication holds Connect's rebalance
-    # (2 s held reconcile ~1.3 s). Unplanned: less consumed after the last checkpoint.
+    # Unplanned: less consumed after the last checkpoint. (A replication stop leaves these
+    # connectors running: Connect stops a task only once its poll returns, and these tasks wait
+    # one emit interval per poll.)
     "emit.checkpoints.interval.seconds": "1",
     "emit.heartbeats.interval.seconds": "1",
     # The same holds for the source task: its poll waits up to consumer.poll.timeout.ms (1 s by
