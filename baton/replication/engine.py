@@ -6,7 +6,7 @@ adapters implement the same methods, and runbooks never see the difference.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -124,9 +124,10 @@ class ReplicationEngine(Protocol):
     def internal_topics(self, source: str, target: str) -> dict[str, tuple[str, str]]:
         """The engine's bookkeeping topics: purpose -> (region, topic)."""
 
-    def offset_hints(self, source: str, target: str, after: dict | None = None) -> EngineReading:
-        """(topic, partition) -> [OffsetHint] in the order the engine wrote them; with `after` (an
-        earlier reading's position) only the hints written since."""
+    def offset_hints(self, source: str, target: str, after: dict | None = None,
+                     topics: Iterable[str] | None = None) -> EngineReading:
+        """(topic, partition) -> [OffsetHint] in the order the engine wrote them, of the upstream
+        `topics` (None: all); with `after` (an earlier reading's position) only those written since."""
 
     def checkpoints(self, source: str, target: str, after: dict | None = None) -> EngineReading:
         """(group, mirror topic, partition) -> newest GroupCheckpoint; with `after` (an earlier

@@ -236,7 +236,7 @@ def latest_hint(hints: list[OffsetHint], *, upstream_at_most: int | None = None,
 
 def read_hints(scope: Scope, problems: list[str]) -> dict:
     try:
-        reading = scope.engine.offset_hints(scope.owner, scope.secondary)
+        reading = scope.engine.offset_hints(scope.owner, scope.secondary, topics=scope.topics)
     except ReplicationError as e:
         problems.append(f"{e} (falling back to fingerprint search)")
         return {}

@@ -542,7 +542,8 @@ def _exact_from_syncs(scope: Scope, entries: list[Translation], problems: list[s
         mirror_end = ends[(entry.mirror_topic, entry.partition)].end
         entry.duplicates_bound = max(0, mirror_end - entry.translated_offset)
     try:
-        hints = scope.engine.offset_hints(scope.owner, scope.secondary).items
+        hints = scope.engine.offset_hints(scope.owner, scope.secondary,
+                                           topics={e.topic for e in checkpointed}).items
     except (ReplicationError, RegionUnreachable) as e:
         problems.append(f"offset syncs unreadable ({e}); with the owner down they must live on the "
                         "secondary (MM2 offset-syncs.topic.location=target): kept the checkpoints")

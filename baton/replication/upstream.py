@@ -42,7 +42,7 @@ def translate_to_upstream(topology: Topology, *, mirror_region: str, upstream_re
         return []  # no group sits on a mirror (a first hand-over): nothing else to ask
     upstream_admin = check_reachable(upstream_region, upstream_settings)
     engine = engine_for(topology)
-    hints = engine.offset_hints(upstream_region, mirror_region).items
+    hints = engine.offset_hints(upstream_region, mirror_region, topics=set(pairs.values())).items
     exclude = frozenset(getattr(engine, "replication_headers", frozenset()))
     mirror_marks = watermarks(mirror_admin, {(t, p) for _, t, p, _ in wanted}, mirror_region, timeout)
     upstream_marks = watermarks(upstream_admin, {(pairs[t], p) for _, t, p, _ in wanted},

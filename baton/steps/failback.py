@@ -11,7 +11,7 @@ from sqlmodel import select
 from baton.audit.models import Run
 from baton.audit.models import Step as StepRow
 from baton.errors import RegionUnreachable, StepFailed, UsageError
-from baton.kafka.admin import check_reachable, client_config, ensure_topics
+from baton.kafka.admin import check_reachable, client_config, ensure_topics, topic_partitions
 from baton.kafka.copying import copy_records, read_records
 from baton.kafka.fencing import fence
 from baton.replication import engine_for
@@ -102,8 +102,7 @@ def handle_divergent_tail(ctx: RunContext) -> dict:
     elif policy == "quarantine":
         config = client_config(ctx.topology.regions[returning])
         admin = check_reachable(returning, ctx.topology.regions[returning])
-        metadata = admin.list_topics(timeout=10).topics
-        partitions = {r.topic: len(metadata[r.topic].partitions) for r in records}
+        partitions = topic_partitions(admin, dict.fromkeys(r.topic for r in records))
         # Same partition count as the source, so each copy keeps its partition.
         quarantine = {f"{topic}.divergent": n for topic, n in partitions.items()}
         ensure_topics(admin, quarantine)

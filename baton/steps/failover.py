@@ -15,7 +15,7 @@ from confluent_kafka import KafkaException
 from baton.authority import State, change_authority
 from baton.authority.control import read as read_control
 from baton.errors import AuditUnwritable, BatonError, RegionUnreachable, ReplicationError, StepFailed
-from baton.kafka.admin import check_reachable
+from baton.kafka.admin import check_reachable, topic_partitions
 from baton.kafka.fencing import fence, is_fenced, unfence
 from baton.kafka.reading import committed_offsets, partition_counts, watermarks
 from baton.replication import engine_for
@@ -74,9 +74,8 @@ def _declared_unreachable(ctx: RunContext, region: str) -> dict | None:
 
 
 def _owner_partitions(ctx: RunContext, admin) -> list[tuple[str, int]]:
-    metadata = admin.list_topics(timeout=10).topics
-    return [(topic, p) for topic in ctx.topology.domain.topics if topic in metadata
-            for p in sorted(metadata[topic].partitions)]
+    counts = topic_partitions(admin, ctx.topology.domain.topics)
+    return [(topic, p) for topic, count in counts.items() if count for p in range(count)]
 
 
 def _end_offsets(ctx: RunContext, region: str, admin, partitions) -> dict[str, int]:
@@ -450,8 +449,7 @@ def translate_consumer_offsets(ctx: RunContext) -> dict:
             raise StepFailed("stop these consumer groups on " + ctx.old_owner + " first: " + "; ".join(
                 f"{g}: {', '.join(m)}" for g, m in active.items()))
         evidence["groups_on_owner"] = states
-        pairs = stream_pairs(topology, ctx.old_owner, ctx.new_owner,
-                             existing=set(owner_admin.list_topics(timeout=10).topics))
+        pairs = stream_pairs(topology, ctx.old_owner, ctx.new_owner, owner_admin)
     else:
         pairs = {t: topology.replication.remote_topic(t, ctx.old_owner) for t in topology.domain.topics}
     native = {t: m for t, m in pairs.items() if m == topology.replication.remote_topic(t, ctx.old_owner)}

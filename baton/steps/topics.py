@@ -11,16 +11,21 @@ Under the identity policy both are the same name.
 
 from __future__ import annotations
 
-from baton.kafka.admin import admin_client
+from confluent_kafka.admin import AdminClient
+
+from baton.kafka.admin import admin_client, topic_partitions
 from baton.settings import Topology
 
 
 def stream_pairs(topology: Topology, source: str, target: str,
-                 existing: set[str] | None = None) -> dict[str, str]:
-    """{topic on source: topic with the same records on target}, for topics that exist on source."""
-    if existing is None:
-        existing = set(admin_client(topology.regions[source]).list_topics(timeout=10).topics)
+                 admin: AdminClient | None = None) -> dict[str, str]:
+    """{topic on source: topic with the same records on target}, for topics that exist on source
+    (`admin`: a client of source)."""
     replication = topology.replication
+    names = [name for topic in topology.domain.topics
+             for name in (topic, replication.remote_topic(topic, target))]
+    counts = topic_partitions(admin or admin_client(topology.regions[source]), names)
+    existing = {name for name, count in counts.items() if count is not None}
     pairs: dict[str, str] = {}
     for topic in topology.domain.topics:
         if topic in existing:

@@ -22,6 +22,7 @@ from confluent_kafka.admin import (
 
 from baton.authority.record import State
 from baton.errors import BatonError, ConfigError
+from baton.kafka.admin import topic_partitions
 from baton.kafka.fencing import fence_bindings
 from baton.settings import Topology
 from baton.watch.sampler import Sample
@@ -171,12 +172,6 @@ def check_lease(sample: Sample) -> Check:
 # -- checks that read the brokers and the engine -----------------------------------------------
 
 
-def _partition_counts(admin: AdminClient, topics: list[str], timeout: float) -> dict[str, int | None]:
-    metadata = admin.list_topics(timeout=timeout).topics
-    return {t: (len(metadata[t].partitions) if t in metadata and not metadata[t].error else None)
-            for t in topics}
-
-
 def _topic_configs(admin: AdminClient, topics: list[str], timeout: float) -> dict[str, dict[str, str]]:
     if not topics:
         return {}
@@ -194,8 +189,8 @@ def check_parity(topology: Topology, sample: Sample, owner_admin: AdminClient | 
         return Check("topic_parity", WARN, f"owner {sample.owner} unreachable: parity not checked")
     topics = list(mirrors)
     try:
-        counts = _partition_counts(owner_admin, topics, timeout)
-        mirror_counts = _partition_counts(secondary_admin, list(mirrors.values()), timeout)
+        counts = topic_partitions(owner_admin, topics, timeout)
+        mirror_counts = topic_partitions(secondary_admin, list(mirrors.values()), timeout)
         configs = _topic_configs(owner_admin, [t for t in topics if counts[t] is not None], timeout)
         mirror_configs = _topic_configs(
             secondary_admin, [m for m in mirrors.values() if mirror_counts[m] is not None], timeout)

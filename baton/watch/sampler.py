@@ -293,7 +293,8 @@ class Sampler:
     def _read_syncs(self, scope: Scope, problems: list[str]) -> None:
         """The newest offset sync per partition, reading only the syncs written since the last sample."""
         try:
-            reading = scope.engine.offset_hints(scope.owner, scope.secondary, after=self._syncs_at)
+            reading = scope.engine.offset_hints(scope.owner, scope.secondary, after=self._syncs_at,
+                                                 topics=scope.topics)
         except BatonError as e:
             problems.append(f"offset syncs not read: {_short(e)}")
             return

@@ -98,6 +98,12 @@ def test_decoders_read_real_mm2_records(topology, new_topic, new_group):
     syncs = hints.items[(topic, 0)]
     assert syncs[0].upstream_offset == 0 and syncs[0].downstream_offset == 0
     assert all(0 <= s.upstream_offset < 30 for s in syncs)
+    # A caller naming its topics gets exactly their syncs, and only theirs.
+    named = engine.offset_hints("east", "west", topics=[topic])
+    every = engine.offset_hints("east", "west").items  # read after: may hold newer syncs
+    assert set(named.items) == {(topic, 0)}
+    assert every[(topic, 0)][:len(named.items[(topic, 0)])] == named.items[(topic, 0)]
+    assert len(every) > 1  # the lab's other topics have syncs too
     checkpoint = wait_until(lambda: engine.checkpoints("east", "west").items.get(
         (group, f"east.{topic}", 0)), 30, "MM2 to checkpoint the group")
     assert checkpoint.upstream_offset == 20 and 0 < checkpoint.downstream_offset <= 20

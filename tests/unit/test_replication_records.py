@@ -55,3 +55,25 @@ def test_unknown_checkpoint_version_is_rejected_not_misread():
     key, value = encode_checkpoint(Checkpoint("g", "t", 0, 1, 1, ""))
     with pytest.raises(MalformedRecord, match="version 3"):
         decode_checkpoint(key, struct.pack(">h", 3) + value[2:], Where("east.checkpoints.internal", 0, 9))
+
+
+def test_a_kept_sync_log_extends_without_changing_what_earlier_readers_hold():
+    from baton.replication.mm2.internal import Decoded, SyncLog
+    from baton.replication.mm2.records import OffsetSync
+
+    def sync(topic, partition, upstream):
+        return OffsetSync(topic, partition, upstream, upstream + 1), 0
+
+    first = Decoded("syncs", [sync("a", 0, 0), sync("b", 0, 0), sync("a", 0, 5)], ["bad at 3"],
+                    read_to={0: 3}, low={0: 0}, start={0: 0})
+    kept = SyncLog.of(first)
+    assert [s.upstream_offset for s in kept.index[("a", 0)]] == [0, 5] and kept.count == 3
+    newer = Decoded("syncs", [sync("a", 0, 9), sync("a", 1, 2)], [], read_to={0: 5}, low={0: 0},
+                    start={0: 3})
+    grown = kept.extended(newer)
+    assert [s.upstream_offset for s in grown.index[("a", 0)]] == [0, 5, 9]
+    assert [s.upstream_offset for s in grown.index[("a", 1)]] == [2]
+    assert grown.count == 5 and grown.read_to == {0: 5} and grown.start == {0: 0}
+    assert grown.problems == ["bad at 3"]
+    # The earlier log is untouched: a reader that holds it sees what it read.
+    assert [s.upstream_offset for s in kept.index[("a", 0)]] == [0, 5] and ("a", 1) not in kept.index

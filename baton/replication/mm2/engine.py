@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 from baton.errors import ReplicationError
@@ -57,10 +57,13 @@ class MirrorMakerEngine:
     def _config(self, region: str) -> dict:
         return client_config(self.topology.regions[region])
 
-    def offset_hints(self, source: str, target: str, after: dict | None = None) -> EngineReading:
-        """Every offset sync of the flow; with `after` (an earlier reading's position) only newer ones."""
+    def offset_hints(self, source: str, target: str, after: dict | None = None,
+                     topics: Iterable[str] | None = None) -> EngineReading:
+        """The offset syncs of the flow (of `topics` only, if named); with `after` (an earlier
+        reading's position) only newer ones."""
         region, topic = self.internal_topics(source, target)["offset-syncs"]
-        syncs, problems, read_to = internal.offset_syncs(self._config(region), topic, region, after)
+        syncs, problems, read_to = internal.offset_syncs(
+            self._config(region), topic, region, after, None if topics is None else frozenset(topics))
         return EngineReading(
             {tp: [OffsetHint(s.topic, s.partition, s.upstream_offset, s.downstream_offset) for s in found]
              for tp, found in syncs.items()},
