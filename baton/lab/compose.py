@@ -121,8 +121,8 @@ def compose_document() -> dict:
         "image": "prefecthq/prefect:3-python3.11",
         "command": ["prefect", "server", "start", "--host", "0.0.0.0"],
         "environment": {"PREFECT_API_DATABASE_CONNECTION_URL":
-                        "postgresql+asyncpg://baton:baton@postgres:5432/prefect",
-                        "PREFECT_SERVER_ANALYTICS_ENABLED": "false"},
+                        "postgresql+asyncpg://baton:baton@postgres:5432/prefect"}
+        | lab.PREFECT_SERVER_SETTINGS,
         "depends_on": ["postgres"],
         "ports": ["4200:4200"],
     }

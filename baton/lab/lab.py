@@ -238,9 +238,8 @@ class Lab:
                 continue
             env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
             if name == "prefect":
-                env |= {"PREFECT_HOME": str(process.directory / "home"),
-                        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                        "PREFECT_SERVER_LOGGING_LEVEL": "WARNING"}
+                env |= lab.PREFECT_SERVER_SETTINGS | {"PREFECT_HOME": str(process.directory / "home"),
+                                                      "PREFECT_SERVER_LOGGING_LEVEL": "WARNING"}
             pid = process.start_python(commands[name], env)
             self.say(f"starting {name} (pid {pid})")
         self._wait("Prefect server", self._prefect_up, 180, self.processes["prefect"])

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 
 from baton.errors import LabError
+from baton.lab.config import PREFECT_SERVER_SETTINGS
 
 
 def free_port() -> int:
@@ -43,8 +44,8 @@ def start_prefect_server(timeout: float = 90, *, home: Path | None = None,
     home = home or Path(tempfile.mkdtemp(prefix="baton-prefect-"))
     port = port or free_port()
     url = f"http://127.0.0.1:{port}/api"
-    env = os.environ | {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                        "PREFECT_UI_ENABLED": "false", "PREFECT_SERVER_LOGGING_LEVEL": "WARNING"}
+    env = os.environ | PREFECT_SERVER_SETTINGS | {
+        "PREFECT_HOME": str(home), "PREFECT_UI_ENABLED": "false", "PREFECT_SERVER_LOGGING_LEVEL": "WARNING"}
     log = open(home / "server.log", "wb")  # noqa: SIM115 - lives as long as the server
     process = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],

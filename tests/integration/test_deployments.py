@@ -103,3 +103,31 @@ def test_drill_deployment_runs_on_a_worker_and_gates_are_answered_through_the_ap
         last = {"failover": "verify_standby_current", "failback": "reconcile"}[view.run.runbook]
         assert view.steps[-1].name == last and view.steps[-1].status == "succeeded"
     assert store.verify().ok
+
+
+def test_every_task_run_reaches_the_server_with_the_recorder_batching(prefect_api):
+    """The servers Baton starts record task-run events in batches (baton/lab/config.py): none may
+    be lost or left behind, whether a batch fills or the 1 s flush sends it."""
+    from prefect import flow, task
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    @task
+    def step(i: int) -> int:
+        return i
+
+    @flow
+    def many_steps() -> str:
+        for i in range(7):
+            step(i)
+        from prefect.runtime import flow_run
+        return flow_run.id
+
+    run_id = many_steps()
+    deadline = time.monotonic() + 60
+    while True:
+        runs = read(lambda c: c.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))))
+        if len(runs) == 7 and all(r.state is not None and r.state.is_completed() for r in runs):
+            break
+        assert time.monotonic() < deadline, f"task runs on the server after 60 s: {runs}"
+        time.sleep(0.2)
