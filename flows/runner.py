@@ -23,6 +23,7 @@ from baton.audit import AuditStore
 from baton.audit.store import default_actor
 from baton.authority import State, authority_store, initialize_authority
 from baton.errors import AuditUnwritable, BatonError, StepFailed, UsageError
+from baton.kafka.admin import kept_admin_clients
 from baton.settings import load_topology
 from baton.steps import resolution
 from baton.steps.context import DIVERGENT_POLICIES, RunContext
@@ -211,6 +212,13 @@ def execute(runbook: Runbook, ctx: RunContext, *, auto_approve: bool = False, no
 
     `batch` (flows/evacuate.py): a member of an evacuation; it answers the gates for the whole
     batch and runs the batch's own steps (`batch.handles(step)`)."""
+    with kept_admin_clients():  # one admin client per region for the run, not one per check
+        return _execute(runbook, ctx, auto_approve=auto_approve, notifier=notifier,
+                        poll_seconds=poll_seconds, batch=batch)
+
+
+def _execute(runbook: Runbook, ctx: RunContext, *, auto_approve: bool, notifier, poll_seconds: int,
+             batch) -> dict:
     done = ctx.state.pop("_done", set())
     started = time.monotonic()
     try:

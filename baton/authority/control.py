@@ -17,6 +17,7 @@ import json
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import copy_context
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from pydantic import ValidationError
@@ -75,10 +76,12 @@ class ControlPublisher:
             except (RegionUnreachable, KafkaException) as e:
                 return str(e)
 
-        # In parallel: an unreachable region must not delay the others by its timeout.
+        # In parallel: an unreachable region must not delay the others by its timeout. Each in
+        # a copy of this context: the run's kept admin clients (kafka.admin.kept_admin_clients).
         targets = regions or list(self.topology.regions)
         with ThreadPoolExecutor(max_workers=len(targets)) as pool:
-            return dict(zip(targets, pool.map(one, targets), strict=True))
+            futures = [pool.submit(copy_context().run, one, region) for region in targets]
+            return {region: future.result() for region, future in zip(targets, futures, strict=True)}
 
     def _publish_one(self, region: str, authority: Authority, anchor: Anchor | None = None) -> str | None:
         if region not in self._topic_ready:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AclBinding, AdminClient, NewTopic
@@ -38,6 +40,24 @@ def _quiet_logger():
 
 
 REACHABILITY_PROBE = "baton.reachability-probe"  # asked about, never created
+
+# Per context (one runbook run): (region name, client config) -> (client, its error queue).
+_KEPT: ContextVar[dict | None] = ContextVar("baton_kept_admin_clients", default=None)
+
+
+@contextmanager
+def kept_admin_clients() -> Iterator[None]:
+    """Within this block (in this thread), check_reachable keeps one client per region and
+    credentials and probes it on every call (1.4 ms) instead of opening a new one (45 ms: a
+    connection and a SASL handshake; 22 per planned failover). A client whose probe fails is
+    dropped: the next call opens a fresh one."""
+    token = _KEPT.set({})
+    try:
+        yield
+    finally:
+        _KEPT.reset(token)
+
+
 AUTH_SLICE_SECONDS = 1.0  # how often a slow metadata request is interrupted to look for an auth failure
 
 
@@ -46,8 +66,14 @@ def check_reachable(name: str, region: RegionSettings, timeout: float | None = N
     """An admin client for a region that answered a metadata request; AuthenticationFailed when
     its brokers refused the credentials (reported by librdkafka only through its error callback),
     else RegionUnreachable."""
-    errors: deque = deque(maxlen=20)
-    admin = admin_client(region, errors, who)
+    kept = _KEPT.get()
+    key = (name, tuple(sorted(client_config(region, who).items())))
+    if kept is not None and key in kept:
+        admin, errors = kept.pop(key)  # back once it answers
+        errors.clear()
+    else:
+        errors = deque(maxlen=20)
+        admin = admin_client(region, errors, who)
     wait = timeout if timeout is not None else region.request_timeout_seconds
     deadline = time.monotonic() + wait
     while True:
@@ -58,6 +84,8 @@ def check_reachable(name: str, region: RegionSettings, timeout: float | None = N
             # (rd_kafka_admin_response_parse assertion) on one while a region was killed.
             admin.list_topics(topic=REACHABILITY_PROBE,
                               timeout=max(0.1, min(AUTH_SLICE_SECONDS, deadline - time.monotonic())))
+            if kept is not None:
+                kept[key] = (admin, errors)
             return admin
         except KafkaException as e:
             admin.poll(0)  # serves the error callback

@@ -24,7 +24,7 @@ def stream_pairs(topology: Topology, source: str, target: str,
     replication = topology.replication
     names = [name for topic in topology.domain.topics
              for name in (topic, replication.remote_topic(topic, target))]
-    counts = topic_partitions(admin or admin_client(topology.regions[source]), names)
+    counts = topic_partitions(admin if admin is not None else admin_client(topology.regions[source]), names)
     existing = {name for name, count in counts.items() if count is not None}
     pairs: dict[str, str] = {}
     for topic in topology.domain.topics:

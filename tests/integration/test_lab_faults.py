@@ -11,7 +11,7 @@ import pytest
 from confluent_kafka import Producer
 
 from baton.errors import RegionUnreachable
-from baton.kafka.admin import check_reachable, end_offsets
+from baton.kafka.admin import check_reachable, end_offsets, kept_admin_clients
 from tests.conftest import wait_until
 from tests.integration.test_lab import consume_all, wait_for_mirror
 
@@ -48,16 +48,35 @@ def test_kill_makes_region_unreachable_and_restart_brings_it_back_with_its_data(
     wait_until(lambda: replication_running(lab), 90, "replication RUNNING after restart")
 
 
-def test_hang_then_resume(lab, topology):
-    lab.fault("hang", "east")
+def test_hang_then_resume_and_a_kept_client_never_hides_the_hang(lab, topology):
+    east = topology.regions["east"]
+    assert check_reachable("east", east) is not check_reachable("east", east)  # nothing kept outside
+    with kept_admin_clients():
+        kept = check_reachable("east", east)
+        assert check_reachable("east", east) is kept  # one client for the run, probed each time
+        lab.fault("hang", "east")
+        try:
+            # SIGSTOP reaches every JVM thread asynchronously: on a busy machine /proc shows "T" a
+            # moment later.
+            wait_until(lambda: lab.status()["regions"]["east"]["process"] == "hung", 15, "east shown as hung")
+            with pytest.raises(RegionUnreachable, match="east"):
+                check_reachable("east", east, timeout=3)  # the kept client's probe is not answered
+            with pytest.raises(RegionUnreachable, match="east"):
+                check_reachable("east", east, timeout=3)  # nor a new one's
+        finally:
+            lab.fault("resume", "east")
+        wait_until(lambda: lab.status()["regions"]["east"]["up"], 30, "east up after resume")
+        [again] = wait_until(lambda: _answers(east), 30, "east answering a metadata request")
+        assert again is not kept  # the one whose probe failed was dropped
+        assert check_reachable("east", east) is again
+
+
+def _answers(region) -> list:
+    """[the client] once east answers (an idle client is falsy: len() is its queue length)."""
     try:
-        # SIGSTOP reaches every JVM thread asynchronously: on a busy machine /proc shows "T" a moment later.
-        wait_until(lambda: lab.status()["regions"]["east"]["process"] == "hung", 15, "east shown as hung")
-        with pytest.raises(RegionUnreachable, match="east"):
-            check_reachable("east", topology.regions["east"], timeout=3)
-    finally:
-        lab.fault("resume", "east")
-    wait_until(lambda: lab.status()["regions"]["east"]["up"], 30, "east up after resume")
+        return [check_reachable("east", region, timeout=3)]
+    except RegionUnreachable:
+        return []
 
 
 def test_replication_stop_halts_the_flow_and_start_resumes_with_nothing_lost(lab, topology, new_topic):
