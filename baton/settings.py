@@ -179,6 +179,11 @@ class Thresholds(Strict):
         10.0, gt=0, le=3600,
         description="planned runs: the longest producers may be refused (fence to switch); a longer "
                     "fenced window fails a switch condition and the run returns to the safe state")
+    groups_leave_seconds: float = Field(
+        5.0, ge=0, le=600,
+        description="planned runs: how long translation waits for the domain's consumer groups on "
+                    "the old owner to have no members (consumers that leave once authority is "
+                    "FENCED need their poll interval and one poll); then the run stops naming them")
     lease_ttl_seconds: float = Field(15.0, gt=0, le=3600)
     step_timeout_seconds: float = Field(120.0, gt=0)
     gate_timeout_seconds: float = Field(3600.0, gt=0)

@@ -99,6 +99,25 @@ def _groups_state(ctx: RunContext, region: str, admin) -> dict[str, dict]:
     return states
 
 
+def _groups_left(ctx: RunContext, admin) -> tuple[dict, dict, float]:
+    """The groups' states on the old owner once none has members, or at groups_leave_seconds:
+    (states, members of the groups still active, seconds waited). Consumers that follow authority
+    leave once they see FENCED, which a fast fence can reach before they do."""
+    started = time.monotonic()
+    deadline = started + ctx.topology.thresholds.groups_leave_seconds
+    told = False
+    while True:
+        states = _groups_state(ctx, ctx.old_owner, admin)
+        active = {g: s["members"] for g, s in states.items() if s.get("members")}
+        if not active or time.monotonic() >= deadline:
+            return states, active, round(time.monotonic() - started, 3)
+        if not told:
+            ctx.log(f"waiting up to {ctx.topology.thresholds.groups_leave_seconds:g}s for consumer "
+                    f"groups to leave {ctx.old_owner}: {', '.join(active)}")
+            told = True
+        time.sleep(0.2)
+
+
 # -- check_lag --------------------------------------------------------------------------------
 
 
@@ -443,8 +462,8 @@ def translate_consumer_offsets(ctx: RunContext) -> dict:
     owner_admin = None if ctx.unplanned else check_reachable(ctx.old_owner, topology.regions[ctx.old_owner])
     evidence: dict = {}
     if owner_admin is not None:
-        states = _groups_state(ctx, ctx.old_owner, owner_admin)
-        active = {g: s["members"] for g, s in states.items() if s.get("members")}
+        states, active, waited = _groups_left(ctx, owner_admin)
+        evidence["waited_for_groups_to_leave_seconds"] = waited
         if active:
             raise StepFailed("stop these consumer groups on " + ctx.old_owner + " first: " + "; ".join(
                 f"{g}: {', '.join(m)}" for g, m in active.items()))
