@@ -192,3 +192,32 @@ def test_only_the_components_that_write_data_are_asked_to_stop():
         ConnectorState("checkpoint", "RUNNING", ("RUNNING",), writes_data=False),
         ConnectorState("heartbeat", "RUNNING", ("RUNNING",), writes_data=False)))
     assert flow.state == "STOPPED"
+
+
+class Groups:
+    """Plain data standing in for an admin client: the groups keep members for `polls` reads."""
+
+    def __init__(self, polls: int):
+        self.polls, self.reads = polls, 0
+
+    def describe_consumer_groups(self, groups, request_timeout):
+        self.reads += 1
+        members = [SimpleNamespace(client_id="c1", host="/10.0.0.1")] if self.reads <= self.polls else []
+        return {g: done(SimpleNamespace(state="ConsumerGroupState.STABLE" if members else "EMPTY",
+                                        members=members)) for g in groups}
+
+
+def groups_context(leave_seconds: float) -> RunContext:
+    ctx = context({})
+    ctx.topology.thresholds.groups_leave_seconds = leave_seconds
+    ctx.topology.domain.consumer_groups = ["g1"]
+    return ctx
+
+
+def test_translation_waits_for_groups_that_leave_and_names_those_that_stay():
+    leaving = Groups(polls=2)
+    states, active, waited = failover._groups_left(groups_context(5), leaving)
+    assert active == {} and states["g1"]["members"] == [] and leaving.reads == 3 and waited >= 0.4
+    staying = Groups(polls=10_000)
+    states, active, waited = failover._groups_left(groups_context(0.5), staying)
+    assert active == {"g1": ["c1@/10.0.0.1"]} and 0.5 <= waited < 5  # bounded, loaded machine or not
