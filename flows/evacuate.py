@@ -179,10 +179,13 @@ def _open_members(selection, config, *, unplanned, reason, operator, trigger, lo
     the ones that did as aborted: nothing was changed."""
     from concurrent.futures import ThreadPoolExecutor
 
+    topologies = {t.domain.name: t for t in selection.members}  # the file is read once, not per member
+
     def open_one(name: str):
         try:
             return open_run(FAILOVER, config=config, domain=name, reason=reason, unplanned=unplanned,
-                            operator=operator, trigger=trigger, log=lambda m: log(f"[{name}] {m}"))
+                            operator=operator, trigger=trigger, log=lambda m: log(f"[{name}] {m}"),
+                            topology=topologies[name])
         except BaseException as e:  # noqa: BLE001 - returned, raised below once every run is closed
             return e
 

@@ -24,7 +24,7 @@ from baton.audit.store import default_actor
 from baton.authority import State, authority_store, initialize_authority
 from baton.errors import AuditUnwritable, BatonError, StepFailed, UsageError
 from baton.kafka.admin import kept_admin_clients
-from baton.settings import load_topology
+from baton.settings import Topology, load_topology
 from baton.steps import resolution
 from baton.steps.context import DIVERGENT_POLICIES, RunContext
 from baton.steps.recover import replication_state
@@ -79,9 +79,10 @@ def open_run(runbook: Runbook, *, config: str | None, domain: str | None = None,
              unplanned: bool = False, reason: str = "",
              operator: str | None = None, lag_override_reason: str = "",
              divergent_policy: str = "quarantine", resume_run_id: str | None = None,
-             trigger: str | None = None, log=None) -> RunContext:
-    """Start a run in the audit DB (taking the domain's lock), or reopen one to resume it."""
-    topology = load_topology(config, domain)
+             trigger: str | None = None, log=None, topology: Topology | None = None) -> RunContext:
+    """Start a run in the audit DB (taking the domain's lock), or reopen one to resume it.
+    `topology`: the domain's, already read from `config` (an evacuation reads the file once)."""
+    topology = topology if topology is not None else load_topology(config, domain)
     if unplanned and not reason:
         raise UsageError("an unplanned failover needs --reason: say what declared the owner unavailable")
     if divergent_policy not in DIVERGENT_POLICIES:
