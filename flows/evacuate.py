@@ -33,7 +33,7 @@ from baton.evacuation import (
 from baton.settings import load_topologies
 from baton.steps import resolution
 from baton.steps.context import RunContext
-from flows.gates import request_approval
+from flows.gates import GATE_POLL_SECONDS, request_approval
 from flows.runner import _trigger, escape_markdown, execute, open_run, starter
 from runbooks import EVACUATE, FAILOVER
 from runbooks.evacuate import HOLD_FOR_BATCH
@@ -65,7 +65,7 @@ class Evacuation:
     the hold before the switch."""
 
     def __init__(self, evacuation_id: str, contexts: dict[str, RunContext], *, all_or_nothing: bool,
-                 auto_approve: bool, notifier=None, poll_seconds: float = 2):
+                 auto_approve: bool, notifier=None, poll_seconds: float = GATE_POLL_SECONDS):
         self.id = evacuation_id
         self.contexts = contexts
         self.all_or_nothing = all_or_nothing

@@ -26,6 +26,10 @@ from baton.steps.context import RunContext
 from runbooks.model import Step
 
 MAX_REASON = 2000
+# How often a paused gate reads its flow run from the Prefect API: an answer is acted on within
+# this long. An unplanned run waits at approve-switch inside the fenced window, so each second
+# here is a second of write outage; one GET per second per paused run is negligible.
+GATE_POLL_SECONDS = 1.0
 
 
 class GateDecision(RunInput):
@@ -168,7 +172,7 @@ def _verified_slack_approval(ctx: RunContext, gate: str, decision: GateDecision)
 
 
 def request_approval(ctx: RunContext, step: Step, summary: dict, *, auto_approve: bool,
-                     poll_seconds: float = 2, notifier=None, key_suffix: str = "") -> dict:
+                     poll_seconds: float = GATE_POLL_SECONDS, notifier=None, key_suffix: str = "") -> dict:
     """Block until the gate is approved; raise ApprovalRejected on rejection or timeout.
 
     The notifier (baton.approvals.slack.SlackNotifier, or None) posts the request, a reminder

@@ -30,7 +30,7 @@ from baton.steps.context import DIVERGENT_POLICIES, RunContext
 from baton.steps.recover import replication_state
 from baton.steps.switch_conditions import stated as stated_conditions
 from baton.watch.store import readiness_line
-from flows.gates import request_approval
+from flows.gates import GATE_POLL_SECONDS, request_approval
 from runbooks import RUNBOOKS
 from runbooks.model import Kind, Role, Runbook, Step
 from tasks.failback import TASKS as FAILBACK_TASKS
@@ -208,7 +208,7 @@ def gate_summary(ctx: RunContext, step: Step) -> dict:
 
 
 def execute(runbook: Runbook, ctx: RunContext, *, auto_approve: bool = False, notifier=None,
-            poll_seconds: int = 2, batch=None) -> dict:
+            poll_seconds: float = GATE_POLL_SECONDS, batch=None) -> dict:
     """Run every step in order; compensate and re-raise on failure before the switch.
 
     `batch` (flows/evacuate.py): a member of an evacuation; it answers the gates for the whole
@@ -218,7 +218,7 @@ def execute(runbook: Runbook, ctx: RunContext, *, auto_approve: bool = False, no
                         poll_seconds=poll_seconds, batch=batch)
 
 
-def _execute(runbook: Runbook, ctx: RunContext, *, auto_approve: bool, notifier, poll_seconds: int,
+def _execute(runbook: Runbook, ctx: RunContext, *, auto_approve: bool, notifier, poll_seconds: float,
              batch) -> dict:
     done = ctx.state.pop("_done", set())
     started = time.monotonic()
