@@ -6,7 +6,7 @@ service (`baton approvals serve`, subprocess), a local Slack stand-in, and the g
 (tests/integration/gate_probe.py: one real gate from flows/gates.py per flow run, with the
 Slack notifier), on a fresh domain of the running lab's topology.
 
-    BATON_HOME=... BATON_LAB_PORT_BASE=... .venv/bin/python bench/approval_latency.py [--rounds 20] [--poll 2]
+    BATON_HOME=... BATON_LAB_PORT_BASE=... .venv/bin/python bench/approval_latency.py [--rounds 20] [--poll 1]
 
 Measures per round, from the moment the signed POST is sent (loopback, so ~received):
   leave_paused  the flow run's new (Running) state timestamp in Prefect - POST sent
@@ -34,6 +34,7 @@ import yaml  # noqa: E402
 
 from baton.approvals.requests import ActionId  # noqa: E402
 from baton.lab.prefect_server import PrefectServer, free_port, start_prefect_server  # noqa: E402
+from flows.gates import GATE_POLL_SECONDS  # noqa: E402
 from tests.integration.runbook_support import make_domain  # noqa: E402
 from tests.slack_standin import (  # noqa: E402
     BOT_TOKEN,
@@ -77,7 +78,8 @@ def paused_run(api: str, seen: set[str]) -> str | None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--poll", type=float, default=2.0, help="the gate's Prefect poll interval (s)")
+    parser.add_argument("--poll", type=float, default=GATE_POLL_SECONDS,
+                        help="the gate's Prefect poll interval (s); default: the product's")
     args = parser.parse_args()
     from baton.lab.lab import Lab
 

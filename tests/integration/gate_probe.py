@@ -23,13 +23,13 @@ from baton.authority import authority_store
 from baton.errors import ApprovalRejected
 from baton.settings import load_topology
 from baton.steps.context import RunContext
-from flows.gates import request_approval
+from flows.gates import GATE_POLL_SECONDS, request_approval
 from runbooks import FAILOVER
 
 
 @flow(name="gate-probe", log_prints=True, retries=0)
 def gate_probe(config: str, gate: str = "approve-failover", operator: str = "probe-operator",
-               poll_seconds: float = 2) -> dict:
+               poll_seconds: float = GATE_POLL_SECONDS) -> dict:
     """Open a run, ask `gate` once, finish the run."""
     from prefect.runtime import flow_run
 
@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument("config")
     parser.add_argument("--gate", default="approve-failover")
     parser.add_argument("--operator", default="probe-operator")
-    parser.add_argument("--poll", type=float, default=2)
+    parser.add_argument("--poll", type=float, default=GATE_POLL_SECONDS)
     parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
     for _ in range(args.rounds):  # a new flow run each round
