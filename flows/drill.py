@@ -20,7 +20,7 @@ from baton.authority import authority_store
 from baton.drill.report import to_html, to_markdown
 from baton.drill.scorecard import Objectives, build_scorecard
 from baton.drill.session import DrillSession
-from baton.errors import UsageError
+from baton.errors import RunLocked, UsageError
 from baton.settings import Topology, load_topology
 from flows.failback import failback
 from flows.failover import failover
@@ -32,6 +32,15 @@ def is_lab(topology: Topology) -> bool:
     from baton.lab.lab import is_lab_topology
 
     return is_lab_topology(topology)
+
+
+def refuse_locked(audit: AuditStore, domains: list[str]) -> None:
+    """Before any workload starts: a domain whose lock a run holds (e.g. one that crashed after its
+    switch) would only be refused at the failover, after the readiness wait times out."""
+    for name in domains:
+        refusal = audit.lock_refusal(name)
+        if refusal:
+            raise RunLocked(f"{refusal} The drill changed nothing")
 
 
 def _latest_run(audit: AuditStore, domain: str, runbook: str, after: float) -> str | None:
@@ -76,6 +85,7 @@ def drill(config: str | None = None, domain: str | None = None,
         raise UsageError("rate must be > 0 records/s and settle_seconds >= 0")
     operator = starter(operator)  # typed in a deployment form: recorded as unverified
     audit = AuditStore.for_topology(topology)
+    refuse_locked(audit, [domain])
     session = DrillSession(topology, rate=rate, log=logger.info)
     failover_run = failback_run = None
     prediction = error = None
@@ -179,6 +189,8 @@ def evacuation_drill(config: str | None = None, from_region: str = "east", auto_
         raise UsageError("rate must be > 0 records/s and settle_seconds >= 0")
     operator = starter(operator)
     objectives = objectives or Objectives()
+    for topology in selection.members:
+        refuse_locked(AuditStore.for_topology(topology), [topology.domain.name])
     # one workload and checker per domain
     sessions = {t.domain.name: DrillSession(t, rate=rate,
                                             log=lambda m, n=t.domain.name: logger.info(f"[{n}] {m}"))

@@ -191,23 +191,29 @@ class AuditStore:
                           started_by=started_by, planned=planned, started_at=now)
                 return chain.append(session, run, now)
         except IntegrityError:
-            holder = self.lock_holder(domain)
-            if holder is None:  # released between our insert and this read: a true race, retry once
+            refusal = self.lock_refusal(domain)
+            if refusal is None:  # released between our insert and this read: a true race, retry once
                 return self.start_run(domain, runbook, trigger=trigger, reason=reason,
                                       started_by=started_by, planned=planned, run_id=run_id)
-            holder_runbook = self.run(holder.run_id).run.runbook
-            way_out = (f"continue it with `baton {holder_runbook} --resume {holder.run_id}`"
-                       if holder_runbook in ("failover", "failback", "reprotect") else
-                       f"release it with `baton authority unlock --run {holder.run_id}`")
-            raise RunLocked(
-                f"domain {domain!r} is locked by run {holder.run_id} (started by {holder.acquired_by} "
-                f"at {holder.acquired_at:%Y-%m-%d %H:%M:%S} UTC). Wait for it to finish, or if that "
-                f"run crashed, {way_out}."
-            ) from None
+            raise RunLocked(refusal) from None
 
     def lock_holder(self, domain: str) -> RunLock | None:
         with self.transaction() as session:
             return session.get(RunLock, domain)
+
+    def lock_refusal(self, domain: str) -> str | None:
+        """Why a new run of `domain` would be refused now (the run holding its lock and the way
+        out), or None when no run holds it."""
+        holder = self.lock_holder(domain)
+        if holder is None:
+            return None
+        holder_runbook = self.run(holder.run_id).run.runbook
+        way_out = (f"continue it with `baton {holder_runbook} --resume {holder.run_id}`"
+                   if holder_runbook in ("failover", "failback", "reprotect") else
+                   f"release it with `baton authority unlock --run {holder.run_id}`")
+        return (f"domain {domain!r} is locked by run {holder.run_id} (started by {holder.acquired_by} "
+                f"at {holder.acquired_at:%Y-%m-%d %H:%M:%S} UTC). Wait for it to finish, or if that "
+                f"run crashed, {way_out}.")
 
     def finish_run(self, run_id: str, status: str, *, actor: str | None = None, detail: str = "") -> RunEvent:
         """Record how a run ended and release its lock (if it still holds it)."""

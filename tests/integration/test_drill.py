@@ -122,3 +122,31 @@ def test_drill_cli_refuses_bad_input_with_usage_errors(domain, tmp_path):
     missing = baton("report", "failover-nope", "--format", "html", "--config", str(path))
     assert missing.returncode == 2 and "failover-nope" in missing.stderr
     assert baton("report", "x", "--format", "pdf", "--config", str(path)).returncode == 2
+
+
+def test_a_drill_on_a_domain_a_crashed_run_still_locks_is_refused_before_any_workload(domain):
+    from baton.authority import authority_store
+    from baton.errors import RunLocked
+    from flows.drill import drill
+
+    path = domain()
+    topology = load_topology(path)
+    name = topology.domain.name
+    audit = AuditStore.for_topology(topology)
+    store = authority_store(topology, audit)
+
+    def authority():
+        current = store.current(name)
+        return current and (current.owner, current.state, current.epoch)
+
+    before = authority()
+    crashed = audit.start_run(name, "failover", reason="a run whose process died after its switch")
+    try:
+        with pytest.raises(RunLocked) as refused:
+            drill(config=str(path), auto_approve=True, settle_seconds=0)
+        message = str(refused.value)
+        assert f"`baton failover --resume {crashed.id}`" in message and "changed nothing" in message
+        assert [r.id for r in audit.runs(name)] == [crashed.id]  # no drill run was opened
+        assert authority() == before
+    finally:
+        audit.finish_run(crashed.id, "aborted", detail="test: the crashed run's stand-in")
