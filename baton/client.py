@@ -87,7 +87,10 @@ class AuthorityView:
             for region, reader in self._readers.items():
                 reader.poll(self.poll_interval / len(self._readers))
                 record = reader.latest.get(self.domain)
-                if record is not None:
+                # Only a region read to its end says who owns the domain now: a consumer that
+                # followed an older record first was seen re-processing what it then read again
+                # in the real owner (drill: 1 duplicate per group).
+                if record is not None and reader.caught_up:
                     with self._lock:
                         self._seen[region] = record
 

@@ -133,7 +133,7 @@ class ControlReader:
         config = client_config(region, who) | {
             "group.id": f"baton-authority-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
             "auto.offset.reset": "earliest", "topic.metadata.refresh.interval.ms": 5000,
-            "logger": quiet_logger()}
+            "enable.partition.eof": True, "logger": quiet_logger()}
         if to_end:
             # A read up to a known end offset: a fetch at the end would wait librdkafka's 500 ms
             # for records that are not coming (reconcile's read of the control topic took 0.78 s).
@@ -143,13 +143,18 @@ class ControlReader:
         self.latest: dict[str, Authority] = {}
         self.anchors: dict[str, Anchor] = {}  # domain -> the newest chain anchor (by epoch, seq)
         self.last_error: str | None = None
+        # Once the end of the topic was reached: before that, `latest` holds whatever old record
+        # the read has got to (an owner several epochs ago, whose clients would follow it).
+        self.caught_up = False
 
     def poll(self, timeout: float) -> int:
         """Read what arrived within `timeout`; return how many records were read."""
         read = 0
         for message in self.consumer.consume(num_messages=500, timeout=timeout):
             if message.error():
-                if message.error().code() != KafkaError._PARTITION_EOF:
+                if message.error().code() == KafkaError._PARTITION_EOF:
+                    self.caught_up = True
+                else:
                     self.last_error = str(message.error())
                 continue
             read += 1

@@ -247,3 +247,49 @@ def test_no_second_writer_in_one_epoch_during_a_hand_over(domain_topology, keepe
               f"{ {e: sorted(r) for e, r in by_epoch.items()} }")
     finally:
         unfence(topology, "east")
+
+
+def test_a_starting_client_never_follows_an_owner_older_than_the_control_topics_newest(domain_topology):
+    """A client reads the control topic from its start: until it reaches the end, the newest record
+    it has read may name an owner several epochs old. A drill's consumer that followed one joined
+    the old owner for 0.3 s and processed a record there that it processed again in the real one."""
+    from confluent_kafka import Producer
+
+    from baton.authority import Authority
+    from baton.authority.control import CONTROL_TOPIC, ensure_control_topic
+
+    topology = domain_topology(lease_ttl=60)
+    name = topology.domain.name
+    now = datetime.now(UTC)
+
+    def record(epoch: int, owner: str, state: State, renewal: int = 0) -> bytes:
+        return Authority(domain=name, epoch=epoch, owner=owner, state=state, changed_by="test",
+                         changed_at=now, lease_expires_at=now + timedelta(seconds=60, milliseconds=renewal)
+                         ).model_dump_json().encode()
+
+    # Thousands of lease renewals of an old epoch (east), then the hand-over to west: the history a
+    # control topic holds after a day of renewals.
+    history = [record(1, "east", State.ACTIVE, n) for n in range(3000)]
+    history += [record(2, "east", State.FENCED), record(3, "west", State.ACTIVE)]
+    for region in topology.regions:
+        ensure_control_topic(topology, region)
+        producer = Producer(client_config(topology.regions[region]) | {"linger.ms": 50})
+        for value in history:
+            producer.produce(CONTROL_TOPIC, key=name.encode(), value=value)
+        assert producer.flush(30) == 0
+
+    consumer = GuardedConsumer(topology, "baton-test-stale", topology.domain.topics, poll_interval=0.2)
+    try:
+        seen_epochs: set[int] = set()
+
+        def both_at_the_newest() -> bool:
+            seen = consumer.view.seen()
+            seen_epochs.update(a.epoch for a in seen.values())
+            return {r: a.epoch for r, a in seen.items()} == {"east": 3, "west": 3}
+
+        wait_until(both_at_the_newest, timeout=60, what="the view to show epoch 3 in both regions",
+                   interval=0.001)
+        assert seen_epochs == {3}, f"the view showed older epochs while reading: {sorted(seen_epochs)}"
+        assert consumer._owner() == "west"
+    finally:
+        consumer.close()
