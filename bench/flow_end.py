@@ -54,9 +54,9 @@ def main() -> None:
                 figures[name].append(time.monotonic() - ended[-1])
     finally:
         prefect.flow_engine._send_heartbeats = patched
-        from prefect.logging.handlers import APILogHandler
+        from prefect.logging.handlers import APILogWorker
 
-        APILogHandler.flush()  # the runs' logs, before their server goes
+        APILogWorker.drain_all(timeout=5)  # the runs' logs, before their server goes
         server.stop()
     medians = {name: statistics.median(values) for name, values in figures.items()}
     print(json.dumps({"runs": args.runs, "cores": os.cpu_count(),
