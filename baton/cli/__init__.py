@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import faulthandler
+import io
 import os
+import sys
 
 import typer
 
@@ -32,4 +36,12 @@ register_drill(app)  # top level: drill
 register_recover(app)  # top level: recover
 app.add_typer(approvals_app, name="approvals")
 register_watch(app)  # top level: watch, ready
+
+
+@app.callback()
+def _crash_traces() -> None:
+    # A native crash (SIGSEGV in a Kafka client, say) in the middle of a hand-over leaves at least
+    # every thread's Python stack on stderr, next to the run the operator resumes.
+    with contextlib.suppress(AttributeError, ValueError, io.UnsupportedOperation):  # stderr with no file
+        faulthandler.enable(file=sys.stderr, all_threads=True)
 # Further command families register here, one line each.
