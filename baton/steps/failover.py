@@ -40,6 +40,10 @@ UNREACHABLE_PROBE_SECONDS = 3.0  # how long to ask a region that may be down bef
 # within tens of milliseconds, and every poll while producers are refused is outage.
 CURRENCY_FIRST_POLL, CURRENCY_MAX_POLL = 0.05, 1.0
 STOP_REQUEST = "replication_stop_request"  # ctx.state: the stop of replication old -> new, in flight
+# A planned run that reads its replication DEGRADED without a FAILED part waits this long for
+# RUNNING before refusing: a Connect rebalance leaves tasks UNASSIGNED for a moment (seen under
+# load: a failback refused right after its failover's reprotect had resumed the reverse source).
+DEGRADED_SETTLE_SECONDS = 15.0
 STOP_WAIT_SECONDS = 60.0  # a switch that fails before authority moved waits this long for its stop
 
 
@@ -121,6 +125,21 @@ def _groups_left(ctx: RunContext, admin) -> tuple[dict, dict, float]:
 # -- check_lag --------------------------------------------------------------------------------
 
 
+def settled_replication(engine, status, log, *, wait: bool) -> dict:
+    """The replication state check_lag judges: a DEGRADED read with no FAILED part is read again
+    until RUNNING (bounded; the engine's wait_for ends at once on FAILED), both reads kept."""
+    if not wait or status.state != "DEGRADED":
+        return {"replication": status.as_dict()}
+    evidence = {"replication_first_read": status.as_dict()}
+    try:
+        status = engine.wait_for(status.source, status.target, "RUNNING", DEGRADED_SETTLE_SECONDS,
+                                 progress=log)
+    except ReplicationError as e:
+        evidence["replication_wait"] = str(e)
+        status = engine.status(status.source, status.target)
+    return evidence | {"replication": status.as_dict()}
+
+
 def check_lag(ctx: RunContext) -> dict:
     topology, thresholds = ctx.topology, ctx.topology.thresholds
     engine = engine_for(topology)
@@ -134,7 +153,7 @@ def check_lag(ctx: RunContext) -> dict:
             scope = resolve_scope(topology, owner=ctx.old_owner)
             lag = measure_lag(topology, scope=scope)
         try:
-            evidence["replication"] = status.result().as_dict()
+            evidence |= settled_replication(engine, status.result(), ctx.log, wait=not ctx.unplanned)
         except ReplicationError as e:
             evidence["replication"] = {"state": "UNKNOWN", "error": str(e)}
         heartbeat_age = None
