@@ -34,13 +34,12 @@ def is_lab(topology: Topology) -> bool:
     return is_lab_topology(topology)
 
 
-def refuse_locked(audit: AuditStore, domains: list[str]) -> None:
+def refuse_locked(audit: AuditStore, domain: str) -> None:
     """Before any workload starts: a domain whose lock a run holds (e.g. one that crashed after its
     switch) would only be refused at the failover, after the readiness wait times out."""
-    for name in domains:
-        refusal = audit.lock_refusal(name)
-        if refusal:
-            raise RunLocked(f"{refusal} The drill changed nothing")
+    refusal = audit.lock_refusal(domain)
+    if refusal:
+        raise RunLocked(f"{refusal} The drill changed nothing")
 
 
 def _latest_run(audit: AuditStore, domain: str, runbook: str, after: float) -> str | None:
@@ -85,7 +84,7 @@ def drill(config: str | None = None, domain: str | None = None,
         raise UsageError("rate must be > 0 records/s and settle_seconds >= 0")
     operator = starter(operator)  # typed in a deployment form: recorded as unverified
     audit = AuditStore.for_topology(topology)
-    refuse_locked(audit, [domain])
+    refuse_locked(audit, domain)
     session = DrillSession(topology, rate=rate, log=logger.info)
     failover_run = failback_run = None
     prediction = error = None
@@ -190,7 +189,7 @@ def evacuation_drill(config: str | None = None, from_region: str = "east", auto_
     operator = starter(operator)
     objectives = objectives or Objectives()
     for topology in selection.members:
-        refuse_locked(AuditStore.for_topology(topology), [topology.domain.name])
+        refuse_locked(AuditStore.for_topology(topology), topology.domain.name)
     # one workload and checker per domain
     sessions = {t.domain.name: DrillSession(t, rate=rate,
                                             log=lambda m, n=t.domain.name: logger.info(f"[{n}] {m}"))

@@ -36,6 +36,7 @@ register_drill(app)  # top level: drill
 register_recover(app)  # top level: recover
 app.add_typer(approvals_app, name="approvals")
 register_watch(app)  # top level: watch, ready
+# Further command families register here, one line each.
 
 
 @app.callback()
@@ -44,4 +45,3 @@ def _crash_traces() -> None:
     # every thread's Python stack on stderr, next to the run the operator resumes.
     with contextlib.suppress(AttributeError, ValueError, io.UnsupportedOperation):  # stderr with no file
         faulthandler.enable(file=sys.stderr, all_threads=True)
-# Further command families register here, one line each.
