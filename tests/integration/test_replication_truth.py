@@ -14,7 +14,14 @@ import threading
 import time
 
 import pytest
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_END,
+    Consumer,
+    ConsumerGroupTopicPartitions,
+    KafkaError,
+    Producer,
+    TopicPartition,
+)
 
 from baton.errors import ReplicationError, StepFailed
 from baton.kafka.admin import admin_client, ensure_topics
@@ -273,8 +280,42 @@ def test_checkpoint_duplicates_beside_exact(topology, new_topic, new_group):
     assert not {v for v in read(topology, "west", exact.mirror_topic, 0, exact.translated_offset)} & processed
 
 
+class ConnectOffsets:
+    """The MM2 source offset Connect last committed for one upstream partition (west's
+    baton-connect-offsets), tailed from a start time so the topic's history is not read."""
+
+    def __init__(self, topology, topic, partition, since_ms):
+        self.consumer = Consumer(topology.regions["west"].client_config("admin") | {
+            "group.id": "baton-test-reader", "enable.auto.commit": False,
+            "enable.partition.eof": True})
+        name = "baton-connect-offsets"
+        parts = self.consumer.list_topics(name, timeout=10).topics[name].partitions
+        starts = self.consumer.offsets_for_times(
+            [TopicPartition(name, p, since_ms) for p in parts], timeout=10)
+        # A partition with nothing newer than since_ms answers -1: read from its end.
+        self.consumer.assign([TopicPartition(name, s.partition, s.offset if s.offset >= 0 else
+                                             OFFSET_END) for s in starts])
+        self.wanted = {"cluster": "east", "topic": topic, "partition": partition}
+        self.offset = -1
+
+    def committed(self) -> int:
+        """The newest committed upstream offset (-1 before any), read to the topic's end."""
+        while (message := self.consumer.poll(0.2)) is not None and (
+                not message.error() or message.error().code() == KafkaError._PARTITION_EOF):
+            if message.error() or message.value() is None:
+                continue
+            key = json.loads(message.key())
+            if key[1] == self.wanted:
+                self.offset = max(self.offset, json.loads(message.value())["offset"])
+        return self.offset
+
+    def close(self):
+        self.consumer.close()
+
+
 def test_translation_through_mm2_restart_duplicates(topology, lab, new_topic, new_group):
     topic, group = new_topic(1), new_group()
+    since_ms = int(time.time() * 1000) - 1000
     produce(topology, topic, [(0, f"a{i}".encode()) for i in range(100)])
     wait_mirrored(topology, topic)
     stop = threading.Event()
@@ -289,20 +330,39 @@ def test_translation_through_mm2_restart_duplicates(topology, lab, new_topic, ne
             time.sleep(0.002)
         producer.flush(10)
 
+    # MM2 copies again, after a worker dies, what it copied after Connect's last offset commit
+    # (every 2 s in the lab). Kill only while the mirror holds records past that commit: a kill
+    # right after a commit, or while the task was restarting, copies nothing twice (seen once).
+    offsets = ConnectOffsets(topology, topic, 0, since_ms)
+    consumer = Consumer(topology.regions["west"].client_config("admin") | {
+        "group.id": "baton-test-reader"})
+    mirror = TopicPartition(f"east.{topic}", 0)
     writer = threading.Thread(target=keep_producing)
     writer.start()
-    time.sleep(4)
-    os.kill(lab.processes["connect"].pid(), signal.SIGKILL)  # our own lab's Connect worker only
-    time.sleep(1)
-    stop.set()
-    writer.join()
-    wait_until(lambda: lab.processes["connect"].pid() is None, 10, "Connect to exit")
-    # With Connect down, lag still comes from the brokers, and the report says replication is down.
-    down = measure_lag(topology, topics=[topic])
-    assert down.replication_state == "DOWN" and any("Kafka Connect" in p for p in down.problems)
-    assert down.partitions[0].missing_records == down.partitions[0].owner_end - \
-        (down.partitions[0].replicated_through + 1) > 0
-    lab.up()
+    try:
+        def copied_past_commit():
+            committed = offsets.committed()
+            copied = consumer.get_watermark_offsets(mirror, timeout=10)[1]  # 1:1 before a replay
+            return committed >= 100 and copied - 1 > committed + 20
+
+        wait_until(copied_past_commit, 60, "MM2 to copy records past Connect's offset commit",
+                   interval=0.05)
+        os.kill(lab.processes["connect"].pid(), signal.SIGKILL)  # our own lab's Connect worker only
+        wait_until(lambda: lab.processes["connect"].pid() is None, 10, "Connect to exit")
+    finally:
+        stop.set()
+        writer.join()
+        offsets.close()
+        consumer.close()
+    try:
+        produce(topology, topic, [(0, f"c{i}".encode()) for i in range(10)])  # Connect is down
+        # With Connect down, lag still comes from the brokers; the report says replication is down.
+        down = measure_lag(topology, topics=[topic])
+        assert down.replication_state == "DOWN" and any("Kafka Connect" in p for p in down.problems)
+        assert down.partitions[0].missing_records == down.partitions[0].owner_end - \
+            (down.partitions[0].replicated_through + 1) > 0
+    finally:
+        lab.up()  # the next tests share this lab
     wait_mirrored(topology, topic, timeout=90)
     owner = read(topology, "east", topic, 0, 0)
     mirror = read(topology, "west", f"east.{topic}", 0, 0)
