@@ -336,13 +336,13 @@ def test_translation_through_mm2_restart_duplicates(topology, lab, new_topic, ne
     offsets = ConnectOffsets(topology, topic, 0, since_ms)
     consumer = Consumer(topology.regions["west"].client_config("admin") | {
         "group.id": "baton-test-reader"})
-    mirror = TopicPartition(f"east.{topic}", 0)
+    mirror_partition = TopicPartition(f"east.{topic}", 0)
     writer = threading.Thread(target=keep_producing)
     writer.start()
     try:
         def copied_past_commit():
             committed = offsets.committed()
-            copied = consumer.get_watermark_offsets(mirror, timeout=10)[1]  # 1:1 before a replay
+            copied = consumer.get_watermark_offsets(mirror_partition, timeout=10)[1]  # 1:1 before a replay
             return committed >= 100 and copied - 1 > committed + 20
 
         wait_until(copied_past_commit, 60, "MM2 to copy records past Connect's offset commit",
