@@ -47,9 +47,11 @@ class Part:
     detail: str
     where: str = ""  # the region (or "connect") that must answer before a pending part can be done
     action: str = ""  # what was changed, in a few words (for a `fixed` part)
+    seen_stopped: list[str] = field(default_factory=list)  # connectors read STOPPED (replication)
 
     def as_dict(self) -> dict:
-        return {"part": self.name, "status": self.status, "detail": self.detail, "where": self.where}
+        return {"part": self.name, "status": self.status, "detail": self.detail, "where": self.where} | (
+            {"seen_stopped": self.seen_stopped} if self.seen_stopped else {})
 
 
 @dataclass
@@ -146,12 +148,24 @@ def _unanswered_stop(audit, run_id: str):
     return max(ended) if ended else None
 
 
+def _seen_stopped_since(audit, run_id: str, since) -> set[str]:
+    """Connectors an earlier recovery of the run read STOPPED after `since` (from its evidence)."""
+    seen: set[str] = set()
+    for step in audit.run(run_id).steps:
+        if step.name in RECOVERY_STEPS and step.started_at >= since and step.evidence:
+            for part in json.loads(step.evidence).get("parts", []):
+                seen.update(part.get("seen_stopped", []))
+    return seen
+
+
 def _replication_part(topology, audit, run_id: str, source: str, target: str, log,
                       unsettled_stop: bool = False) -> Part:
     name = f"replication {source} -> {target}"
     try:
         engine = engine_for(topology)
-        state = engine.status(source, target).state
+        status = engine.status(source, target)
+        state = status.state
+        stopped = sorted(c.name for c in status.components if c.state == "STOPPED")
         if state == "RUNNING":
             part = Part(name, "ok", "RUNNING (read from Connect)")
         else:
@@ -159,17 +173,29 @@ def _replication_part(topology, audit, run_id: str, source: str, target: str, lo
             status = engine.start(source, target, wait_seconds=REPLICATION_WAIT_SECONDS, keep_config=True)
             part = Part(name, "fixed", f"was {state}, now {status.state} (read from Connect)",
                         action=f"restarted replication {source} -> {target}")
+        part.seen_stopped = stopped
     except (ReplicationError, OSError) as e:
         return Part(name, "pending", f"not RUNNING and could not be started: {_first_line(e)}",
                     where="connect")
-    stop = utcnow() if unsettled_stop else _unanswered_stop(audit, run_id)
-    if stop is not None:
-        settled = stop.replace(tzinfo=stop.tzinfo or UTC) + timedelta(seconds=STOP_SETTLE_SECONDS)
-        if utcnow() < settled:
-            # Connect queues a stop it did not answer and may apply it after this start.
-            part.status, part.where = "pending", "connect"
-            part.detail += (f"; a stop request this run sent went unanswered and Connect may still apply "
-                            f"it: checked again until {settled:%H:%M:%S} UTC")
+    sent = _unanswered_stop(audit, run_id)
+    stop = utcnow() if unsettled_stop else sent
+    if stop is None:
+        return part
+    # A stop is one target-state record per connector that copies data: once each of them was
+    # read STOPPED after the request, the request was applied and cannot apply again; a restart
+    # since then stands. Until then Connect may apply it after this start, so it is watched for
+    # up to STOP_SETTLE_SECONDS (a partial application does not end the wait).
+    targets = {c.name for c in status.components if c.writes_data}
+    seen = set(stopped) | (_seen_stopped_since(audit, run_id, sent) if sent is not None else set())
+    if targets and targets <= seen:
+        part.detail += (f"; the unanswered stop this run sent was since read applied to "
+                        f"{', '.join(sorted(targets))}: it cannot apply again")
+        return part
+    settled = stop.replace(tzinfo=stop.tzinfo or UTC) + timedelta(seconds=STOP_SETTLE_SECONDS)
+    if utcnow() < settled:
+        part.status, part.where = "pending", "connect"
+        part.detail += (f"; a stop request this run sent went unanswered and Connect may still apply "
+                        f"it: checked again until {settled:%H:%M:%S} UTC")
     return part
 
 

@@ -221,3 +221,49 @@ def test_translation_waits_for_groups_that_leave_and_names_those_that_stay():
     staying = Groups(polls=10_000)
     states, active, waited = failover._groups_left(groups_context(0.5), staying)
     assert active == {"g1": ["c1@/10.0.0.1"]} and 0.5 <= waited < 5  # bounded, loaded machine or not
+
+
+class Restartable(Connect):
+    """A source (copies data) and a checkpoint connector that syncs group offsets (copies too);
+    `applied` names the connectors on which the run's unanswered stop has taken effect."""
+
+    def __init__(self, applied: set[str]):
+        super().__init__("RUNNING")
+        self.states = {name: "STOPPED" if name in applied else "RUNNING" for name in ("source", "checkpoint")}
+
+    def status(self, source, target):
+        return ReplicationStatus("mm2", source, target, tuple(
+            ConnectorState(name, state, ("RUNNING",) if state == "RUNNING" else ())
+            for name, state in self.states.items()))
+
+    def start(self, source, target, wait_seconds=60, keep_config=False):
+        self.states = dict.fromkeys(self.states, "RUNNING")
+        return self.status(source, target)
+
+
+def test_an_unanswered_stop_keeps_recovery_pending_until_every_connector_read_it_applied(engine, tmp_path):
+    """The settle window ends early only once each connector the stop named was read STOPPED
+    after it (then it cannot apply again); a partial application keeps it open."""
+    from baton.audit.store import AuditStore, utcnow
+
+    audit = AuditStore(f"sqlite:///{tmp_path / 'audit.db'}")
+    run = audit.start_run("orders", "failover")
+    audit.record_step(run.id, "switch_write_authority", "failed", utcnow(), utcnow(), {},
+                      error="Kafka Connect at http://c did not answer PUT /connectors/source/stop")
+
+    def recover_once(connect: Restartable) -> recover.Part:
+        engine(connect)
+        part = recover._replication_part(None, audit, run.id, "east", "west", log=lambda m: None)
+        audit.record_step(run.id, "recover", "failed" if part.status == "pending" else "succeeded",
+                          utcnow(), utcnow(), {"parts": [part.as_dict()]})
+        return part
+
+    assert recover_once(Restartable(set())).status == "pending"  # not applied yet: may still apply
+    part = recover_once(Restartable({"source"}))  # applied to one connector of two: still open
+    assert (part.status, part.where, part.seen_stopped) == ("pending", "connect", ["source"])
+    part = recover_once(Restartable({"checkpoint"}))  # the other one, read in a later recovery
+    assert part.status == "fixed" and "cannot apply again" in part.detail
+    # Observations made before the stop was sent do not count.
+    audit.record_step(run.id, "switch_write_authority", "failed", utcnow(), utcnow(), {},
+                      error="replication east->west did not reach STOPPED within 5s")
+    assert recover_once(Restartable({"source"})).status == "pending"
