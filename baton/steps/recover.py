@@ -181,8 +181,9 @@ def _replication_part(topology, audit, run_id: str, source: str, target: str, lo
     stop = utcnow() if unsettled_stop else sent
     if stop is None:
         return part
-    # A stop is one target-state record per connector that copies data: once each of them was
-    # read STOPPED after the request, the request was applied and cannot apply again; a restart
+    # A stop is one target-state record per connector that copies data, and a run that did not
+    # move authority sent one (the switch's; reconcile asks again only after the switch): once
+    # each connector was read STOPPED after it, it was applied and cannot apply again; a restart
     # since then stands. Until then Connect may apply it after this start, so it is watched for
     # up to STOP_SETTLE_SECONDS (a partial application does not end the wait).
     targets = {c.name for c in status.components if c.writes_data}
