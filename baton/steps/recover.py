@@ -140,18 +140,18 @@ def _acl_part(topology, region: str, log) -> Part:
                                      f"{_first_line(e)}", where=region)
 
 
-def _unanswered_stop(audit, run_id: str):
-    """When a stop request of this run went unanswered (Connect may still apply it later), the
-    time its step ended; None if every stop this run sent was answered. Read from the audit DB."""
-    ended = [s.ended_at for s in audit.run(run_id).steps if s.status == "failed" and s.error
+def _unanswered_stop(steps):
+    """When a stop request of the run went unanswered (Connect may still apply it later), the
+    time its step ended; None if every stop the run sent was answered. From its audit DB steps."""
+    ended = [s.ended_at for s in steps if s.status == "failed" and s.error
              and ("/stop" in s.error or "did not reach STOPPED" in s.error)]
     return max(ended) if ended else None
 
 
-def _seen_stopped_since(audit, run_id: str, since) -> set[str]:
+def _seen_stopped_since(steps, since) -> set[str]:
     """Connectors an earlier recovery of the run read STOPPED after `since` (from its evidence)."""
     seen: set[str] = set()
-    for step in audit.run(run_id).steps:
+    for step in steps:
         if step.name in RECOVERY_STEPS and step.started_at >= since and step.evidence:
             for part in json.loads(step.evidence).get("parts", []):
                 seen.update(part.get("seen_stopped", []))
@@ -177,7 +177,8 @@ def _replication_part(topology, audit, run_id: str, source: str, target: str, lo
     except (ReplicationError, OSError) as e:
         return Part(name, "pending", f"not RUNNING and could not be started: {_first_line(e)}",
                     where="connect")
-    sent = _unanswered_stop(audit, run_id)
+    steps = audit.run(run_id).steps
+    sent = _unanswered_stop(steps)
     stop = utcnow() if unsettled_stop else sent
     if stop is None:
         return part
@@ -187,7 +188,7 @@ def _replication_part(topology, audit, run_id: str, source: str, target: str, lo
     # since then stands. Until then Connect may apply it after this start, so it is watched for
     # up to STOP_SETTLE_SECONDS (a partial application does not end the wait).
     targets = {c.name for c in status.components if c.writes_data}
-    seen = set(stopped) | (_seen_stopped_since(audit, run_id, sent) if sent is not None else set())
+    seen = set(stopped) | (_seen_stopped_since(steps, sent) if sent is not None else set())
     if targets and targets <= seen:
         part.detail += (f"; the unanswered stop this run sent was since read applied to "
                         f"{', '.join(sorted(targets))}: it cannot apply again")
