@@ -36,8 +36,8 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str, inter
 
 
 @pytest.fixture(scope="session")
-def lab():
-    """The running lab (baton.lab.lab.Lab), started if needed."""
+def lab(launched_prefect):
+    """The running lab (baton.lab.lab.Lab), started if needed (beside the session's Prefect server)."""
     from baton.lab.lab import Lab
 
     lab = Lab(progress=lambda message: print(message, flush=True))

@@ -110,8 +110,10 @@ SETTLE_SECONDS = 120.0
 
 
 def _transient(error: KafkaError) -> bool:
+    # _TRANSPORT: a connection the broker dropped mid-request (seen right after a hung region
+    # resumed); librdkafka reconnects, and every caller retries only until its deadline.
     return error.retriable() or error.code() in (KafkaError._TIMED_OUT, KafkaError.REQUEST_TIMED_OUT,
-                                                 KafkaError.NOT_CONTROLLER)
+                                                 KafkaError.NOT_CONTROLLER, KafkaError._TRANSPORT)
 
 
 def _settled(submit: Callable[[list], dict], items: list, ignore: Callable[[KafkaError], bool],

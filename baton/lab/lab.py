@@ -401,7 +401,12 @@ class Lab:
         if action == "hang":
             return f"{target} broker hung (SIGSTOP, pid {process.signal(signal.SIGSTOP)})"
         if action == "resume":
-            return f"{target} broker resumed (SIGCONT, pid {process.signal(signal.SIGCONT)})"
+            pid = process.signal(signal.SIGCONT)
+            # As after a restart: return once the region answers, not while it is still catching up
+            # on the heartbeats it missed (the next client's request failed then: CI).
+            topology, _ = self.topology()
+            self._wait(f"{target} broker", lambda: self._region_up(target, topology), 90, process)
+            return f"{target} broker resumed (SIGCONT, pid {pid})"
         if action == "restart":
             if process.pid() is not None:
                 process.stop()

@@ -41,6 +41,33 @@ def start_prefect_server(timeout: float = 90, *, home: Path | None = None,
                          port: int | None = None) -> PrefectServer:
     """A Prefect server on a free loopback port with its own PREFECT_HOME (SQLite); `home` and
     `port` restart an earlier one with its database (tests of an orchestrator outage)."""
+    return launch_prefect_server(home=home, port=port).wait(timeout)
+
+
+@dataclass
+class LaunchedServer:
+    """A Prefect server process that may still be starting (its database migrations take ~15 s
+    on 2 cores): launch it early, do other work, then `wait`."""
+    server: PrefectServer
+
+    def wait(self, timeout: float = 90) -> PrefectServer:
+        server = self.server
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if httpx.get(f"{server.url}/health", timeout=2).status_code == 200:
+                    return server
+            except httpx.HTTPError:
+                pass
+            if server.process.poll() is not None or time.monotonic() > deadline:
+                server.process.kill()
+                raise LabError(f"the Prefect server did not start within {timeout:.0f}s; "
+                               f"see {server.home / 'server.log'}")
+            time.sleep(0.5)
+
+
+def launch_prefect_server(*, home: Path | None = None, port: int | None = None) -> LaunchedServer:
+    """Start the server process of `start_prefect_server` without waiting for it to answer."""
     home = home or Path(tempfile.mkdtemp(prefix="baton-prefect-"))
     port = port or free_port()
     url = f"http://127.0.0.1:{port}/api"
@@ -50,15 +77,4 @@ def start_prefect_server(timeout: float = 90, *, home: Path | None = None,
     process = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return PrefectServer(url, process, home)
-        except httpx.HTTPError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise LabError(f"the Prefect server did not start within {timeout:.0f}s; "
-                           f"see {home / 'server.log'}")
-        time.sleep(0.5)
+    return LaunchedServer(PrefectServer(url, process, home))

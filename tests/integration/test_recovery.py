@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -369,8 +370,6 @@ def test_audit_database_not_writable_stops_the_run_and_resume_finishes_it(domain
 
 def test_audit_database_replaced_mid_run_is_detected(domain):
     """Case 5b: the SQLite file is replaced while the run is paused: the run notices."""
-    import shutil
-
     path = domain()
     t = load_topology(path)
     seed(t)
@@ -432,6 +431,7 @@ def test_gate_waits_out_a_prefect_server_outage_until_its_own_timeout(domain, tm
     finally:
         process.kill()
         server.stop()
+        shutil.rmtree(server.home, ignore_errors=True)
     assert process.returncode == 0, log.read_text()[-3000:]
     assert json.loads(stdout)["owner_after"] == "west"
     view = AuditStore.for_topology(t).run(json.loads(stdout)["run_id"])

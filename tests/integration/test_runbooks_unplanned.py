@@ -20,6 +20,7 @@ from tests.integration.runbook_support import (
     produce,
     produce_error,
     restore_lab,
+    wait_checkpointed,
     wait_mirrored,
 )
 
@@ -82,80 +83,98 @@ def reprotect_once_east_answers(lab, t, path, store, topic) -> str:
     return first["run_id"]
 
 
-@pytest.mark.parametrize("policy", ["republish", "quarantine", "discard"])
+POLICIES = ("republish", "quarantine", "discard")
+
+
 def test_unplanned_failover_then_failback_accounts_for_every_divergent_record(
-        lab, topology, tmp_path, prefect_api, policy):
-    from flows.failback import failback
+        lab, topology, tmp_path, prefect_api):
+    """One outage of east for three domains, one per divergent-tail policy: each fails over
+    unplanned with a tail only east holds, then fails back; quarantine goes through `baton
+    reprotect` first. One kill and one restart serve the three (each took its own before)."""
     from flows.failover import failover
 
-    path = make_domain(topology, tmp_path)
-    t = load_topology(path)
-    topic = t.domain.topics[0]
-    group = t.domain.consumer_groups[0]
+    paths = {policy: make_domain(topology, tmp_path) for policy in POLICIES}
+    domains = {policy: load_topology(path) for policy, path in paths.items()}
     try:
-        produce(t, "east", topic, 120, 3, "east")
-        commit(t, "east", group, topic, {0: 10, 1: 20, 2: 30})
-        commit(t, "east", t.domain.consumer_groups[1], topic, {0: 40, 1: 40, 2: 40})
-        wait_mirrored(t, topic, 120)
-        engine = engine_for(t)
-        wait_until(lambda: len([k for k in engine.checkpoints("east", "west").items if k[0] == group]) == 3,
-                   60, "MM2 checkpoints for the group")
+        for t in domains.values():
+            topic, (group, other) = t.domain.topics[0], t.domain.consumer_groups
+            produce(t, "east", topic, 120, 3, "east")
+            commit(t, "east", group, topic, {0: 10, 1: 20, 2: 30})
+            commit(t, "east", other, topic, {0: 40, 1: 40, 2: 40})
+        for t in domains.values():
+            wait_mirrored(t, t.domain.topics[0], 120)
+            wait_checkpointed(t)
         # Replication stalls, east keeps accepting writes, then east dies: those writes diverge.
         lab.fault("stop", "replication")
-        divergent = produce(t, "east", topic, 25, 3, "tail")
+        written = {policy: produce(t, "east", t.domain.topics[0], 25, 3, "tail")
+                   for policy, t in domains.items()}
         lab.fault("kill", "east")
-        # Connect stops a task asynchronously: a record it had already fetched may still reach the
-        # mirror. Only what the mirror does not hold diverges.
-        copied = {m.value() for m in read_all(t, "west", f"east.{topic}")}
-        divergent = [r for r in divergent if r[2] not in copied]
-        assert divergent, "the tail must diverge (replication was stopped before it was written)"
+        divergent = {}
+        for policy, t in domains.items():
+            # Connect stops a task asynchronously: a record it had already fetched may still reach
+            # the mirror. Only what the mirror does not hold diverges.
+            copied = {m.value() for m in read_all(t, "west", f"east.{t.domain.topics[0]}")}
+            divergent[policy] = [r for r in written[policy] if r[2] not in copied]
+            assert divergent[policy], f"{policy}: the tail must diverge (replication stopped before it)"
 
-        summary = failover(config=str(path), unplanned=True, reason="east killed by the test",
-                           auto_approve=True)
-        assert summary["status"] == "succeeded" and summary["owner_after"] == "west"
-        store = AuditStore.for_topology(t)
-        assert store.run(summary["run_id"]).run.planned is False
-        produce(t, "west", topic, 30, 3, "west")  # the west era
+        for policy, t in domains.items():
+            summary = failover(config=str(paths[policy]), unplanned=True, reason="east killed by the test",
+                               auto_approve=True)
+            assert summary["status"] == "succeeded" and summary["owner_after"] == "west", policy
+            assert AuditStore.for_topology(t).run(summary["run_id"]).run.planned is False
+            produce(t, "west", t.domain.topics[0], 30, 3, "west")  # the west era
 
-        tail_run = None
-        if policy == "quarantine":  # `baton reprotect` handles the tail before any failback
-            tail_run = reprotect_once_east_answers(lab, t, path, store, topic)
-        else:
-            lab.fault("restart", "east")
-        summary = failback(config=str(path), auto_approve=True, divergent_policy=policy)
-        assert summary["status"] == "succeeded" and summary["owner_after"] == "east"
-
-        view = store.run(tail_run or summary["run_id"])
-        evidence = {s.name: s.evidence for s in view.steps}
-        if tail_run:  # the failback found nothing new: the reprotected tail is not handled twice
-            again = {s.name: json.loads(s.evidence) for s in store.run(summary["run_id"]).steps}
-            assert (again["find_divergent_tail"]["count"], again["find_divergent_tail"]["handled_earlier"]) \
-                == (0, len(divergent))
-            assert again["start_reverse_replication"]["state_before"] == "RUNNING"
-
-        found = json.loads(evidence["find_divergent_tail"])
-        listed = {(r["partition"], r["offset"]) for r in found["records"]}
-        assert listed == {(p, o) for p, o, _ in divergent}  # every divergent record, nothing else
-        handled = json.loads(evidence["handle_divergent_tail"])
-        assert handled["policy"] == policy and handled["count"] == len(divergent)
-        tail_values = sorted(v for _, _, v in divergent)
-        if policy == "republish":
-            copies = [m for m in read_all(t, "west", topic) if ORIGIN_HEADER in dict(m.headers() or [])]
-            assert sorted(m.value() for m in copies) == tail_values
-        elif policy == "quarantine":
-            copies = read_all(t, "east", f"{topic}.divergent")
-            assert sorted(m.value() for m in copies) == tail_values
-        else:
-            assert [r["fate"] for r in handled["records"]] == ["discarded"] * len(divergent)
-            assert any(a.gate == "approve-discard" and a.decision == "approved" for a in view.approvals)
-        assert produce_error(t, "east", topic) is None
-        error = produce_error(t, "west", topic)
-        assert error is not None and error.code() != KafkaError.NO_ERROR
+        # `baton reprotect` handles the quarantine domain's tail before any failback; it restarts east.
+        t = domains["quarantine"]
+        tail_run = reprotect_once_east_answers(lab, t, paths["quarantine"], AuditStore.for_topology(t),
+                                               t.domain.topics[0])
+        for policy in POLICIES:
+            fail_back_and_account(domains[policy], paths[policy], policy, divergent[policy],
+                                  tail_run if policy == "quarantine" else None)
     finally:
         if lab.status()["regions"]["east"]["process"] != "running":
             lab.fault("restart", "east")
-        restore_lab(t)
+        for t in domains.values():
+            restore_lab(t)
         wait_until(lambda: lab.status()["replication"]["state"] == "RUNNING", 90, "replication RUNNING")
+
+
+def fail_back_and_account(t, path, policy: str, divergent: list, tail_run: str | None) -> None:
+    """The domain's failback with `policy`: every divergent record listed and handled as the
+    policy says (read back), east writable again and west fenced."""
+    from flows.failback import failback
+
+    topic = t.domain.topics[0]
+    store = AuditStore.for_topology(t)
+    summary = failback(config=str(path), auto_approve=True, divergent_policy=policy)
+    assert summary["status"] == "succeeded" and summary["owner_after"] == "east", policy
+
+    view = store.run(tail_run or summary["run_id"])
+    evidence = {s.name: s.evidence for s in view.steps}
+    if tail_run:  # the failback found nothing new: the reprotected tail is not handled twice
+        again = {s.name: json.loads(s.evidence) for s in store.run(summary["run_id"]).steps}
+        assert (again["find_divergent_tail"]["count"], again["find_divergent_tail"]["handled_earlier"]) \
+            == (0, len(divergent))
+        assert again["start_reverse_replication"]["state_before"] == "RUNNING"
+
+    found = json.loads(evidence["find_divergent_tail"])
+    listed = {(r["partition"], r["offset"]) for r in found["records"]}
+    assert listed == {(p, o) for p, o, _ in divergent}, policy  # every divergent record, nothing else
+    handled = json.loads(evidence["handle_divergent_tail"])
+    assert handled["policy"] == policy and handled["count"] == len(divergent)
+    tail_values = sorted(v for _, _, v in divergent)
+    if policy == "republish":
+        copies = [m for m in read_all(t, "west", topic) if ORIGIN_HEADER in dict(m.headers() or [])]
+        assert sorted(m.value() for m in copies) == tail_values
+    elif policy == "quarantine":
+        copies = read_all(t, "east", f"{topic}.divergent")
+        assert sorted(m.value() for m in copies) == tail_values
+    else:
+        assert [r["fate"] for r in handled["records"]] == ["discarded"] * len(divergent)
+        assert any(a.gate == "approve-discard" and a.decision == "approved" for a in view.approvals)
+    assert produce_error(t, "east", topic) is None
+    error = produce_error(t, "west", topic)
+    assert error is not None and error.code() != KafkaError.NO_ERROR, policy
 
 
 def _failover_in_thread(path):
