@@ -72,11 +72,13 @@ def check_reachable(name: str, region: RegionSettings, timeout: float | None = N
         admin, errors = kept.pop(key)  # back once it answers
         errors.clear()
     else:
-        errors = deque(maxlen=20)
+        errors = deque(maxlen=256)  # a refused bootstrap broker reports ~20 errors a second
         admin = admin_client(region, errors, who)
     wait = timeout if timeout is not None else region.request_timeout_seconds
     deadline = time.monotonic() + wait
+    all_down = False
     while True:
+        errors.clear()  # what librdkafka reports during this slice
         try:
             # The metadata of one topic that never exists: a full listing (1,400 partitions in
             # the lab after a test run) was built in Python under the GIL on each call, ~25 % of
@@ -102,6 +104,17 @@ def check_reachable(name: str, region: RegionSettings, timeout: float | None = N
                     f"region {name!r} ({region.bootstrap_servers}) did not answer a metadata request "
                     f"within {wait:g}s: {e.args[0]}. Check that its brokers are up and reachable."
                 ) from e
+            # Every broker down to this client, and a connection refused during this whole slice:
+            # nothing listens there now, and waiting out the request timeout only delays the
+            # answer (three probes of a dead owner cost an unplanned failover 15 s). A hung broker
+            # accepts connections, so it still gets the whole timeout.
+            all_down = all_down or any(x.code() == KafkaError._ALL_BROKERS_DOWN for x in errors)
+            refusal = next((x.str() for x in errors if "connection refused" in x.str().lower()), None)
+            if all_down and refusal:
+                raise RegionUnreachable(
+                    f"region {name!r} ({region.bootstrap_servers}) did not answer a metadata request: "
+                    f"every broker refused the connection ({refusal}). Check that its brokers are up "
+                    "and reachable.") from e
 
 
 # A broker that just started (or a busy machine) answers admin requests with "Failed while waiting

@@ -55,7 +55,8 @@ def reprotect_once_east_answers(lab, t, path, store, topic) -> str:
     protects it: the tail quarantined, west -> east running, east current. A second run is
     harmless. Returns the first reprotect's run id."""
     runs_before = len(store.runs(t.domain.name))
-    command = [sys.executable, "-m", "baton", "reprotect", "--yes", "--json", "--config", str(path)]
+    command = [sys.executable, "-m", "baton", "reprotect", "--yes", "--json", "--config", str(path),
+               "--domain", t.domain.name]
     refused = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2, refused.stderr
     assert "east does not answer" in refused.stderr and "`baton ready`" in refused.stderr
@@ -75,7 +76,7 @@ def reprotect_once_east_answers(lab, t, path, store, topic) -> str:
 
     from flows.reprotect import reprotect
 
-    second = reprotect(config=str(path), auto_approve=True)
+    second = reprotect(config=str(path), domain=t.domain.name, auto_approve=True)
     assert second["status"] == "succeeded"
     again = {s.name: json.loads(s.evidence) for s in store.run(second["run_id"]).steps}
     assert again["handle_divergent_tail"]["count"] == 0  # handled once, by the first run
@@ -86,15 +87,18 @@ def reprotect_once_east_answers(lab, t, path, store, topic) -> str:
 POLICIES = ("republish", "quarantine", "discard")
 
 
-def test_unplanned_failover_then_failback_accounts_for_every_divergent_record(
-        lab, topology, tmp_path, prefect_api):
+def test_unplanned_failover_then_failback_accounts_for_every_divergent_record(lab, tmp_path, prefect_api):
     """One outage of east for three domains, one per divergent-tail policy: each fails over
     unplanned with a tail only east holds, then fails back; quarantine goes through `baton
-    reprotect` first. One kill and one restart serve the three (each took its own before)."""
+    reprotect` first. The domains have their own MM2 connectors (one domain's failback restarts
+    only its own copying), so one kill and one restart of east serve the three."""
     from flows.failover import failover
+    from tests.integration.test_evacuation import east_domains_file, remove_domains
 
-    paths = {policy: make_domain(topology, tmp_path) for policy in POLICIES}
-    domains = {policy: load_topology(path) for policy, path in paths.items()}
+    path, made, prefix = east_domains_file(lab, tmp_path, len(POLICIES), tag="div", quiesce_seconds=1,
+                                           lease_ttl_seconds=3, step_timeout_seconds=90,
+                                           gate_timeout_seconds=120)
+    domains = dict(zip(POLICIES, made, strict=True))
     try:
         for t in domains.values():
             topic, (group, other) = t.domain.topics[0], t.domain.consumer_groups
@@ -105,7 +109,8 @@ def test_unplanned_failover_then_failback_accounts_for_every_divergent_record(
             wait_mirrored(t, t.domain.topics[0], 120)
             wait_checkpointed(t)
         # Replication stalls, east keeps accepting writes, then east dies: those writes diverge.
-        lab.fault("stop", "replication")
+        for t in domains.values():
+            engine_for(t).stop("east", "west")
         written = {policy: produce(t, "east", t.domain.topics[0], 25, 3, "tail")
                    for policy, t in domains.items()}
         lab.fault("kill", "east")
@@ -118,24 +123,22 @@ def test_unplanned_failover_then_failback_accounts_for_every_divergent_record(
             assert divergent[policy], f"{policy}: the tail must diverge (replication stopped before it)"
 
         for policy, t in domains.items():
-            summary = failover(config=str(paths[policy]), unplanned=True, reason="east killed by the test",
-                               auto_approve=True)
+            summary = failover(config=path, domain=t.domain.name, unplanned=True,
+                               reason="east killed by the test", auto_approve=True)
             assert summary["status"] == "succeeded" and summary["owner_after"] == "west", policy
             assert AuditStore.for_topology(t).run(summary["run_id"]).run.planned is False
             produce(t, "west", t.domain.topics[0], 30, 3, "west")  # the west era
 
         # `baton reprotect` handles the quarantine domain's tail before any failback; it restarts east.
         t = domains["quarantine"]
-        tail_run = reprotect_once_east_answers(lab, t, paths["quarantine"], AuditStore.for_topology(t),
-                                               t.domain.topics[0])
+        tail_run = reprotect_once_east_answers(lab, t, path, AuditStore.for_topology(t), t.domain.topics[0])
         for policy in POLICIES:
-            fail_back_and_account(domains[policy], paths[policy], policy, divergent[policy],
+            fail_back_and_account(domains[policy], path, policy, divergent[policy],
                                   tail_run if policy == "quarantine" else None)
     finally:
         if lab.status()["regions"]["east"]["process"] != "running":
             lab.fault("restart", "east")
-        for t in domains.values():
-            restore_lab(t)
+        remove_domains(made, [prefix])
         wait_until(lambda: lab.status()["replication"]["state"] == "RUNNING", 90, "replication RUNNING")
 
 
@@ -146,7 +149,7 @@ def fail_back_and_account(t, path, policy: str, divergent: list, tail_run: str |
 
     topic = t.domain.topics[0]
     store = AuditStore.for_topology(t)
-    summary = failback(config=str(path), auto_approve=True, divergent_policy=policy)
+    summary = failback(config=str(path), domain=t.domain.name, auto_approve=True, divergent_policy=policy)
     assert summary["status"] == "succeeded" and summary["owner_after"] == "east", policy
 
     view = store.run(tail_run or summary["run_id"])

@@ -38,3 +38,30 @@ def test_a_real_error_is_raised_naming_the_resource_and_ignored_ones_are_skipped
     with pytest.raises(KafkaException, match="creating topic x failed"):
         _settled(lambda names: {n: _future(denied) for n in names}, ["x"], ignore=lambda e: False,
                  what=lambda n: f"creating topic {n}")
+
+
+def test_a_region_refusing_connections_is_unreachable_at_once_and_a_silent_one_after_its_timeout():
+    """A closed port (a killed broker) is reported as refused after one probe slice, not after the
+    request timeout; a port that accepts and never answers (a hung broker) still gets the whole
+    timeout. Real sockets, no broker."""
+    import socket
+
+    from baton.errors import RegionUnreachable
+    from baton.kafka.admin import check_reachable
+    from baton.settings import RegionSettings
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # bound, never listening: connections are refused
+        dead = RegionSettings(bootstrap_servers=f"127.0.0.1:{port}", security_protocol="PLAINTEXT",
+                              request_timeout_seconds=30)
+        with pytest.raises(RegionUnreachable, match="every broker refused the connection"):
+            check_reachable("east", dead)
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel accepts; nothing ever answers
+        hung = RegionSettings(bootstrap_servers=f"127.0.0.1:{silent.getsockname()[1]}",
+                              security_protocol="PLAINTEXT")
+        with pytest.raises(RegionUnreachable, match="did not answer a metadata request within 2s"):
+            check_reachable("east", hung, timeout=2)
