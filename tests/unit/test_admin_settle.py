@@ -65,3 +65,21 @@ def test_a_region_refusing_connections_is_unreachable_at_once_and_a_silent_one_a
                               security_protocol="PLAINTEXT")
         with pytest.raises(RegionUnreachable, match="did not answer a metadata request within 2s"):
             check_reachable("east", hung, timeout=2)
+
+
+def test_a_creation_refused_while_every_broker_is_fenced_is_retried_and_too_few_brokers_is_not():
+    fenced = KafkaError(KafkaError.INVALID_REPLICATION_FACTOR,
+                        "Unable to replicate the partition 1 time(s): All brokers are currently fenced, "
+                        "or have all their log directories cordoned.")
+    too_few = KafkaError(KafkaError.INVALID_REPLICATION_FACTOR,
+                         "Unable to replicate the partition 3 time(s): The target replication factor of 3 "
+                         "cannot be reached because only 1 broker(s) are registered.")
+    calls = []
+
+    def submit(names):
+        calls.append(list(names))
+        return {n: _future(fenced if len(calls) < 3 else None) for n in names}
+
+    assert _settled(submit, ["t"], ignore=lambda e: False, what=str) == ["t"] and len(calls) == 3
+    with pytest.raises(KafkaException, match="only 1 broker"):
+        _settled(lambda names: {n: _future(too_few) for n in names}, ["t"], ignore=lambda e: False, what=str)
