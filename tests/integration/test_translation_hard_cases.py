@@ -13,7 +13,14 @@ import subprocess
 import time
 
 import pytest
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    ConsumerGroupTopicPartitions,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 
 from baton.errors import RegionUnreachable
@@ -97,9 +104,22 @@ def compact_offset_syncs(topology):
     finally:
         consumer.close()
     policy("compact,delete")  # DeleteRecords needs the delete policy
+
+    def deleted() -> bool:
+        # The broker applies a topic's new config to its log after acknowledging it: a DeleteRecords
+        # sent at once was refused with POLICY_VIOLATION, even once DescribeConfigs showed it.
+        try:
+            for future in admin.delete_records([TopicPartition(syncs_topic, 0, end)]).values():
+                future.result()
+        except KafkaException as e:
+            if e.args[0].code() != KafkaError.POLICY_VIOLATION:
+                raise
+            return False
+        return True
+
     try:
-        for future in admin.delete_records([TopicPartition(syncs_topic, 0, end)]).values():
-            future.result()
+        wait_until(deleted, 30, f"DeleteRecords on {syncs_topic} allowed by cleanup.policy=compact,delete",
+                   interval=0.2)
     finally:
         policy("compact")
     producer = Producer(topology.regions[region].client_config("admin"))
