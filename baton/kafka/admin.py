@@ -76,9 +76,11 @@ def check_reachable(name: str, region: RegionSettings, timeout: float | None = N
         admin = admin_client(region, errors, who)
     wait = timeout if timeout is not None else region.request_timeout_seconds
     deadline = time.monotonic() + wait
-    all_down = False
+    bootstrap = {address.strip() for address in region.bootstrap_servers.split(",")}
+    refusing: set[str] = set()  # addresses that refused a TCP connection during this call
+    admin.poll(0)  # a kept client's errors from before this call (e.g. a restart long ago) do not count
     while True:
-        errors.clear()  # what librdkafka reports during this slice
+        errors.clear()  # what librdkafka reports during this slice (served by the poll below)
         try:
             # The metadata of one topic that never exists: a full listing (1,400 partitions in
             # the lab after a test run) was built in Python under the GIL on each call, ~25 % of
@@ -104,17 +106,16 @@ def check_reachable(name: str, region: RegionSettings, timeout: float | None = N
                     f"region {name!r} ({region.bootstrap_servers}) did not answer a metadata request "
                     f"within {wait:g}s: {e.args[0]}. Check that its brokers are up and reachable."
                 ) from e
-            # Every broker down to this client, and a connection refused during this whole slice:
-            # nothing listens there now, and waiting out the request timeout only delays the
-            # answer (three probes of a dead owner cost an unplanned failover 15 s). A hung broker
-            # accepts connections, so it still gets the whole timeout.
-            all_down = all_down or any(x.code() == KafkaError._ALL_BROKERS_DOWN for x in errors)
-            refusal = next((x.str() for x in errors if "connection refused" in x.str().lower()), None)
-            if all_down and refusal:
+            # Every bootstrap address refused the TCP connection during this call: nothing listens
+            # there, and waiting out the request timeout only delays the answer (three probes of a
+            # dead owner cost an unplanned failover 15 s). A hung broker accepts connections, so it
+            # still gets the whole timeout. (librdkafka names a refused broker "host:port/<id>".)
+            refusing |= {x.str().split("/", 1)[0] for x in errors if "connection refused" in x.str().lower()}
+            if bootstrap <= refusing:
                 raise RegionUnreachable(
                     f"region {name!r} ({region.bootstrap_servers}) did not answer a metadata request: "
-                    f"every broker refused the connection ({refusal}). Check that its brokers are up "
-                    "and reachable.") from e
+                    "every bootstrap broker refused the connection. Check that its brokers are up and "
+                    "reachable.") from e
 
 
 # A broker that just started (or a busy machine) answers admin requests with "Failed while waiting

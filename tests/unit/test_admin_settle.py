@@ -41,30 +41,31 @@ def test_a_real_error_is_raised_naming_the_resource_and_ignored_ones_are_skipped
 
 
 def test_a_region_refusing_connections_is_unreachable_at_once_and_a_silent_one_after_its_timeout():
-    """A closed port (a killed broker) is reported as refused after one probe slice, not after the
+    """Closed ports (killed brokers) are reported as refused after one probe slice, not after the
     request timeout; a port that accepts and never answers (a hung broker) still gets the whole
-    timeout. Real sockets, no broker."""
+    timeout, also beside a refusing one. Real sockets, no broker."""
     import socket
 
     from baton.errors import RegionUnreachable
     from baton.kafka.admin import check_reachable
     from baton.settings import RegionSettings
 
-    with socket.socket() as closed:
-        closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]  # bound, never listening: connections are refused
-        dead = RegionSettings(bootstrap_servers=f"127.0.0.1:{port}", security_protocol="PLAINTEXT",
-                              request_timeout_seconds=30)
-        with pytest.raises(RegionUnreachable, match="every broker refused the connection"):
-            check_reachable("east", dead)
+    def region(*ports: int, timeout: float = 30) -> RegionSettings:
+        return RegionSettings(bootstrap_servers=",".join(f"127.0.0.1:{p}" for p in ports),
+                              security_protocol="PLAINTEXT", request_timeout_seconds=timeout)
 
-    with socket.socket() as silent:
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(8)  # the kernel accepts; nothing ever answers
-        hung = RegionSettings(bootstrap_servers=f"127.0.0.1:{silent.getsockname()[1]}",
-                              security_protocol="PLAINTEXT")
-        with pytest.raises(RegionUnreachable, match="did not answer a metadata request within 2s"):
-            check_reachable("east", hung, timeout=2)
+    # bound, never listening: connections are refused; listening, never answering: accepted
+    with socket.socket() as closed, socket.socket() as closed_too, socket.socket() as silent:
+        for s in (closed, closed_too, silent):
+            s.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        dead, dead_too, hung = (s.getsockname()[1] for s in (closed, closed_too, silent))
+        for ports in ((dead,), (dead, dead_too)):
+            with pytest.raises(RegionUnreachable, match="every bootstrap broker refused the connection"):
+                check_reachable("east", region(*ports))
+        for ports in ((hung,), (dead, hung)):
+            with pytest.raises(RegionUnreachable, match="did not answer a metadata request within 2s"):
+                check_reachable("east", region(*ports, timeout=2))
 
 
 def test_a_creation_refused_while_every_broker_is_fenced_is_retried_and_too_few_brokers_is_not():
