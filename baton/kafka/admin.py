@@ -124,14 +124,12 @@ SETTLE_SECONDS = 120.0
 
 
 def _transient(error: KafkaError) -> bool:
-    # _TRANSPORT: a connection the broker dropped mid-request (seen right after a hung region
-    # resumed); librdkafka reconnects, and every caller retries only until its deadline. A
-    # creation refused because every broker is fenced (a region that just came back, before its
+    # A creation refused because every broker is fenced (a region that just came back, before its
     # controller unfenced it) succeeds once one is; too few brokers for the replication factor
     # does not say "fenced" and fails at once.
     fenced = error.code() == KafkaError.INVALID_REPLICATION_FACTOR and "fenced" in error.str()
     return fenced or error.retriable() or error.code() in (
-        KafkaError._TIMED_OUT, KafkaError.REQUEST_TIMED_OUT, KafkaError.NOT_CONTROLLER, KafkaError._TRANSPORT)
+        KafkaError._TIMED_OUT, KafkaError.REQUEST_TIMED_OUT, KafkaError.NOT_CONTROLLER)
 
 
 def _settled(submit: Callable[[list], dict], items: list, ignore: Callable[[KafkaError], bool],
