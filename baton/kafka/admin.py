@@ -109,13 +109,22 @@ def check_reachable(name: str, region: RegionSettings, timeout: float | None = N
             # Every bootstrap address refused the TCP connection during this call: nothing listens
             # there, and waiting out the request timeout only delays the answer (three probes of a
             # dead owner cost an unplanned failover 15 s). A hung broker accepts connections, so it
-            # still gets the whole timeout. (librdkafka names a refused broker "host:port/<id>".)
-            refusing |= {x.str().split("/", 1)[0] for x in errors if "connection refused" in x.str().lower()}
+            # still gets the whole timeout.
+            refusing |= {a for a in (refused_address(x.str()) for x in errors) if a}
             if bootstrap <= refusing:
                 raise RegionUnreachable(
                     f"region {name!r} ({region.bootstrap_servers}) did not answer a metadata request: "
                     "every bootstrap broker refused the connection. Check that its brokers are up and "
                     "reachable.") from e
+
+
+def refused_address(message: str) -> str | None:
+    """host:port of a librdkafka connection-refused error, e.g. 'sasl_plaintext://127.0.0.1:19092/
+    bootstrap: Connect to ipv4#127.0.0.1:19092 failed: Connection refused'; None for other errors."""
+    if "connection refused" not in message.lower():
+        return None
+    broker = message.split(": ", 1)[0]  # [scheme://]host:port/<id or "bootstrap">
+    return broker.split("://", 1)[-1].rsplit("/", 1)[0]
 
 
 # A broker that just started (or a busy machine) answers admin requests with "Failed while waiting

@@ -84,3 +84,13 @@ def test_a_creation_refused_while_every_broker_is_fenced_is_retried_and_too_few_
     assert _settled(submit, ["t"], ignore=lambda e: False, what=str) == ["t"] and len(calls) == 3
     with pytest.raises(KafkaException, match="only 1 broker"):
         _settled(lambda names: {n: _future(too_few) for n in names}, ["t"], ignore=lambda e: False, what=str)
+
+
+def test_a_refused_broker_is_named_by_its_address_whatever_the_protocol():
+    from baton.kafka.admin import refused_address
+
+    assert refused_address("sasl_plaintext://127.0.0.1:19092/bootstrap: Connect to ipv4#127.0.0.1:19092 "
+                           "failed: Connection refused (after 0ms in state CONNECT)") == "127.0.0.1:19092"
+    assert refused_address("kafka-1.east:9093/1: Connect to ipv4#10.0.0.7:9093 failed: Connection refused "
+                           "(after 1ms in state CONNECT)") == "kafka-1.east:9093"
+    assert refused_address("sasl_ssl://kafka-1.east:9093/1: Receive failed: Disconnected") is None
