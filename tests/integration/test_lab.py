@@ -119,10 +119,16 @@ def test_acls_are_enforced_principal_without_acl_is_denied_admin_allowed(topolog
 
 
 def test_lab_status_json_reports_regions_and_running_replication(lab):
-    result = subprocess.run([sys.executable, "-m", "baton", "lab", "status", "--json"],
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    status = json.loads(result.stdout)
+    def status_once_running() -> dict | None:
+        result = subprocess.run([sys.executable, "-m", "baton", "lab", "status", "--json"],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        status = json.loads(result.stdout)
+        # An earlier test's topics make MM2 reconfigure its tasks (refreshed every 1 s): a task
+        # may be restarting for a moment. RUNNING must come back by itself.
+        return status if status["replication"]["state"] == "RUNNING" else None
+
+    status = wait_until(status_once_running, 60, "lab status to report replication RUNNING")
     for region in ("east", "west"):
         assert status["regions"][region]["up"] is True
         assert status["regions"][region]["bootstrap"].startswith("127.0.0.1:")
