@@ -85,9 +85,9 @@ def test_drill_deployment_runs_on_a_worker_and_gates_are_answered_through_the_ap
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
         try:
-            worker.wait(60)
-        except subprocess.TimeoutExpired:  # a busy machine: the worker's shutdown is not under test
-            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(5)
+        except subprocess.TimeoutExpired:  # the worker's shutdown is not under test: after a flow
+            os.killpg(worker.pid, signal.SIGKILL)  # run it outlived SIGTERM by 60 s in CI
             worker.wait(30)
         restore_lab(t)
 

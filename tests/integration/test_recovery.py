@@ -397,13 +397,19 @@ def test_gate_waits_out_a_prefect_server_outage_until_its_own_timeout(domain, tm
 
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from baton.lab.prefect_server import start_prefect_server
+    from baton.lab.prefect_server import launch_prefect_server, start_prefect_server
 
-    path = domain(gate_timeout_seconds=300)
-    t = load_topology(path)
-    seed(t)
-    wait_checkpointed(t)
-    server = start_prefect_server()
+    launched = launch_prefect_server()  # its migrations (~15 s) overlap the seeding
+    try:
+        path = domain(gate_timeout_seconds=300)
+        t = load_topology(path)
+        seed(t)
+        wait_checkpointed(t)
+        server = launched.wait()
+    except BaseException:
+        launched.server.stop()
+        shutil.rmtree(launched.server.home, ignore_errors=True)
+        raise
     port = int(server.url.rsplit(":", 1)[1].split("/")[0])
     log = tmp_path / "cli.err"
     env = os.environ | {"BATON_CONFIG": str(path), "PREFECT_API_URL": server.url,
