@@ -246,6 +246,7 @@ class DomainTraffic:
         self.acked: list[tuple[float, int, int]] = []  # (monotonic time, partition, offset)
         self.errors: list[str] = []
         self.states: list[tuple[float, str]] = []
+        self.not_running: list[tuple[float, list]] = []  # (time, every component that did not run)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -271,7 +272,10 @@ class DomainTraffic:
         engine = engine_for(self.topology)
         target = self.topology.other_region(self.region)
         while not self._stop.is_set():
-            self.states.append((time.monotonic(), engine.status(self.region, target).state))
+            status, at = engine.status(self.region, target), time.monotonic()
+            self.states.append((at, status.state))
+            if status.state != "RUNNING":
+                self.not_running.append((at, [c for c in status.components if not c.running]))
             self._stop.wait(self.interval)
 
     def __enter__(self) -> DomainTraffic:
@@ -290,6 +294,10 @@ class DomainTraffic:
 
     def states_between(self, start: float, end: float) -> set[str]:
         return {state for at, state in self.states if start <= at <= end}
+
+    def not_running_between(self, start: float, end: float) -> list:
+        """The samples that did not read RUNNING, seconds after `start`, with their components."""
+        return [(round(at - start, 2), parts) for at, parts in self.not_running if start <= at <= end]
 
 
 def lab_domain(lab, name: str) -> Topology:

@@ -115,7 +115,8 @@ def test_planned_failover_then_failback_moves_authority_and_consumers_exactly(la
     # throughout the orders switch, and payments' west -> east flow read RUNNING at every sample.
     assert traffic.errors == []
     assert traffic.acked_between(started, ended) > 0
-    assert traffic.states_between(started, ended) == {"RUNNING"}
+    assert traffic.states_between(started, ended) == {"RUNNING"}, \
+        traffic.not_running_between(started, ended)
     assert len([at for at, _ in traffic.states if started <= at <= ended]) >= 4
     assert engine_for(payments).status("west", "east").state == "RUNNING"
     wait_holds_acked(payments, "west", traffic.acked)

@@ -71,7 +71,8 @@ def test_payments_fails_over_and_back_while_orders_keeps_writing_on_east(split_l
     assert (orders_after.owner, orders_after.epoch) == ("east", orders_before.epoch)
     assert traffic.errors == []
     assert traffic.acked_between(started, ended) > 0
-    assert traffic.states_between(started, ended) == {"RUNNING"}
+    assert traffic.states_between(started, ended) == {"RUNNING"}, \
+        traffic.not_running_between(started, ended)
     assert len([at for at, _ in traffic.states if started <= at <= ended]) >= 4
     wait_holds_acked(orders, "east", traffic.acked)
     # payments' own connectors: west -> east again, the reverse flow stopped; the east-era writes
