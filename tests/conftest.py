@@ -14,11 +14,9 @@ import subprocess
 import tempfile
 import time
 import uuid
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import pytest
 
 from baton.settings import Topology
@@ -73,113 +71,29 @@ def _groups(admins: dict) -> dict[str, set[str]]:
     return found
 
 
-def _topics(admins: dict) -> dict[str, set[str]]:
-    """Every region's topics that tests make (`orders.*` and `scratch.*` beside the lab's own
-    domains' topics, and their mirrors); a region that does not answer is left out."""
-    from baton.lab.config import LAB_DOMAINS
-
-    lab_topics = {domain.topic for domain in LAB_DOMAINS}
-    found = {}
-    for name, admin in admins.items():
-        with contextlib.suppress(Exception):
-            topics = admin.list_topics(timeout=10).topics
-            bases = {topic: topic.removeprefix("east.").removeprefix("west.") for topic in topics}
-            found[name] = {topic for topic, base in bases.items()
-                           if base.startswith(("orders.", "scratch.")) and base not in lab_topics}
-    return found
-
-
-def _delete(admins: dict, kind: str, names: dict[str, list[str]]) -> None:
-    """Delete the named groups or topics on each region; one still in use or gone is left."""
-    for region, items in names.items():
-        if items:
-            admin = admins[region]
-            futures = (admin.delete_consumer_groups(items, request_timeout=10) if kind == "groups"
-                       else admin.delete_topics(items, operation_timeout=30, request_timeout=30))
-            for future in futures.values():
-                with contextlib.suppress(Exception):
-                    future.result()
-
-
-def _new(before: dict[str, set[str]], now: dict[str, set[str]], keep=frozenset()) -> dict[str, list[str]]:
-    return {region: sorted(names - before.get(region, names) - keep) for region, names in now.items()}
-
-
-def _mm2_assigned(http: httpx.Client) -> dict[str, set[str]]:
-    """Each running MM2 connector's groups and topics, as its task configs assign them."""
-    assigned = {}
-    for name, entry in http.get("/connectors?expand=status").json().items():
-        if entry["status"]["connector"]["state"] != "RUNNING":
-            continue
-        held = set()
-        for task in http.get(f"/connectors/{name}/tasks").json():
-            config = task["config"]
-            held |= set(config.get("task.assigned.groups", "").split(","))
-            held |= {tp.rsplit("-", 1)[0] for tp in config.get("task.assigned.partitions", "").split(",")}
-        assigned[name] = held
-    return assigned
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _drop_test_groups_and_topics(request):
-    """Delete the consumer groups and topics a module's lab tests created, once the module ends.
-    MirrorMaker 2 reads and checkpoints every group each second: the ~780 groups a suite run left
-    on east kept the lab's JVMs at 0.85 cores at rest, 0.38 once deleted; and a region's restart
-    loads every partition (bench/RESULTS.md). A group still in use is kept. Per module, not per
-    test: an MM2 connector assigned a deleted name restarts its tasks a second later, which a test
-    then running sees as its flow DEGRADED; the teardown waits for those connectors."""
-    in_module = [item for item in request.session.items if item.module is request.module]
-    if not any({"lab", "topology"} & set(item.fixturenames) for item in in_module):
+@pytest.fixture(autouse=True)
+def _drop_test_groups(request):
+    """Delete the consumer groups a lab test created, once it ends. MirrorMaker 2 reads and
+    checkpoints every group each second: the ~780 a suite run left on east kept the lab's JVMs at
+    0.85 cores at rest, 0.38 once deleted (bench/RESULTS.md). A group still in use is kept.
+    MM2 restarts the checkpoint task that was assigned a deleted group up to a second later:
+    a test that needs steady replication waits for it (`wait_mm2_steady`)."""
+    if not {"lab", "topology"} & set(request.fixturenames):
         yield
         return
     from baton.lab.config import LAB_DOMAINS
 
     topology = request.getfixturevalue("topology")
-    admins = _admins(topology)
-    groups_before, topics_before = _groups(admins), _topics(admins)
+    before = _groups(_admins(topology))
     yield
-    admins = _admins(topology)
     keep = {group for domain in LAB_DOMAINS for group in domain.groups}
-    groups, topics = _new(groups_before, _groups(admins), keep), _new(topics_before, _topics(admins))
-    doomed = {name for names in (*groups.values(), *topics.values()) for name in names}
-    if not doomed:
-        return
-    with httpx.Client(base_url=topology.replication.connect_url, timeout=10) as http:
-        try:
-            affected = {name for name, held in _mm2_assigned(http).items() if held & doomed}
-        except (httpx.HTTPError, KeyError):
-            affected = set()  # Connect is down: nothing of it to wait for
-        _delete(admins, "groups", groups)
-        _delete(admins, "topics", topics)
-        if affected:
-            _settle_mm2(http, affected, doomed)
-
-
-def _settle_mm2(http: httpx.Client, connectors: set[str], deleted: set[str], timeout: float = 30.0) -> None:
-    """Wait until none of `connectors` is assigned a deleted name and all their tasks run again."""
-    def unsettled() -> str | None:
-        assigned = _mm2_assigned(http)
-        states = http.get("/connectors?expand=status").json()
-        for name in connectors & set(assigned):
-            if held := deleted & assigned[name]:
-                return f"{name} still assigned {sorted(held)[:3]}"
-            tasks = [task["state"] for task in states[name]["status"]["tasks"]]
-            if any(state != "RUNNING" for state in tasks):
-                return f"{name} tasks {tasks}"
-        return None
-
-    # Connect writes a connector's new task configs just before it restarts the tasks (0.3-1.0 s
-    # in the lab's log): settled is settled for 1.5 s on end.
-    started, settled_at, why = time.monotonic(), None, "no answer from Connect"
-    while time.monotonic() - started < timeout:
-        with contextlib.suppress(httpx.HTTPError, KeyError):
-            why = unsettled()
-            settled_at = (settled_at or time.monotonic()) if why is None else None
-            if settled_at is not None and time.monotonic() - settled_at >= 1.5:
-                return
-        time.sleep(0.25)
-    warnings.warn(f"MM2 has not settled {timeout:.0f} s after {len(deleted)} groups and topics were "
-                  f"deleted ({why}); the next module may see a flow DEGRADED", stacklevel=1)
+    admins = _admins(topology)
+    for name, groups in _groups(admins).items():
+        new = sorted(groups - before.get(name, groups) - keep)
+        if new:
+            for future in admins[name].delete_consumer_groups(new, request_timeout=10).values():
+                with contextlib.suppress(Exception):  # not empty (a consumer still runs) or gone
+                    future.result()
 
 
 @pytest.fixture

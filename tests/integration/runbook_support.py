@@ -8,6 +8,7 @@ import time
 import uuid
 from pathlib import Path
 
+import httpx
 import yaml
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaError, Producer, TopicPartition
 from pydantic import SecretStr
@@ -234,6 +235,37 @@ def wait_checkpointed(topology: Topology, partitions: int = 3, timeout: float = 
 
 
 # -- another domain's traffic while one domain is switched ------------------------------------
+
+def wait_mm2_steady(topology: Topology, steady: float = 2.5, timeout: float = 60) -> None:
+    """Wait until no Connect connector or task config has changed for `steady` seconds and every
+    running connector's tasks run. A group deleted by the previous test's cleanup restarts the
+    checkpoint task assigned it up to one refresh (1 s in the lab) later; a test measuring that
+    replication stays RUNNING starts after that, not during it."""
+    def snapshot(http: httpx.Client):
+        seen = {}
+        for name, entry in http.get("/connectors?expand=status").raise_for_status().json().items():
+            tasks = http.get(f"/connectors/{name}/tasks").raise_for_status().json()
+            states = tuple(task["state"] for task in entry["status"]["tasks"])
+            running = entry["status"]["connector"]["state"] == "RUNNING"
+            if running and any(state != "RUNNING" for state in states):
+                return None
+            seen[name] = (entry["status"]["connector"]["state"], states, str(tasks))
+        return seen
+
+    deadline, last, since = time.monotonic() + timeout, None, time.monotonic()
+    with httpx.Client(base_url=topology.replication.connect_url, timeout=10) as http:
+        while time.monotonic() < deadline:
+            try:
+                now = snapshot(http)
+            except (httpx.HTTPError, KeyError, TypeError):
+                now = None  # Connect rebalancing
+            if now is None or now != last:
+                last, since = now, time.monotonic()
+            elif time.monotonic() - since >= steady:
+                return
+            time.sleep(0.25)
+    raise AssertionError(f"MM2's connectors did not hold still for {steady} s within {timeout} s")
+
 
 class DomainTraffic:
     """While open: an idempotent producer writes the domain's topic on `region` as the domain's

@@ -35,6 +35,7 @@ from tests.integration.runbook_support import (
     resume,
     wait_holds_acked,
     wait_mirrored,
+    wait_mm2_steady,
     wait_paused_at,
 )
 
@@ -102,6 +103,7 @@ def test_planned_failover_then_failback_moves_authority_and_consumers_exactly(la
 
     # The domain rides on the lab's orders connectors: its failover switches orders' replication,
     # while payments (owned by west, its own connectors) keeps writing and replicating.
+    wait_mm2_steady(payments)
     with DomainTraffic(payments, "west") as traffic:
         wait_until(lambda: traffic.acked, 15, "a first payments write acknowledged on west")
         started = time.monotonic()

@@ -13,7 +13,13 @@ from baton.authority import authority_store
 from baton.kafka.fencing import unfence
 from baton.replication import engine_for
 from tests.conftest import wait_until
-from tests.integration.runbook_support import DomainTraffic, lab_domain, produce, wait_holds_acked
+from tests.integration.runbook_support import (
+    DomainTraffic,
+    lab_domain,
+    produce,
+    wait_holds_acked,
+    wait_mm2_steady,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -53,6 +59,7 @@ def test_payments_fails_over_and_back_while_orders_keeps_writing_on_east(split_l
     before, orders_before = authority_of(payments), authority_of(orders)
     assert (before.owner, orders_before.owner) == ("west", "east")
 
+    wait_mm2_steady(orders)
     with DomainTraffic(orders, "east") as traffic:
         wait_until(lambda: traffic.acked, 15, "a first orders write acknowledged on east")
         started = time.monotonic()
