@@ -157,8 +157,16 @@ class LabProcess:
         self.pid_file.unlink(missing_ok=True)
         return True
 
-    def tail(self, lines: int = 20) -> str:
+    def tail(self, lines: int = 20, max_bytes: int = 64 * 1024) -> str:
+        """The log's last lines, read from its last `max_bytes` only (a long-lived lab's JVM
+        logs reached 2 GB)."""
         try:
-            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+            with self.log_file.open("rb") as log:
+                start = max(0, log.seek(0, 2) - max_bytes)
+                log.seek(start)
+                text = log.read().decode(errors="replace").splitlines()
         except OSError:
             return ""
+        if start > 0:
+            text = text[1:]  # the first line read may be the end of a longer one
+        return "\n".join(text[-lines:])

@@ -118,3 +118,17 @@ def test_a_process_just_started_is_tracked_while_its_cmdline_is_still_empty(tmp_
             process.stop()
         assert process.state() == "down" and not process.pid_file.exists()
     assert seen and set(seen) == {"running"}
+
+
+def test_tail_reads_the_end_of_a_large_log_only(tmp_path):
+    process = LabProcess("connect", tmp_path / "connect")
+    process.directory.mkdir()
+    assert process.tail() == ""  # no log yet
+    line = "x" * 99 + "\n"
+    with process.log_file.open("w") as log:  # 20 MB of one line repeated, then the ones that matter
+        log.write(line * 200_000)
+        log.write("".join(f"last {i}\n" for i in range(5)))
+    assert process.tail(3) == "last 2\nlast 3\nlast 4"
+    # A window smaller than the lines asked for returns only whole lines from inside it.
+    assert process.tail(50, max_bytes=1000).splitlines()[0] == line.strip()
+    assert len(process.tail(50, max_bytes=1000).splitlines()) == (1000 - 35) // 100 + 5
