@@ -190,8 +190,12 @@ def _open_members(selection, config, *, unplanned, reason, operator, trigger, lo
             return e
 
     names = selection.names
+    # Each in a copy of the flow's context: a pool thread starts with an empty one, and Prefect
+    # read no API URL there (its settings live in context variables), so the members' log lines
+    # went to a temporary local server instead of this flow run's.
+    contexts = {name: contextvars.copy_context() for name in names}
     with ThreadPoolExecutor(max_workers=min(8, len(names))) as pool:
-        opened = dict(zip(names, pool.map(open_one, names), strict=True))
+        opened = dict(zip(names, pool.map(lambda n: contexts[n].run(open_one, n), names), strict=True))
     errors = [e for e in opened.values() if isinstance(e, BaseException)]
     if errors:
         for ctx in opened.values():

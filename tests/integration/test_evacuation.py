@@ -295,6 +295,34 @@ def test_unplanned_evacuation_of_a_dead_region_asks_each_batch_gate_once_with_ev
         assert "records at risk:" in line and "translations:" in line
     comments = [a.comment for v in views for a in v.approvals if a.gate == "approve-switch"]
     assert sum(f"batch approval of evacuation {outcome['evacuation']}" in c for c in comments) == 1
+    # Each member's opening line reaches the evacuation's own flow run log (the members open in
+    # pool threads; without the flow's context they logged to a temporary local server).
+    wanted = {f"[{t.domain.name}] run {v.run.id}: failover of {t.domain.name} from east to west"
+              for t, v in zip(domains, views, strict=True)}
+    wait_until(lambda: wanted <= set(evacuation_log(outcome["evacuation"])), 30,
+               "the members' opening lines in the evacuation's flow run log")
+
+
+def evacuation_log(evacuation_id: str) -> list[str]:
+    """The log lines of the `evacuate` flow run that ran `evacuation_id`, from the Prefect API."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    async def read():
+        async with get_client() as client:
+            runs = await client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["evacuate"])),
+                                               sort=FlowRunSort.START_TIME_DESC, limit=5)
+            for run in runs:
+                logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
+                lines = [log.message for log in logs]
+                if any(line.startswith(f"{evacuation_id}: evacuating") for line in lines):
+                    return lines
+            return []
+
+    return asyncio.run(read())
 
 
 def test_a_domain_whose_groups_never_committed_fails_over_and_back(evac_file):
