@@ -305,24 +305,21 @@ def test_unplanned_evacuation_of_a_dead_region_asks_each_batch_gate_once_with_ev
 
 def evacuation_log(evacuation_id: str) -> list[str]:
     """The log lines of the `evacuate` flow run that ran `evacuation_id`, from the Prefect API."""
-    import asyncio
-
-    from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName, LogFilter, LogFilterFlowRunId
     from prefect.client.schemas.sorting import FlowRunSort
 
-    async def read():
-        async with get_client() as client:
-            runs = await client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["evacuate"])),
-                                               sort=FlowRunSort.START_TIME_DESC, limit=5)
-            for run in runs:
-                logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
-                lines = [log.message for log in logs]
-                if any(line.startswith(f"{evacuation_id}: evacuating") for line in lines):
-                    return lines
-            return []
+    from tests.integration.test_deployments import read
 
-    return asyncio.run(read())
+    async def lines(client):
+        runs = await client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["evacuate"])),
+                                           sort=FlowRunSort.START_TIME_DESC, limit=5)
+        for run in runs:
+            logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
+            if any(log.message.startswith(f"{evacuation_id}: evacuating") for log in logs):
+                return [log.message for log in logs]
+        return []
+
+    return read(lines)
 
 
 def test_a_domain_whose_groups_never_committed_fails_over_and_back(evac_file):
