@@ -258,12 +258,17 @@ def render_properties(settings: dict[str, str]) -> str:
     return "".join(f"{key}={value}\n" for key, value in settings.items())
 
 
+def bootstrap_servers(ports: LabPorts) -> dict[str, str]:
+    """Each lab region's bootstrap servers, as the lab's topology file names them."""
+    return {name: f"127.0.0.1:{ports.broker(name)}" for name in REGIONS}
+
+
 def topology_document(ports: LabPorts, policy: str = "default") -> dict:
     """The topology file `baton lab up` writes: the lab as Baton's other commands see it."""
 
     def region(name: str) -> dict:
         return {
-            "bootstrap_servers": f"127.0.0.1:{ports.broker(name)}",
+            "bootstrap_servers": bootstrap_servers(ports)[name],
             "security_protocol": "SASL_PLAINTEXT",
             "sasl_mechanism": "PLAIN",
             "admin": {"username": ADMIN_USER, "password": USERS[ADMIN_USER]},

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from baton.errors import LabError
-from baton.lab.config import LabPorts, single_domain_document
-from baton.lab.lab import Lab
+from baton.lab.config import LabPorts, single_domain_document, topology_document
+from baton.lab.lab import Lab, is_lab_topology
 from baton.lab.processes import LabProcess
 from baton.replication.mm2.connectors import connector_config, connector_name
-from baton.settings import Topology
+from baton.settings import Topology, topologies_from_document
 from tests.conftest import wait_until
 
 
@@ -25,6 +25,20 @@ def test_ports_derive_from_one_base_and_do_not_collide():
     assert len(set(values)) == len(values) == 7
     assert ports.broker("east") == 23092 and ports.broker("west") == 23192 and ports.connect == 23083
     assert ports.prefect == 23042 and ports.metrics == 23090
+
+
+def test_a_topology_is_the_labs_when_it_names_the_lab_brokers(tmp_path, monkeypatch):
+    monkeypatch.setenv("BATON_LAB_PORT_BASE", "23000")
+    monkeypatch.setenv("BATON_HOME", str(tmp_path))  # no lab topology file there
+
+    def orders(document: dict) -> Topology:
+        return topologies_from_document(document, "test")[0]
+
+    ours = topology_document(LabPorts(23000))
+    assert is_lab_topology(orders(ours))
+    assert not is_lab_topology(orders(topology_document(LabPorts(24000))))
+    ours["regions"]["west"]["bootstrap_servers"] = "10.0.0.7:9092"
+    assert not is_lab_topology(orders(ours))
 
 
 def test_stale_pid_file_is_detected_and_removed(tmp_path):
