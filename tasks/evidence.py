@@ -10,11 +10,20 @@ from prefect.cache_policies import NO_CACHE
 from baton.steps.context import RunContext
 
 
+def run_name(name: str) -> Callable[[dict], str]:
+    """Task run names carry the domain: an evacuation runs every domain's steps in one flow run."""
+
+    def named(parameters: dict) -> str:
+        return f"{name} [{parameters['ctx'].domain}]"
+
+    return named
+
+
 def evidence_task(step: Callable[[RunContext], dict]):
     """A task named like the step: evidence row before/after (audit DB), result in ctx.state."""
     name = step.__name__
 
-    @task(name=name, cache_policy=NO_CACHE, retries=0)
+    @task(name=name, task_run_name=run_name(name), cache_policy=NO_CACHE, retries=0)
     def run(ctx: RunContext) -> dict:
         authority = ctx.authority.current(ctx.domain)
         with ctx.audit.step(ctx.run_id, name, region=ctx.new_owner,

@@ -299,13 +299,26 @@ def test_unplanned_evacuation_of_a_dead_region_asks_each_batch_gate_once_with_ev
     # pool threads; without the flow's context they logged to a temporary local server).
     wanted = {f"[{t.domain.name}] run {v.run.id}: failover of {t.domain.name} from east to west"
               for t, v in zip(domains, views, strict=True)}
-    wait_until(lambda: wanted <= set(evacuation_log(outcome["evacuation"])), 30,
+    wait_until(lambda: wanted <= set(evacuation_log(outcome["evacuation"])[0]), 30,
                "the members' opening lines in the evacuation's flow run log")
+    # One flow run holds every member's steps: each task run names its domain.
+    steps = {f"{step} [{t.domain.name}]" for t in domains
+             for step in ("stop_primary_producers", "translate_consumer_offsets", "switch_authority")}
+    wait_until(lambda: steps <= set(evacuation_log(outcome["evacuation"])[1]), 30,
+               "each domain's steps as task runs of the evacuation's flow run")
 
 
-def evacuation_log(evacuation_id: str) -> list[str]:
-    """The log lines of the `evacuate` flow run that ran `evacuation_id`, from the Prefect API."""
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, LogFilter, LogFilterFlowRunId
+def evacuation_log(evacuation_id: str) -> tuple[list[str], list[str]]:
+    """The log lines and task run names of the `evacuate` flow run that ran `evacuation_id`,
+    from the Prefect API."""
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
     from prefect.client.schemas.sorting import FlowRunSort
 
     from tests.integration.test_deployments import read
@@ -316,8 +329,10 @@ def evacuation_log(evacuation_id: str) -> list[str]:
         for run in runs:
             logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
             if any(log.message.startswith(f"{evacuation_id}: evacuating") for log in logs):
-                return [log.message for log in logs]
-        return []
+                tasks = await client.read_task_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+                return [log.message for log in logs], [task.name for task in tasks]
+        return [], []
 
     return read(lines)
 
