@@ -8,8 +8,11 @@ seeded with records and two groups' commits. Then, `--runs` times: one domain's 
 Figures: wall time of each (flow call to return), the evacuation over the single failover, the
 slowest domain's own run inside the evacuation, and the CPU seconds every process of the run
 spent meanwhile (this process, the Prefect server, both brokers, the Connect worker): the
-machine's cores bound how fast ten domains' work can go at once. Connectors and ACLs are removed
-at the end.
+machine's cores bound how fast ten domains' work can go at once. Before the runs, the same
+processes' CPU over `--rest-seconds` with nothing asked of them (the lab's connectors copying and
+polling); from it, `evacuation_cpu_floor_s`: the shortest an evacuation could take on these cores
+if its own CPU work (its CPU seconds less the rest load over its wall time) kept every core busy
+beside the rest load, with no wait at all. Connectors and ACLs are removed at the end.
 
     .venv/bin/python bench/evacuate.py [--domains 10] [--partitions 12] [--runs 2]
 """
@@ -66,6 +69,7 @@ def main() -> None:
     parser.add_argument("--domains", type=int, default=10)
     parser.add_argument("--partitions", type=int, default=12)
     parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--rest-seconds", type=float, default=10.0)
     args = parser.parse_args()
 
     from baton.lab.lab import Lab
@@ -93,6 +97,10 @@ def main() -> None:
         for t in domains:
             seed(t, args.partitions)
         print(json.dumps({"setup_s": round(time.monotonic() - started, 1)}), flush=True)
+        rest_cpu: list = []
+        timed(lambda: time.sleep(args.rest_seconds), pids, rest_cpu)
+        rest_cores = rest_cpu[0]["cores_busy"]
+        print(json.dumps({"rest_cpu_s": rest_cpu[0]}), flush=True)
         names = [t.domain.name for t in domains]
         with temporary_settings(updates={PREFECT_API_URL: server.url}):
             for _ in range(args.runs):
@@ -120,7 +128,13 @@ def main() -> None:
               "slowest_domain_run_in_evacuation_s": round(statistics.median(slowest), 2),
               "cores": os.cpu_count(),
               "single_cpu_s": round(statistics.median(c["total"] for c in single_cpu), 1),
-              "evacuation_cpu_s": round(statistics.median(c["total"] for c in batch_cpu), 1)}
+              "evacuation_cpu_s": round(statistics.median(c["total"] for c in batch_cpu), 1),
+              "rest_cores_busy": rest_cores}
+    # The evacuation's own CPU work: what its processes spent less what they spend at rest.
+    work = statistics.median(c["total"] - rest_cores * s for c, s in zip(batch_cpu, batch, strict=True))
+    result |= {"evacuation_work_cpu_s": round(work, 1),
+               "evacuation_cpu_floor_s": round(work / (os.cpu_count() - rest_cores), 2),
+               "target_s": round(2 * statistics.median(single), 2)}
     print(json.dumps(result), flush=True)
 
 
