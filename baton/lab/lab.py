@@ -299,13 +299,13 @@ class Lab:
                 raise LabError(f"formatting {region} storage failed:\n{result.stdout}{result.stderr}")
         pid = process.start(cp, "kafka.Kafka", [str(server)], lab.BROKER_HEAP)
         self.say(f"starting {region} broker: Kafka {kafka_version()} on "
-                 f"127.0.0.1:{self.ports.broker(region)} (pid {pid})")
+                 f"{lab.bootstrap_servers(self.ports)[region]} (pid {pid})")
 
     def _start_connect(self, cp: str) -> None:
         process = self.processes["connect"]
         process.directory.mkdir(parents=True, exist_ok=True)
         worker = process.directory / "worker.properties"
-        west = f"127.0.0.1:{self.ports.broker('west')}"
+        west = lab.bootstrap_servers(self.ports)["west"]
         worker.write_text(lab.render_properties(lab.connect_properties(self.ports, west)))
         pid = process.start(cp, "org.apache.kafka.connect.cli.ConnectDistributed",
                             [str(worker)], lab.CONNECT_HEAP)
